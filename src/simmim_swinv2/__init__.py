@@ -1,0 +1,1 @@
+"""SimMIM pretraining and fine-tuning of Swin Transformer V2."""

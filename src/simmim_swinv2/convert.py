@@ -1,0 +1,457 @@
+"""Weights in and out: transformers' Swinv2 directories, official SwinV2 / SimMIM checkpoints, timm state dicts.
+
+    from simmim_swinv2 import convert
+    model = convert.from_transformers("path/to/hf_dir")   # classifier / SimMIM / encoder, per the checkpoint
+    convert.to_transformers(model, "path/to/out_dir")     # config.json + model.safetensors
+    model = convert.from_official("simmim_pretrain.pth", window_size=12)
+    model = convert.from_timm("swinv2_tiny.safetensors", window_size=8, img_size=256)
+
+Reading needs neither transformers nor timm's hub: configs are JSON, weights safetensors (or a pickle loaded
+with `weights_only=True`). Our module names follow timm, so the maps below are the whole difference:
+transformers splits q/k/v into three Linears and puts a stage's patch merging at the *end* of the stage
+(`encoder.layers.{s}.downsample`), where timm and we open stage s+1 with it (`layers.{s+1}.downsample`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
+
+Model = SwinV2Encoder | SimMIM | SwinV2Classifier
+
+_HF_ACT = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu",
+           "silu": "silu", "swish": "silu"}
+_OUR_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
+_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
+
+# ours (encoder-relative) -> transformers (relative to `swinv2.`), for everything but q/k/v and merges.
+_HF_BLOCK = {
+    "attn.logit_scale": "attention.self.logit_scale",
+    "attn.cpb_mlp.0.weight": "attention.self.continuous_position_bias_mlp.0.weight",
+    "attn.cpb_mlp.0.bias": "attention.self.continuous_position_bias_mlp.0.bias",
+    "attn.cpb_mlp.2.weight": "attention.self.continuous_position_bias_mlp.2.weight",
+    "attn.proj.weight": "attention.output.dense.weight",
+    "attn.proj.bias": "attention.output.dense.bias",
+    "norm1.weight": "layernorm_before.weight", "norm1.bias": "layernorm_before.bias",
+    "norm2.weight": "layernorm_after.weight", "norm2.bias": "layernorm_after.bias",
+    "mlp.fc1.weight": "intermediate.dense.weight", "mlp.fc1.bias": "intermediate.dense.bias",
+    "mlp.fc2.weight": "output.dense.weight", "mlp.fc2.bias": "output.dense.bias",
+}
+_HF_TOP = {
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "patch_embed.norm.weight": "embeddings.norm.weight",
+    "patch_embed.norm.bias": "embeddings.norm.bias",
+    "mask_token": "embeddings.mask_token",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def config_from_transformers(hf: dict, **overrides) -> SwinV2Config:
+    """Our config from a transformers `Swinv2Config` dict (as in `config.json`)."""
+    if hf.get("use_absolute_embeddings"):
+        raise ValueError("use_absolute_embeddings=True is not supported (SwinV2 uses relative position bias "
+                         "only, and transformers' own Swinv2 cannot run with it at its configured size)")
+    act = hf.get("hidden_act", "gelu")
+    if act not in _HF_ACT:
+        raise ValueError(f"hidden_act {act!r} has no equivalent here; supported: {sorted(_HF_ACT)}")
+    patch = hf.get("patch_size", 4)
+    if not isinstance(patch, int):
+        if patch[0] != patch[1]:
+            raise ValueError(f"non-square patch_size {patch} is not supported")
+        patch = patch[0]
+    depths = tuple(hf.get("depths", (2, 2, 6, 2)))
+    size = hf.get("image_size", 224)
+    kwargs = dict(
+        img_size=size if isinstance(size, int) else tuple(size),
+        patch_size=patch,
+        in_chans=hf.get("num_channels", 3),
+        embed_dim=hf.get("embed_dim", 96),
+        depths=depths,
+        num_heads=tuple(hf.get("num_heads", (3, 6, 12, 24))),
+        window_size=hf.get("window_size", 7),
+        # transformers reads only the first len(depths) entries (its default has four)
+        pretrained_window_sizes=tuple(hf.get("pretrained_window_sizes") or (0,) * len(depths))[:len(depths)],
+        mlp_ratio=hf.get("mlp_ratio", 4.0),
+        qkv_bias=hf.get("qkv_bias", True),
+        drop_path_rate=hf.get("drop_path_rate", 0.1),
+        attn_drop_rate=hf.get("attention_probs_dropout_prob", 0.0),
+        proj_drop_rate=hf.get("hidden_dropout_prob", 0.0),
+        act_layer=_HF_ACT[act],
+        norm_eps=hf.get("layer_norm_eps", 1e-5),
+    )
+    kwargs.update(overrides)
+    return SwinV2Config(**kwargs)
+
+
+def _effective_windows(cfg: SwinV2Config, window: int | None = None) -> list[int]:
+    heights = [cfg.img_size[0] // cfg.patch_size // 2**i for i in range(cfg.num_stages)]
+    windows = [window] * cfg.num_stages if window is not None else cfg.window_size
+    return [min(h, w) for h, w in zip(heights, windows)]
+
+
+def config_to_transformers(cfg: SwinV2Config, architecture: str, id2label: dict[int, str] | None = None) -> dict:
+    """A transformers `Swinv2Config` dict for our config; refuses what transformers cannot express."""
+    if cfg.extra_norm_every:
+        raise ValueError("transformers' Swinv2 has no extra norms (huge/giant's LayerNorm every "
+                         f"{cfg.extra_norm_every} blocks): export these as safetensors with our own loader")
+    window = max(cfg.window_size)
+    if _effective_windows(cfg, window) != _effective_windows(cfg):
+        raise ValueError(f"per-stage windows {cfg.window_size} at img_size {cfg.img_size} cannot be written as "
+                         f"transformers' single window_size (tried {window}): use one window for all stages, "
+                         f"or windows that only clamp to the stage size")
+    h, w = cfg.img_size
+    out = {
+        "model_type": "swinv2",
+        "architectures": [architecture],
+        "image_size": h if h == w else [h, w],
+        "patch_size": cfg.patch_size,
+        "num_channels": cfg.in_chans,
+        "embed_dim": cfg.embed_dim,
+        "depths": list(cfg.depths),
+        "num_heads": list(cfg.num_heads),
+        "num_layers": cfg.num_stages,
+        "window_size": window,
+        "pretrained_window_sizes": list(cfg.pretrained_window_sizes),
+        "mlp_ratio": cfg.mlp_ratio,
+        "qkv_bias": cfg.qkv_bias,
+        "hidden_dropout_prob": cfg.proj_drop_rate,
+        "attention_probs_dropout_prob": cfg.attn_drop_rate,
+        "drop_path_rate": cfg.drop_path_rate,
+        "hidden_act": _OUR_ACT[cfg.act_layer],
+        "use_absolute_embeddings": False,
+        "initializer_range": 0.02,
+        "layer_norm_eps": cfg.norm_eps,
+        "encoder_stride": cfg.stride,
+        "hidden_size": cfg.num_features,
+    }
+    if id2label is not None:
+        out["id2label"] = {str(k): v for k, v in id2label.items()}
+        out["label2id"] = {v: int(k) for k, v in id2label.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------------------- state dicts
+_BLOCK_RE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.(.+)$")
+_MERGE_RE = re.compile(r"^layers\.(\d+)\.downsample\.(.+)$")
+
+
+def encoder_to_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our encoder state dict → transformers' `Swinv2Model` keys (no `swinv2.` prefix)."""
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(_BUFFERS):
+            continue
+        if key in _HF_TOP:
+            out[_HF_TOP[key]] = value
+        elif m := _MERGE_RE.match(key):
+            out[f"encoder.layers.{int(m[1]) - 1}.downsample.{m[2]}"] = value
+        elif m := _BLOCK_RE.match(key):
+            prefix, rest = f"encoder.layers.{m[1]}.blocks.{m[2]}.", m[3]
+            if rest == "attn.qkv.weight":
+                q, k, v = value.chunk(3, dim=0)
+                for name, t in zip(("query", "key", "value"), (q, k, v)):
+                    out[prefix + f"attention.self.{name}.weight"] = t.clone()
+            elif rest in ("attn.q_bias", "attn.v_bias"):
+                out[prefix + f"attention.self.{'query' if rest == 'attn.q_bias' else 'value'}.bias"] = value
+            elif rest in _HF_BLOCK:
+                out[prefix + _HF_BLOCK[rest]] = value
+            else:
+                raise KeyError(f"{key} has no transformers equivalent")
+        else:
+            raise KeyError(f"{key} has no transformers equivalent")
+    return out
+
+
+def encoder_from_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' `Swinv2Model` keys (no `swinv2.` prefix) → our encoder state dict."""
+    top = {v: k for k, v in _HF_TOP.items()}
+    block = {v: k for k, v in _HF_BLOCK.items()}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        if key.endswith(_BUFFERS) or key.startswith("pooler"):
+            continue
+        if key in top:
+            out[top[key]] = value
+        elif m := re.match(r"^encoder\.layers\.(\d+)\.downsample\.(.+)$", key):
+            out[f"layers.{int(m[1]) + 1}.downsample.{m[2]}"] = value
+        elif m := re.match(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)$", key):
+            prefix, rest = f"layers.{m[1]}.blocks.{m[2]}.", m[3]
+            if a := re.match(r"^attention\.self\.(query|key|value)\.(weight|bias)$", rest):
+                if a[2] == "weight":
+                    qkv.setdefault(prefix, {})[a[1]] = value
+                elif a[1] != "key":
+                    out[prefix + f"attn.{a[1][0]}_bias"] = value
+            elif rest in block:
+                out[prefix + block[rest]] = value
+            else:
+                raise KeyError(f"unexpected transformers key {key}")
+        else:
+            raise KeyError(f"unexpected transformers key {key}")
+    for prefix, parts in qkv.items():
+        out[prefix + "attn.qkv.weight"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
+def _split(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    result = module.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(_BUFFERS)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{what}: missing keys {missing[:8]}, unexpected keys {result.unexpected_keys[:8]}")
+
+
+# --------------------------------------------------------------------------------------------- transformers
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def from_transformers(path: str | Path, **config_overrides) -> Model:
+    """Load a directory written by transformers' `save_pretrained` for `Swinv2Model`,
+    `Swinv2ForMaskedImageModeling` or `Swinv2ForImageClassification`."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: give a directory written by save_pretrained")
+    hf = json.loads(config_file.read_text())
+    weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path} (sharded checkpoints: "
+                                "load and save_pretrained them once with max_shard_size large enough)")
+    sd = _read_weights(weights)
+    prefixed = any(k.startswith("swinv2.") for k in sd)
+    enc_sd = encoder_from_transformers(_split(sd, "swinv2.") if prefixed else sd)
+    cfg = config_from_transformers(hf, use_mask_token="mask_token" in enc_sd, **config_overrides)
+    encoder = SwinV2Encoder(cfg)
+    _load_strict(encoder, enc_sd, f"{path} (encoder)")
+    if "classifier.weight" in sd:
+        id2label = {int(k): v for k, v in hf.get("id2label", {}).items()} or None
+        model = SwinV2Classifier(encoder, sd["classifier.weight"].shape[0], id2label=id2label)
+        model.head.load_state_dict({"weight": sd["classifier.weight"], "bias": sd["classifier.bias"]})
+        return model
+    if "decoder.0.weight" in sd:
+        model = SimMIM(encoder)
+        model.decoder.load_state_dict(_split(sd, "decoder."))
+        return model
+    return encoder
+
+
+def to_transformers(model: Model, out_dir: str | Path) -> Path:
+    """Write `config.json` + `model.safetensors` that transformers' `Swinv2*.from_pretrained` loads with no
+    missing or unexpected keys: a classifier → `Swinv2ForImageClassification`, SimMIM →
+    `Swinv2ForMaskedImageModeling`, an encoder → `Swinv2Model`."""
+    out_dir = Path(out_dir)
+    encoder = model if isinstance(model, SwinV2Encoder) else model.encoder
+    architecture = {SwinV2Classifier: "Swinv2ForImageClassification", SimMIM: "Swinv2ForMaskedImageModeling",
+                    SwinV2Encoder: "Swinv2Model"}[type(model)]
+    id2label = model.id2label if isinstance(model, SwinV2Classifier) else None
+    config = config_to_transformers(encoder.cfg, architecture, id2label)  # refuses what it cannot express
+    enc_sd = encoder_to_transformers(encoder.state_dict())
+    if isinstance(model, SwinV2Classifier):
+        sd = {f"swinv2.{k}": v for k, v in enc_sd.items()}
+        sd.update({f"classifier.{k}": v for k, v in model.head.state_dict().items()})
+    elif isinstance(model, SimMIM):
+        if encoder.cfg.img_size[0] != encoder.cfg.img_size[1]:
+            raise ValueError("transformers' Swinv2ForMaskedImageModeling handles square images only; "
+                             "export the encoder (convert.to_transformers(model.encoder, ...)) instead")
+        sd = {f"swinv2.{k}": v for k, v in enc_sd.items()}
+        sd.update({f"decoder.{k}": v for k, v in model.decoder.state_dict().items()})
+    else:  # transformers' Swinv2Model is built without a mask token
+        sd = {k: v for k, v in enc_sd.items() if k != "embeddings.mask_token"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(out_dir / "model.safetensors"),
+              metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------- official and timm
+def _unwrap(obj: dict) -> dict[str, torch.Tensor]:
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj.get(key), dict):
+            return _unwrap(obj[key])
+    return obj
+
+
+def _read_any(source: str | Path | dict) -> dict[str, torch.Tensor]:
+    if isinstance(source, dict):
+        return _unwrap(source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    return _unwrap(_read_weights(path))
+
+
+def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
+    """A config from an encoder state dict's shapes (our/timm names); `window_size` comes from the
+    position-index buffer when present, else from `overrides` (it has no weight of its own)."""
+    proj = sd["patch_embed.proj.weight"]
+    depths: dict[int, int] = {}
+    heads: dict[int, int] = {}
+    for key, value in sd.items():
+        if m := re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.logit_scale$", key):
+            depths[int(m[1])] = max(depths.get(int(m[1]), 0), int(m[2]) + 1)
+            heads[int(m[1])] = value.shape[0]
+    stages = sorted(depths)
+    kwargs: dict = dict(
+        patch_size=proj.shape[-1], in_chans=proj.shape[1], embed_dim=proj.shape[0],
+        depths=tuple(depths[s] for s in stages), num_heads=tuple(heads[s] for s in stages),
+        mlp_ratio=sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / proj.shape[0],
+        qkv_bias="layers.0.blocks.0.attn.q_bias" in sd,
+        use_mask_token="mask_token" in sd,
+    )
+    norms = [int(m[2]) for k in sd if (m := re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.norm3\.weight$", k))]
+    if norms:
+        kwargs["extra_norm_every"] = min(n + 1 for n in norms)
+    if "window_size" not in overrides:
+        windows = [int(round(v.shape[0] ** 0.5)) for k, v in sd.items()
+                   if re.match(r"^layers\.(\d+)\.blocks\.0\.attn\.relative_position_index$", k)]
+        if len(windows) != len(stages):
+            raise ValueError("the checkpoint has no position-index buffers to read the window size from: "
+                             "pass window_size=… (and img_size=…, pretrained_window_sizes=… if it was "
+                             "fine-tuned from another window)")
+        kwargs["window_size"] = tuple(windows)
+    kwargs.update(overrides)
+    return SwinV2Config(**kwargs)
+
+
+def _build(enc_sd: dict, head: dict | None, decoder: dict | None, what: str, **overrides) -> Model:
+    cfg = infer_config(enc_sd, **overrides)
+    enc_sd = {k: v for k, v in enc_sd.items() if not k.endswith(_BUFFERS)}  # rebuilt, not loaded
+    encoder = SwinV2Encoder(cfg)
+    _load_strict(encoder, enc_sd, what)
+    if decoder:
+        model = SimMIM(encoder)
+        model.decoder.load_state_dict(decoder)
+        return model
+    if head:
+        model = SwinV2Classifier(encoder, head["weight"].shape[0])
+        model.head.load_state_dict(head)
+        return model
+    return encoder
+
+
+def from_official(source: str | Path | dict, **config_overrides) -> Model:
+    """An official SwinV2 (microsoft/Swin-Transformer) or SimMIM (microsoft/SimMIM) checkpoint: weights
+    under `model`, SimMIM's encoder under `encoder.`, older `rpe_mlp` names, patch merging at stage end;
+    position buffers are rebuilt, not loaded."""
+    sd = _read_any(source)
+    if any(k.startswith("encoder.") for k in sd):
+        decoder, sd = _split(sd, "decoder."), _split(sd, "encoder.")
+    else:
+        decoder = {}
+    enc_sd, head = {}, {}
+    for key, value in sd.items():
+        key = key.replace("rpe_mlp", "cpb_mlp")
+        if key.startswith("head."):
+            head[key[len("head."):]] = value
+        elif m := _MERGE_RE.match(key):
+            enc_sd[f"layers.{int(m[1]) + 1}.downsample.{m[2]}"] = value
+        elif not key.endswith(("attn_mask", "relative_coords_table")):
+            enc_sd[key] = value
+    if "absolute_pos_embed" in enc_sd:
+        raise ValueError("checkpoints with an absolute position embedding (ape=True) are not supported")
+    return _build(enc_sd, head, decoder, "official checkpoint", **config_overrides)
+
+
+def from_timm(source: str | Path | dict, **config_overrides) -> Model:
+    """A timm `SwinTransformerV2` state dict (our module names; head under `head.fc`)."""
+    sd = _read_any(source)
+    head = {k[len("head.fc."):]: v for k, v in sd.items() if k.startswith("head.fc.")}
+    enc_sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    return _build(enc_sd, head, None, "timm state dict", **config_overrides)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m simmim_swinv2.convert",
+        description="Convert SwinV2 / SimMIM weights between transformers, official, timm and our format.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    to_hf = sub.add_parser("to-transformers", help="official / timm / transformers weights → a transformers dir")
+    to_hf.add_argument("source", help="checkpoint file or transformers directory")
+    to_hf.add_argument("out_dir")
+    to_hf.add_argument("--format", choices=("auto", "transformers", "official", "timm"), default="auto")
+    to_hf.add_argument("--window-size", type=int, help="window size, for checkpoints that do not record it")
+    to_hf.add_argument("--img-size", type=int, help="image size the windows are sized for")
+    to_hf.add_argument("--encoder-only", action="store_true", help="drop decoder/head, write a Swinv2Model")
+    from_hf = sub.add_parser("from-transformers", help="a transformers dir → our safetensors + config.json")
+    from_hf.add_argument("source")
+    from_hf.add_argument("out_file", help="output .safetensors (its config lands beside it as .json)")
+    args = parser.parse_args(argv)
+
+    if args.command == "from-transformers":
+        model = from_transformers(args.source)
+        save_model(model, args.out_file)
+        print(f"wrote {args.out_file} ({type(model).__name__}, {_count(model) / 1e6:.1f}M parameters)")
+        return
+    overrides = {k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v}
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "transformers" if Path(args.source).is_dir() else _guess_format(_read_any(args.source))
+    loader = {"transformers": from_transformers, "official": from_official, "timm": from_timm}[fmt]
+    model = loader(args.source, **overrides)
+    if args.encoder_only and not isinstance(model, SwinV2Encoder):
+        model = model.encoder
+    to_transformers(model, args.out_dir)
+    print(f"wrote {args.out_dir} ({type(model).__name__} from {fmt} weights, {_count(model) / 1e6:.1f}M parameters)")
+
+
+def _guess_format(sd: dict) -> str:
+    if any(k.startswith(("encoder.", "layers.0.downsample")) or "rpe_mlp" in k for k in sd):
+        return "official"
+    return "timm"
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(model: Model, path: str | Path) -> None:
+    """Our own export: `<path>` safetensors of the model's state dict + `<path>.json` with what rebuilds it."""
+    path = Path(path)
+    encoder = model if isinstance(model, SwinV2Encoder) else model.encoder
+    meta: dict = {"kind": type(model).__name__, "config": encoder.cfg.to_dict()}
+    if isinstance(model, SwinV2Classifier):
+        meta["id2label"] = model.id2label
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(_BUFFERS)}
+    save_file(sd, str(path), metadata={"format": "pt"})
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
+
+
+def load_model(path: str | Path) -> Model:
+    """Inverse of `save_model`."""
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    cfg = SwinV2Config.from_dict(meta["config"])
+    sd = load_file(str(path))
+    encoder = SwinV2Encoder(cfg)
+    if meta["kind"] == "SwinV2Classifier":
+        model: Model = SwinV2Classifier(encoder, sd["head.weight"].shape[0],
+                                        id2label={int(k): v for k, v in meta["id2label"].items()})
+    elif meta["kind"] == "SimMIM":
+        model = SimMIM(encoder)
+    else:
+        model = encoder
+    _load_strict(model, sd, str(path))
+    return model
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""SwinV2 architecture config and the named variants (defined here once; Hydra's `conf/model/` picks a name).
+
+Sizes follow the Swin V2 paper; huge and giant head counts are mmpretrain's choice (the paper never states
+them), and both add a LayerNorm at the end of the main branch every 6 blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+# name: (embed_dim, depths, num_heads, extra_norm_every, params quoted by the paper)
+VARIANTS: dict[str, dict] = {
+    # A few hundred thousand parameters: tests, the CPU quickstart.
+    "debug": dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
+    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+    "huge": dict(embed_dim=352, depths=(2, 2, 18, 2), num_heads=(8, 16, 32, 64), extra_norm_every=6),
+    "giant": dict(embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_every=6),
+}
+
+# Parameter counts quoted by the Swin V2 paper (encoder with a 1000-class head).
+PAPER_PARAMS: dict[str, float] = {
+    "tiny": 28e6, "small": 50e6, "base": 88e6, "large": 197e6, "huge": 658e6, "giant": 3.0e9,
+}
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+
+
+def _per_stage(value, num_stages: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * num_stages
+    value = tuple(int(v) for v in value)
+    if len(value) != num_stages:
+        raise ValueError(f"{name} has {len(value)} entries but the model has {num_stages} stages: "
+                         f"give one value, or one per stage.")
+    return value
+
+
+@dataclass
+class SwinV2Config:
+    """Everything that shapes a SwinV2 encoder. `window_size`, `pretrained_window_sizes` and
+    `grad_checkpointing` take one value or one per stage; `img_size` is the size windows are sized for
+    (other sizes that are multiples of `stride` run too, as in transformers)."""
+
+    img_size: int | tuple[int, int] = 192
+    patch_size: int = 4
+    in_chans: int = 3
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int | tuple[int, ...] = 6
+    pretrained_window_sizes: int | tuple[int, ...] = 0
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    act_layer: str = "gelu"
+    norm_eps: float = 1e-5
+    extra_norm_every: int = 0
+    fused_attn: bool = True
+    grad_checkpointing: bool | tuple[bool, ...] = False
+    use_mask_token: bool = False
+    variant: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.depths = tuple(int(d) for d in self.depths)
+        n = len(self.depths)
+        if n == 0 or min(self.depths) < 1:
+            raise ValueError(f"depths must be a non-empty list of positive ints, got {self.depths}")
+        self.num_heads = _per_stage(self.num_heads, n, "num_heads")
+        self.window_size = _per_stage(self.window_size, n, "window_size")
+        self.pretrained_window_sizes = _per_stage(self.pretrained_window_sizes, n, "pretrained_window_sizes")
+        if isinstance(self.grad_checkpointing, bool):
+            self.grad_checkpointing = (self.grad_checkpointing,) * n
+        self.grad_checkpointing = tuple(bool(g) for g in self.grad_checkpointing)
+        if len(self.grad_checkpointing) != n:
+            raise ValueError(f"grad_checkpointing needs one flag or {n} (one per stage)")
+        h, w = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+        self.img_size = (int(h), int(w))
+        for i, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads)):
+            if dim % heads:
+                raise ValueError(f"stage {i}: width {dim} is not divisible by {heads} heads; "
+                                 f"pick num_heads that divide embed_dim * 2**stage")
+        if min(self.window_size) < 1:
+            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+        if any(s % self.stride for s in self.img_size):
+            raise ValueError(f"img_size {self.img_size} must be a multiple of the encoder stride {self.stride} "
+                             f"(patch_size {self.patch_size} x 2**{n - 1} merges)")
+        if self.act_layer not in ACTIVATIONS:
+            raise ValueError(f"act_layer {self.act_layer!r} is not one of {ACTIVATIONS}")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(self.num_stages))
+
+    @property
+    def num_features(self) -> int:
+        return self.stage_dims[-1]
+
+    @property
+    def stride(self) -> int:
+        """Pixels per token of the last stage (SimMIM's `encoder_stride`)."""
+        return self.patch_size * 2 ** (self.num_stages - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SwinV2Config":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown SwinV2Config fields {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "SwinV2Config":
+        return replace(self, **changes)
+
+
+def swinv2_config(variant: str, **overrides) -> SwinV2Config:
+    """The config of a named variant (`debug`, `tiny` … `giant`, with or without a `swinv2_` prefix)."""
+    name = variant.removeprefix("swinv2_")
+    if name not in VARIANTS:
+        raise ValueError(f"unknown SwinV2 variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return SwinV2Config(**{**VARIANTS[name], **overrides, "variant": name})

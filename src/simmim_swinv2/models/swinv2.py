@@ -1,0 +1,269 @@
+"""SwinV2 encoder built from timm's SwinV2 parts, computing what transformers' `Swinv2Model` computes.
+
+Reused from timm: `PatchEmbed`, `PatchMerging`, `WindowAttention` (its parameters, buffers and its forward,
+which stays the eager reference path), `Mlp`, `DropPath` and the block itself. Added here:
+- transformers' window semantics: one square window per stage, clamped to the stage height at the configured
+  `img_size` (shift off when that height fits one window); the feature map is zero-padded to a window multiple
+  *before* the cyclic shift, and the shift mask is rebuilt for inputs of another size;
+- a fused attention path through `F.scaled_dot_product_attention` (q and k normalised, the clamped logit scale
+  folded into q, position bias + shift mask as the additive mask, `scale=1`);
+- a mask token that replaces masked patch embeddings (`mask`: 1 = masked);
+- huge/giant's extra LayerNorm at the end of every n-th block (`norm3`, as mmpretrain names it);
+- per-stage activation checkpointing and per-stage hidden states.
+
+Module names follow timm (`layers.{s}.downsample` opens stage s), so timm state dicts load as they are.
+Tensors inside the encoder are NHWC: `(B, H, W, C)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.layers import PatchEmbed, to_2tuple, trunc_normal_
+from timm.models.swin_transformer_v2 import (
+    PatchMerging,
+    SwinTransformerV2Block,
+    window_partition,
+    window_reverse,
+)
+
+from .config import SwinV2Config
+
+_MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
+
+
+class SwinV2Block(SwinTransformerV2Block):
+    """timm's residual post-norm block with transformers' windowing, a fused attention path and an optional
+    extra norm. `forward`: `(B, H, W, C)` → `(B, H, W, C)`."""
+
+    def __init__(self, *, fused_attn: bool = True, extra_norm: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fused_attn = fused_attn
+        self.norm3 = kwargs.get("norm_layer", nn.LayerNorm)(self.dim) if extra_norm else None
+
+    def _calc_window_shift(self, target_window_size, target_shift_size=None):
+        # transformers' rule, evaluated on the stage size at the configured img_size: a square window
+        # clamped to the stage height; no shift when the height fits one window.
+        window = to_2tuple(target_window_size)[0]
+        if target_shift_size is None:  # timm's set_input_size: keep a shifted block shifted
+            shift = window // 2 if any(self.target_shift_size) else 0
+        else:
+            shift = to_2tuple(target_shift_size)[0]
+        height = self.input_resolution[0]
+        window = min(height, window)
+        shift = 0 if height <= window else shift
+        return (window, window), (shift, shift)
+
+    def get_attn_mask(self, x=None, device=None, dtype=None):
+        # Pairs across shifted-window seams are masked fully (-inf). The official code uses -100 and
+        # transformers -200 (it adds its -100 mask twice); with logit scales at their clamp (100) both can
+        # leak attention across the seam. For trained weights the three agree to float precision.
+        mask = super().get_attn_mask(x, device=device, dtype=dtype)
+        return None if mask is None else mask.masked_fill(mask != 0, float("-inf"))
+
+    def _shift_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`(num_windows, N, N)` mask (0 / -inf) for the padded, shifted map `x`, or None without shift."""
+        if not any(self.shift_size):
+            return None
+        if self.attn_mask is not None:
+            h, w = (math.ceil(r / s) * s for r, s in zip(self.input_resolution, self.window_size))
+            if x.shape[1:3] == (h, w):
+                return self.attn_mask.to(x.dtype)
+        return self.get_attn_mask(x)
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        wh, ww = self.window_size
+        pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
+        if pad_h or pad_w:  # zeros, unmasked, before the shift: transformers' order
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        Hp, Wp = H + pad_h, W + pad_w
+        shift = self.shift_size
+        if any(shift):
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        mask = self._shift_mask(x)
+        windows = window_partition(x, self.window_size).view(-1, self.window_area, C)
+        windows = self._window_attention(windows, mask)
+        x = window_reverse(windows.view(-1, wh, ww, C), self.window_size, (Hp, Wp))
+        if any(shift):
+            x = torch.roll(x, shifts=shift, dims=(1, 2))
+        if pad_h or pad_w:
+            x = x[:, :H, :W, :].contiguous()
+        return x
+
+    def _window_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`(B * num_windows, N, C)` → same. The eager path is timm's `WindowAttention.forward`."""
+        attn = self.attn
+        if not self.fused_attn:
+            return attn(x, mask=mask)
+        B_, N, C = x.shape
+        heads = attn.num_heads
+        bias = None if attn.q_bias is None else torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        qkv = F.linear(x, attn.qkv.weight, bias).reshape(B_, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B_, heads, N, d)
+        logit_scale = torch.clamp(attn.logit_scale, max=_MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+        q = F.normalize(q, dim=-1) * logit_scale
+        k = F.normalize(k, dim=-1)
+        table = attn.cpb_mlp(attn.relative_coords_table).view(-1, heads)
+        pos_bias = table[attn.relative_position_index.view(-1)].view(N, N, heads).permute(2, 0, 1)
+        pos_bias = 16 * torch.sigmoid(pos_bias)  # (heads, N, N)
+        if mask is not None:  # batch × windows as two dims, so the per-window mask broadcasts over the batch
+            num_windows = mask.shape[0]
+            q, k, v = (t.view(-1, num_windows, heads, N, t.shape[-1]) for t in (q, k, v))
+            pos_bias = pos_bias.unsqueeze(0) + mask.unsqueeze(1)  # (windows, heads, N, N)
+        dropout = attn.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias.to(q.dtype), dropout_p=dropout, scale=1.0)
+        out = out.reshape(B_, heads, N, -1).transpose(1, 2).reshape(B_, N, C)
+        return attn.proj_drop(attn.proj(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        return x if self.norm3 is None else self.norm3(x)
+
+
+class SwinV2Stage(nn.Module):
+    """Patch merging (all stages but the first, as in timm) then `depth` blocks. `(B, H, W, C)` in,
+    `(B, H/2, W/2, 2C)` out."""
+
+    def __init__(self, cfg: SwinV2Config, index: int, drop_path: list[float]) -> None:
+        super().__init__()
+        dim = cfg.stage_dims[index]
+        resolution = tuple(s // cfg.patch_size // 2**index for s in cfg.img_size)
+        self.downsample = PatchMerging(cfg.stage_dims[index - 1], dim) if index > 0 else nn.Identity()
+        self.grad_checkpointing = cfg.grad_checkpointing[index]
+        window = cfg.window_size[index]
+        every = cfg.extra_norm_every
+        self.blocks = nn.ModuleList(
+            SwinV2Block(
+                dim=dim,
+                input_resolution=resolution,
+                num_heads=cfg.num_heads[index],
+                window_size=window,
+                shift_size=0 if i % 2 == 0 else window // 2,
+                mlp_ratio=cfg.mlp_ratio,
+                qkv_bias=cfg.qkv_bias,
+                proj_drop=cfg.proj_drop_rate,
+                attn_drop=cfg.attn_drop_rate,
+                drop_path=drop_path[i],
+                act_layer=cfg.act_layer,
+                norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
+                pretrained_window_size=cfg.pretrained_window_sizes[index],
+                fused_attn=cfg.fused_attn,
+                extra_norm=every > 0 and (i + 1) % every == 0,
+            )
+            for i in range(cfg.depths[index])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+@dataclass
+class SwinV2EncoderOutput:
+    """`last_hidden_state`: `(B, H/stride, W/stride, C_last)` after the final norm; `pooler_output`: `(B, C_last)`;
+    `hidden_states` (on request): the patch embeddings (after the mask token) then each stage's output before
+    the next merge, `(B, H_i, W_i, C_i)` — transformers' `output_hidden_states_before_downsampling`."""
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class SwinV2Encoder(nn.Module):
+    """Patch embedding → optional mask token → stages → final LayerNorm."""
+
+    def __init__(self, cfg: SwinV2Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(
+            img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
+            norm_layer=nn.LayerNorm, strict_img_size=False, output_fmt="NHWC",
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.use_mask_token else None
+        total = sum(cfg.depths)  # stochastic depth grows linearly over all blocks
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        starts = [sum(cfg.depths[:i]) for i in range(cfg.num_stages)]
+        self.layers = nn.Sequential(*(
+            SwinV2Stage(cfg, i, rates[start:start + depth])
+            for i, (start, depth) in enumerate(zip(starts, cfg.depths))
+        ))
+        self.norm = nn.LayerNorm(cfg.num_features, eps=cfg.norm_eps)
+        self.init_weights()
+
+    @property
+    def num_features(self) -> int:
+        return self.cfg.num_features
+
+    @property
+    def stride(self) -> int:
+        return self.cfg.stride
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The official initialisation: trunc-normal(0.02) linears with zero bias, residual post-norms at
+        zero (each block starts as the identity), mask token trunc-normal(0.02)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for stage in self.layers:
+            for block in stage.blocks:
+                for norm in (block.norm1, block.norm2):
+                    nn.init.zeros_(norm.weight)
+                    nn.init.zeros_(norm.bias)
+        if self.mask_token is not None:
+            trunc_normal_(self.mask_token, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True, stages: list[int] | None = None) -> None:
+        """Recompute activations in the backward pass, for all stages or the listed ones."""
+        for i, stage in enumerate(self.layers):
+            if stages is None or i in stages:
+                stage.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to keep out of weight decay besides 1-D ones (REFERENCE.md)."""
+        keys = ("cpb_mlp", "logit_scale", "relative_position_bias_table", "mask_token", "absolute_pos_embed")
+        return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
+
+    def embed(self, pixel_values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, C_in, H, W)` → patch embeddings `(B, H/p, W/p, C)`; masked tokens (mask `(B, H/p, W/p)`,
+        1 = masked) replaced by the mask token."""
+        H, W = pixel_values.shape[-2:]
+        if H % self.stride or W % self.stride:
+            raise ValueError(f"input {H}x{W} is not a multiple of the encoder stride {self.stride}: "
+                             f"resize or crop images to a multiple of {self.stride} pixels")
+        x = self.patch_embed(pixel_values)
+        if mask is not None:
+            if self.mask_token is None:
+                raise ValueError("this encoder has no mask token: build it with use_mask_token=True")
+            if mask.shape != x.shape[:3]:
+                raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:3])} "
+                                 f"(B, H/{self.cfg.patch_size}, W/{self.cfg.patch_size})")
+            w = mask.unsqueeze(-1).to(x.dtype)
+            x = x * (1.0 - w) + self.mask_token.to(x.dtype) * w
+        return x
+
+    def forward(
+        self, pixel_values: torch.Tensor, mask: torch.Tensor | None = None, output_hidden_states: bool = False
+    ) -> SwinV2EncoderOutput:
+        x = self.embed(pixel_values, mask)
+        hidden = [x] if output_hidden_states else None
+        for stage in self.layers:
+            x = stage(x)
+            if hidden is not None:
+                hidden.append(x)
+        x = self.norm(x)
+        return SwinV2EncoderOutput(x, x.mean(dim=(1, 2)), tuple(hidden) if hidden is not None else None)

@@ -1,0 +1,69 @@
+"""transformers' Swinv2 as the numeric reference: configs covering the cases that differ, random weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+# Each case: transformers config kwargs, the input (H, W), and why it is here.
+CASES = {
+    # window 4 at 64 px: the last stage is 2x2, so its window clamps to 2 and shift switches off there.
+    "clamped_window": (dict(image_size=64, embed_dim=16, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4],
+                            window_size=4), (64, 64)),
+    # built at 128 px, run at 128x96: non-square input, padding to a window multiple; pretrained window 6.
+    "nonsquare_input_pretrained_window": (dict(image_size=128, embed_dim=16, depths=[2, 2, 2, 2],
+                                               num_heads=[1, 2, 2, 4], window_size=8,
+                                               pretrained_window_sizes=[6, 6, 6, 3]), (128, 96)),
+    # a non-square configured size: windows clamp to the stage height, as transformers does.
+    "nonsquare_config": (dict(image_size=[96, 64], embed_dim=24, depths=[1, 2, 2, 2], num_heads=[3, 3, 6, 6],
+                              window_size=4), (96, 64)),
+    # three stages, other widths and depths, odd window 3.
+    "three_stages": (dict(image_size=48, embed_dim=24, depths=[1, 3, 2], num_heads=[2, 3, 6], window_size=3,
+                          encoder_stride=16), (48, 48)),
+    # no q/v bias, ReLU, mlp ratio 2, patch 2, one channel, other LayerNorm eps.
+    "odd_options": (dict(image_size=32, patch_size=2, num_channels=1, embed_dim=8, depths=[2, 2, 2, 2],
+                         num_heads=[1, 2, 2, 4], window_size=4, qkv_bias=False, hidden_act="relu", mlp_ratio=2.0,
+                         layer_norm_eps=1e-6, encoder_stride=16), (32, 32)),
+}
+
+
+def hf_config(name: str, **extra):
+    kwargs, _ = CASES[name]
+    return transformers.Swinv2Config(**{"drop_path_rate": 0.0, **kwargs, **extra})
+
+
+def input_size(name: str) -> tuple[int, int]:
+    return CASES[name][1]
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0, max_logit_scale: float = 5.0) -> torch.nn.Module:
+    """Random weights everywhere, so that nothing passes by being zero or one: norms around 1, a non-zero
+    mask token, logit scales from log(3) up to `max_logit_scale` (the clamp is log(100) = 4.6; above it a
+    head's scale gets no gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        r = torch.randn(p.shape, generator=g)
+        if "logit_scale" in name:
+            p.copy_(1.1 + torch.rand(p.shape, generator=g) * (max_logit_scale - 1.1))
+        elif name.endswith("weight") and p.ndim == 1:
+            p.copy_(1.0 + 0.2 * r)
+        else:
+            p.copy_(r * 0.5 / math.sqrt(max(p.shape[-1], 1)) if p.ndim > 1 else 0.1 * r)
+    return model.eval()
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest reference magnitude (absolute if that is 0)."""
+    diff = (actual.double() - expected.double()).abs().max()
+    scale = expected.double().abs().max()
+    return (diff / scale if scale > 0 else diff).item()
+
+
+def random_mask(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """`(B, h, w)` 0/1 with about 60% ones."""
+    return (torch.rand(batch, h, w, generator=torch.Generator().manual_seed(seed)) < 0.6).long()

@@ -1,0 +1,149 @@
+"""Weights in and out: transformers directories both ways, official SimMIM/SwinV2 checkpoints, timm models."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from _reference import hf_config, input_size, randomize_, random_mask, rel_err, transformers
+from simmim_swinv2 import convert
+from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, swinv2_config
+
+TOL = 1e-4
+
+
+def _loaded(cls, path):
+    model, info = cls.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not info.get("mismatched_keys"), info
+    return model.eval()
+
+
+@pytest.mark.parametrize("case", ["clamped_window", "nonsquare_input_pretrained_window", "three_stages"])
+def test_export_classifier_loads_in_transformers_with_identical_outputs(case, tmp_path):
+    cfg = convert.config_from_transformers(hf_config(case).to_dict())
+    ours = randomize_(SwinV2Classifier.from_config(cfg, 4, id2label={0: "cat", 1: "dog", 2: "owl", 3: "yak"}))
+    convert.to_transformers(ours, tmp_path)
+    theirs = _loaded(transformers.Swinv2ForImageClassification, tmp_path)
+    assert theirs.config.id2label == {0: "cat", 1: "dog", 2: "owl", 3: "yak"}
+    assert theirs.config.label2id["owl"] == 2
+    x = torch.randn(2, cfg.in_chans, *input_size(case))
+    with torch.no_grad():
+        assert rel_err(theirs(x).logits, ours(x).logits) < TOL
+
+
+def test_export_simmim_and_encoder_load_in_transformers(tmp_path):
+    cfg = convert.config_from_transformers(hf_config("clamped_window").to_dict())
+    ours = randomize_(SimMIM.from_config(cfg))
+    convert.to_transformers(ours, tmp_path / "mim")
+    convert.to_transformers(ours.encoder, tmp_path / "enc")
+    mim = _loaded(transformers.Swinv2ForMaskedImageModeling, tmp_path / "mim")
+    enc = _loaded(transformers.Swinv2Model, tmp_path / "enc")
+    assert json.loads((tmp_path / "enc" / "config.json").read_text())["architectures"] == ["Swinv2Model"]
+    x, mask = torch.randn(2, 3, 64, 64), random_mask(2, 16, 16)
+    with torch.no_grad():
+        got, expected = ours(x, mask), mim(x, bool_masked_pos=mask.flatten(1).bool())
+        assert rel_err(expected.reconstruction, got.reconstruction) < TOL
+        torch.testing.assert_close(expected.loss, got.loss, rtol=TOL, atol=0)
+        assert rel_err(enc(x).pooler_output, ours.encoder(x).pooler_output) < TOL
+
+
+def test_transformers_round_trip_is_exact(tmp_path):
+    ref = randomize_(transformers.Swinv2ForImageClassification(hf_config("odd_options", num_labels=3)))
+    ref.save_pretrained(tmp_path / "a")
+    ours = convert.from_transformers(tmp_path / "a")
+    convert.to_transformers(ours, tmp_path / "b")
+    again = _loaded(transformers.Swinv2ForImageClassification, tmp_path / "b")
+    for (name, p), (name2, q) in zip(ref.state_dict().items(), again.state_dict().items()):
+        assert name == name2
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_export_refuses_what_transformers_cannot_express(tmp_path):
+    with pytest.raises(ValueError, match="extra norms"):
+        convert.to_transformers(SwinV2Encoder(swinv2_config("debug", extra_norm_every=1, img_size=64,
+                                                            window_size=4)), tmp_path)
+    with pytest.raises(ValueError, match="single window_size"):
+        convert.to_transformers(SwinV2Encoder(swinv2_config("debug", img_size=128, window_size=(8, 4, 8, 4))),
+                                tmp_path)
+    with pytest.raises(ValueError, match="square"):
+        convert.to_transformers(SimMIM.from_config(swinv2_config("debug", img_size=(64, 96), window_size=4)),
+                                tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        convert.from_transformers(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="use_absolute_embeddings"):
+        convert.config_from_transformers({"use_absolute_embeddings": True})
+
+
+def _as_official(model: SimMIM) -> dict:
+    """Our SimMIM state dict laid out as microsoft/SimMIM saves it: `{'model': …}`, `encoder.` prefix, patch
+    merging at the end of the previous stage, the older `rpe_mlp` name, position buffers included."""
+    sd = {}
+    buffers = {k: v for k, v in model.named_buffers() if k.endswith(("relative_position_index", "attn_mask"))}
+    for key, value in {**model.state_dict(), **buffers}.items():
+        if m := re.match(r"^encoder\.layers\.(\d+)\.downsample\.(.+)$", key):
+            key = f"encoder.layers.{int(m[1]) - 1}.downsample.{m[2]}"
+        sd[key.replace("cpb_mlp", "rpe_mlp")] = value
+    return {"model": sd, "epoch": 99, "config": "not a state dict"}
+
+
+def test_official_simmim_checkpoint_imports(tmp_path):
+    ours = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)))
+    path = tmp_path / "simmim_official.pth"
+    torch.save(_as_official(ours), path)
+    assert any("rpe_mlp" in k for k in torch.load(path, weights_only=True)["model"])
+    loaded = convert.from_official(path, img_size=64).eval()  # window read from the position buffers
+    # the window comes from the position buffers: 4, clamped to 2 on the 2x2 last stage
+    assert isinstance(loaded, SimMIM) and loaded.encoder.cfg.window_size == (4, 4, 4, 2)
+    x, mask = torch.randn(2, 3, 64, 64), random_mask(2, 16, 16)
+    with torch.no_grad():
+        assert rel_err(loaded(x, mask).reconstruction, ours(x, mask).reconstruction) == 0
+
+
+def test_official_checkpoint_without_buffers_needs_a_window(tmp_path):
+    ours = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)))
+    sd = {k: v for k, v in _as_official(ours)["model"].items() if "relative_position_index" not in k}
+    with pytest.raises(ValueError, match="window_size"):
+        convert.from_official(sd)
+    assert convert.from_official(sd, window_size=4, img_size=64).encoder.cfg.window_size == (4, 4, 4, 4)
+
+
+def test_timm_model_imports_with_identical_logits():
+    timm = pytest.importorskip("timm")
+    ref = timm.models.swin_transformer_v2.SwinTransformerV2(
+        img_size=64, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=4, num_classes=7,
+        drop_path_rate=0.0)
+    randomize_(ref, max_logit_scale=4.5)
+    ours = convert.from_timm(ref.state_dict(), img_size=64, window_size=4).eval()  # timm saves no window
+    assert isinstance(ours, SwinV2Classifier) and ours.num_classes == 7
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(ours(x).logits, ref(x)) < TOL
+
+
+def test_our_safetensors_round_trip(tmp_path):
+    model = randomize_(SwinV2Classifier.from_config(swinv2_config("debug", img_size=64, window_size=4), 3,
+                                                     id2label={0: "a", 1: "b", 2: "c"}))
+    convert.save_model(model, tmp_path / "clf.safetensors")
+    loaded = convert.load_model(tmp_path / "clf.safetensors").eval()
+    assert loaded.id2label == model.id2label
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_cli_converts_an_official_checkpoint(tmp_path, capsys):
+    ours = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)))
+    torch.save(_as_official(ours), tmp_path / "ckpt.pth")
+    convert.main(["to-transformers", str(tmp_path / "ckpt.pth"), str(tmp_path / "hf"), "--img-size", "64"])
+    assert "SimMIM from official weights" in capsys.readouterr().out
+    mim = _loaded(transformers.Swinv2ForMaskedImageModeling, tmp_path / "hf")
+    x, mask = torch.randn(1, 3, 64, 64), random_mask(1, 16, 16)
+    with torch.no_grad():
+        assert rel_err(mim(x, bool_masked_pos=mask.flatten(1).bool()).reconstruction,
+                       ours(x, mask).reconstruction) < TOL
+    convert.main(["from-transformers", str(tmp_path / "hf"), str(tmp_path / "ours.safetensors")])
+    assert isinstance(convert.load_model(tmp_path / "ours.safetensors"), SimMIM)

@@ -1,0 +1,154 @@
+"""Our SwinV2 / SimMIM / classifier against transformers' Swinv2 on the same weights (relative error ≤ 1e-4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _reference import CASES, hf_config, input_size, randomize_, random_mask, rel_err, transformers
+from simmim_swinv2 import convert
+from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, masked_l1_loss
+
+TOL = 1e-4
+
+
+def _ours(hf_model, tmp_path, fused: bool = True):
+    hf_model.save_pretrained(tmp_path)
+    model = convert.from_transformers(tmp_path).eval()
+    encoder = model if isinstance(model, SwinV2Encoder) else model.encoder
+    for block in encoder.modules():
+        if hasattr(block, "fused_attn"):
+            block.fused_attn = fused
+    return model
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_encoder_matches_transformers(case, tmp_path):
+    ref = randomize_(transformers.Swinv2Model(hf_config(case)))
+    ours = _ours(ref, tmp_path)
+    assert isinstance(ours, SwinV2Encoder)
+    x = torch.randn(2, ref.config.num_channels, *input_size(case))
+    with torch.no_grad():
+        expected = ref(x)
+        emb, dims = ref.embeddings(x)
+        stages = ref.encoder(emb, dims, output_hidden_states=True,
+                             output_hidden_states_before_downsampling=True).hidden_states
+        got = ours(x, output_hidden_states=True)
+    B, h, w, C = got.last_hidden_state.shape
+    assert rel_err(got.last_hidden_state.reshape(B, h * w, C), expected.last_hidden_state) < TOL
+    assert rel_err(got.pooler_output, expected.pooler_output) < TOL
+    assert len(got.hidden_states) == len(stages) == len(ref.config.depths) + 1
+    for i, (mine, theirs) in enumerate(zip(got.hidden_states, stages)):
+        assert mine.shape[0] * mine.shape[1] * mine.shape[2] == theirs.shape[0] * theirs.shape[1], i
+        assert rel_err(mine.reshape(theirs.shape), theirs) < TOL, f"stage {i}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_classifier_matches_transformers(case, tmp_path):
+    ref = randomize_(transformers.Swinv2ForImageClassification(hf_config(case, num_labels=5)))
+    ours = _ours(ref, tmp_path)
+    assert isinstance(ours, SwinV2Classifier) and ours.num_classes == 5
+    x = torch.randn(3, ref.config.num_channels, *input_size(case))
+    labels = torch.tensor([0, 4, 2])
+    with torch.no_grad():
+        expected = ref(x, labels=labels)
+        got = ours(x, labels=labels)
+    assert rel_err(got.logits, expected.logits) < TOL
+    torch.testing.assert_close(got.loss, expected.loss, rtol=TOL, atol=0)
+
+
+@pytest.mark.parametrize("case", ["clamped_window", "three_stages", "odd_options"])
+def test_simmim_matches_transformers(case, tmp_path):
+    """transformers' MIM head handles square images only, so the square cases."""
+    ref = randomize_(transformers.Swinv2ForMaskedImageModeling(hf_config(case)))
+    ours = _ours(ref, tmp_path)
+    assert isinstance(ours, SimMIM)
+    H, W = input_size(case)
+    p = ref.config.patch_size
+    x = torch.randn(2, ref.config.num_channels, H, W)
+    mask = random_mask(2, H // p, W // p)
+    with torch.no_grad():
+        expected = ref(x, bool_masked_pos=mask.flatten(1).bool())
+        got = ours(x, mask)
+    assert rel_err(got.reconstruction, expected.reconstruction) < TOL
+    torch.testing.assert_close(got.loss, expected.loss, rtol=TOL, atol=0)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, TOL), (torch.float64, 1e-9)])
+def test_fused_attention_equals_eager(case, dtype, tol, tmp_path):
+    """Outputs in fp32 within 1e-4; outputs and every gradient in fp64 within 1e-9 (the same maths)."""
+    ref = randomize_(transformers.Swinv2ForMaskedImageModeling(hf_config(case)), max_logit_scale=4.5)
+    fused = _ours(ref, tmp_path, fused=True).to(dtype)
+    eager = _ours(ref, tmp_path / "eager", fused=False).to(dtype)
+    H, W = input_size(case)
+    p = ref.config.patch_size
+    x = torch.randn(2, ref.config.num_channels, H, W, dtype=dtype, requires_grad=True)
+    mask = random_mask(2, H // p, W // p, seed=1)
+    results = []
+    for model in (fused, eager):
+        model.train()  # dropout is 0; train mode exercises the training path
+        x.grad = None
+        out = model(x, mask)
+        out.loss.backward()
+        grads = {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
+        results.append((out.reconstruction.detach(), x.grad.clone(), grads))
+    (r1, gx1, g1), (r2, gx2, g2) = results
+    assert rel_err(r1, r2) < tol
+    if dtype == torch.float64:
+        assert rel_err(gx1, gx2) < tol
+        assert g1.keys() == g2.keys() and len(g1) == len(list(fused.parameters()))
+        for name in g1:
+            assert rel_err(g1[name], g2[name]) < tol, name
+
+
+def test_simmim_every_parameter_gets_a_gradient():
+    from simmim_swinv2.models import swinv2_config
+    model = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)), max_logit_scale=4.0)
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x, random_mask(2, 16, 16)).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_loss_ignores_unmasked_pixels():
+    torch.manual_seed(0)
+    target, rec = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    mask = random_mask(2, 8, 8)
+    pixel_mask = mask.repeat_interleave(4, 1).repeat_interleave(4, 2).unsqueeze(1).bool().expand_as(target)
+    loss = masked_l1_loss(target, rec, mask, 4)
+    changed_target = torch.where(pixel_mask, target, target + 10 * torch.randn_like(target))
+    changed_rec = torch.where(pixel_mask, rec, torch.randn_like(rec) * 100)
+    assert masked_l1_loss(changed_target, rec, mask, 4) == loss
+    assert masked_l1_loss(target, changed_rec, mask, 4) == loss
+    # and it does see the masked ones: the mean |error| over masked pixel-channels
+    assert torch.isclose(loss, (target - rec).abs()[pixel_mask].mean(), rtol=1e-5)
+    assert masked_l1_loss(torch.where(pixel_mask, target + 1, target), rec, mask, 4) != loss
+
+
+def test_simmim_loss_ignores_unmasked_target_pixels():
+    """Through the model: with the encoder input fixed, the target may change freely outside the mask."""
+    from simmim_swinv2.models import swinv2_config
+    model = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)))
+    x = torch.randn(1, 3, 64, 64)
+    mask = random_mask(1, 16, 16)
+    with torch.no_grad():
+        rec = model(x, mask).reconstruction
+        pixel_mask = mask.repeat_interleave(4, 1).repeat_interleave(4, 2).unsqueeze(1).bool()
+        noisy = torch.where(pixel_mask, x, x + torch.randn_like(x))
+        assert masked_l1_loss(noisy, rec, mask, 4) == masked_l1_loss(x, rec, mask, 4) == model(x, mask).loss
+
+
+def test_normalised_target_matches_a_direct_computation():
+    from simmim_swinv2.models import normalize_target
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 9, 11, dtype=torch.float64)
+    k = 5
+    got = normalize_target(x, k)
+    expected = torch.empty_like(x)
+    for i in range(9):
+        for j in range(11):
+            win = x[:, :, max(0, i - 2):i + 3, max(0, j - 2):j + 3].flatten(2)
+            expected[:, :, i, j] = (x[:, :, i, j] - win.mean(-1)) / (win.var(-1, unbiased=True) + 1e-6).sqrt()
+    torch.testing.assert_close(got, expected)
