@@ -104,22 +104,24 @@ class SwinV2Block(SwinTransformerV2Block):
             return attn(x, mask=mask)
         B_, N, C = x.shape
         heads = attn.num_heads
+        # With a shift mask, windows and heads share one dim, (B, windows * heads, N, d), so the per-window
+        # mask broadcasts over the batch and SDPA gets the 4-D tensors its fused kernels need.
+        groups = 1 if mask is None else mask.shape[0]
         bias = None if attn.q_bias is None else torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
-        qkv = F.linear(x, attn.qkv.weight, bias).reshape(B_, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B_, heads, N, d)
-        logit_scale = torch.clamp(attn.logit_scale, max=_MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+        qkv = F.linear(x, attn.qkv.weight, bias).view(B_ // groups, groups, N, 3, heads, C // heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, B_ // groups, groups * heads, N, C // heads).unbind(0)
+        logit_scale = torch.clamp(attn.logit_scale, max=_MAX_LOGIT_SCALE).exp().repeat(groups, 1, 1)
         q = F.normalize(q, dim=-1) * logit_scale
         k = F.normalize(k, dim=-1)
         table = attn.cpb_mlp(attn.relative_coords_table).view(-1, heads)
         pos_bias = table[attn.relative_position_index.view(-1)].view(N, N, heads).permute(2, 0, 1)
         pos_bias = 16 * torch.sigmoid(pos_bias)  # (heads, N, N)
-        if mask is not None:  # batch × windows as two dims, so the per-window mask broadcasts over the batch
-            num_windows = mask.shape[0]
-            q, k, v = (t.view(-1, num_windows, heads, N, t.shape[-1]) for t in (q, k, v))
-            pos_bias = pos_bias.unsqueeze(0) + mask.unsqueeze(1)  # (windows, heads, N, N)
+        if mask is not None:
+            pos_bias = (pos_bias.unsqueeze(0) + mask.unsqueeze(1)).flatten(0, 1)  # (windows * heads, N, N)
         dropout = attn.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias.to(q.dtype), dropout_p=dropout, scale=1.0)
-        out = out.reshape(B_, heads, N, -1).transpose(1, 2).reshape(B_, N, C)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=pos_bias.unsqueeze(0).to(q.dtype), dropout_p=dropout, scale=1.0)
+        out = out.view(B_ // groups, groups, heads, N, -1).transpose(2, 3).reshape(B_, N, C)
         return attn.proj_drop(attn.proj(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,115 @@
+"""LightningDataModule: built datasets (or dataset factories) + loader settings → DataLoaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+DatasetOrFactory = Dataset | Callable[..., Dataset]
+
+
+class _EpochLoader(DataLoader):
+    """DataLoader that tells an iterable dataset the epoch before each pass (Lightning only tells samplers)."""
+
+    epoch_fn: Callable[[], int] | None = None
+    _passes = 0
+
+    def __iter__(self):
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self._passes
+        self._passes += 1
+        self.dataset.set_epoch(epoch)
+        return super().__iter__()
+
+
+class SimMIMDataModule(L.LightningDataModule):
+    """Train/val DataLoaders for pretraining and fine-tuning.
+
+    Args:
+        train, val: a dataset, or a factory (e.g. ``functools.partial(build_folder, root=...)``) called
+            in ``setup()`` as ``factory(transform=train_transform / val_transform)``.
+        batch_size: per-device batch size.
+        num_workers: loader workers per device.
+        pin_memory: default: True when CUDA is available.
+        persistent_workers: default: True when ``num_workers > 0``.
+        drop_last: drop the last partial training batch (validation always keeps it).
+
+    Map-style datasets are shuffled (Lightning swaps in a ``DistributedSampler`` under DDP and
+    calls its ``set_epoch``); iterable ones (shards) split themselves over ranks and workers and
+    get the trainer's epoch before every pass.
+    """
+
+    def __init__(
+        self,
+        train: DatasetOrFactory,
+        val: DatasetOrFactory | None = None,
+        batch_size: int = 128,
+        num_workers: int = 8,
+        train_transform: Callable | None = None,
+        val_transform: Callable | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        drop_last: bool = True,
+        prefetch_factor: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._train, self._val = train, val
+        self.train_transform, self.val_transform = train_transform, val_transform
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
+        self.drop_last = drop_last
+        self.prefetch_factor = prefetch_factor
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+
+    @staticmethod
+    def _build(source: DatasetOrFactory | None, transform: Callable | None) -> Dataset | None:
+        if source is None or isinstance(source, Dataset):
+            return source
+        return source(transform=transform) if transform is not None else source()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is None:
+            self.train_dataset = self._build(self._train, self.train_transform)
+        if self.val_dataset is None:
+            self.val_dataset = self._build(self._val, self.val_transform)
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        kwargs = dict(
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            drop_last=self.drop_last and train,
+        )
+        if self.num_workers > 0 and self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        if not isinstance(dataset, IterableDataset):
+            return DataLoader(dataset, shuffle=train, **kwargs)
+        if getattr(dataset, "batch_size", 0) is None:
+            dataset.batch_size = self.batch_size  # lets len(loader) equal the batches it yields
+        if not hasattr(dataset, "set_epoch"):
+            return DataLoader(dataset, **kwargs)
+        loader = _EpochLoader(dataset, **kwargs)
+        trainer = self.trainer if self._has_trainer() else None
+        if trainer is not None:
+            loader.epoch_fn = lambda: trainer.current_epoch
+        return loader
+
+    def _has_trainer(self) -> bool:
+        try:
+            return self.trainer is not None
+        except RuntimeError:
+            return False
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        return [] if self.val_dataset is None else self._loader(self.val_dataset, train=False)

@@ -1,0 +1,125 @@
+"""ImageNet-1K/22K presets (folders or shards, root from an argument or env var) and a synthetic source."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .folder import FolderDataset
+from .mask import MaskGenerator
+from .shards import ShardDataset
+
+IMAGENET_VARIANTS = {
+    "imagenet1k": (1000, "SIMMIM_IMAGENET1K_ROOT"),
+    "imagenet22k": (21841, "SIMMIM_IMAGENET22K_ROOT"),
+}
+
+
+def _how_to_make_shards(variant: str, env: str) -> str:
+    return (
+        f"Point root= (or ${env}) at a folder holding train/ and val/ (22K: train/ alone is fine), each "
+        "either in ImageFolder layout (one subfolder per class) or as .tar shards made with: "
+        f"python scripts/make_shards.py /path/to/{variant}/train ${env}/train --samples-per-shard 1000"
+    )
+
+
+def build_imagenet(
+    variant: str = "imagenet1k",
+    root: str | Path | None = None,
+    split: str = "train",
+    transform: Callable | None = None,
+    seed: int = 0,
+    samples_per_epoch: int | None = None,
+    batch_size: int | None = None,
+    max_bad_fraction: float = 0.01,
+    min_seen: int = 100,
+) -> Dataset:
+    """ImageNet from ``<root>/<split>``: ``*.tar`` shards → :class:`ShardDataset`, class folders →
+    :class:`FolderDataset`. ``root`` defaults to ``$SIMMIM_IMAGENET1K_ROOT`` / ``$SIMMIM_IMAGENET22K_ROOT``.
+
+    Raises ``FileNotFoundError`` (saying how to make shards) when the root is missing or empty,
+    and ``ValueError`` when a class folder tree has the wrong number of classes.
+    """
+    if variant not in IMAGENET_VARIANTS:
+        raise ValueError(f"variant={variant!r}; use one of {sorted(IMAGENET_VARIANTS)}")
+    num_classes, env = IMAGENET_VARIANTS[variant]
+    root = root or os.environ.get(env)
+    if not root:
+        raise FileNotFoundError(f"no {variant} root given and ${env} is not set. " + _how_to_make_shards(variant, env))
+    base = Path(root).expanduser()
+    folder = base / split if (base / split).is_dir() else base
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise FileNotFoundError(f"{variant} root {folder} is missing or empty. " + _how_to_make_shards(variant, env))
+    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    train = split == "train"
+    if shards:
+        return ShardDataset(
+            shards, transform, shuffle=train, seed=seed, samples_per_epoch=samples_per_epoch if train else None,
+            batch_size=batch_size, max_bad_fraction=max_bad_fraction, min_seen=min_seen, num_classes=num_classes,
+        )
+    dataset = FolderDataset(folder, transform, labelled=True, max_bad_fraction=max_bad_fraction, min_seen=min_seen)
+    if dataset.num_classes != num_classes:
+        raise ValueError(
+            f"{folder} has {dataset.num_classes} class folders but {variant} has {num_classes}; "
+            "point the root at the full dataset (or use the generic 'folder' source for a subset)"
+        )
+    return dataset
+
+
+def build_imagenet1k(root: str | Path | None = None, split: str = "train", transform: Callable | None = None,
+                     **kwargs) -> Dataset:
+    """ImageNet-1K preset (1000 classes); see :func:`build_imagenet`."""
+    return build_imagenet("imagenet1k", root, split, transform, **kwargs)
+
+
+def build_imagenet22k(root: str | Path | None = None, split: str = "train", transform: Callable | None = None,
+                      **kwargs) -> Dataset:
+    """ImageNet-22K preset (21841 classes); see :func:`build_imagenet`."""
+    return build_imagenet("imagenet22k", root, split, transform, **kwargs)
+
+
+class SyntheticDataset(Dataset):
+    """Random images for throughput benchmarks: item = ``(image, mask, label)`` or ``(image, label)``.
+
+    ``image`` is float ``(3, H, W)`` from a small fixed pool (so producing it costs ~nothing);
+    ``mask`` is bool ``(H/p, W/p)`` freshly drawn by ``mask_generator`` when one is given.
+    """
+
+    def __init__(
+        self,
+        length: int = 10_000,
+        input_size: int | tuple[int, int] = 192,
+        num_classes: int = 1000,
+        mask_generator: MaskGenerator | None = None,
+        seed: int = 0,
+    ) -> None:
+        h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        gen = torch.Generator().manual_seed(seed)
+        self.pool = torch.randn(8, 3, h, w, generator=gen)
+        self.length = length
+        self.num_classes = num_classes
+        self.mask_generator = mask_generator
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple:
+        image, label = self.pool[i % len(self.pool)], i % self.num_classes
+        if self.mask_generator is None:
+            return image, label
+        return image, self.mask_generator(), label
+
+
+def build_synthetic(
+    length: int = 10_000,
+    input_size: int = 192,
+    num_classes: int = 1000,
+    mask_generator: MaskGenerator | None = None,
+    seed: int = 0,
+) -> SyntheticDataset:
+    """Synthetic source (see :class:`SyntheticDataset`)."""
+    return SyntheticDataset(length, input_size, num_classes, mask_generator, seed)
