@@ -1,0 +1,234 @@
+"""Parameter groups (weight-decay exclusions, layer-wise LR decay), the optimizer and per-iteration LR schedules.
+
+Pure functions over modules and optimizers: no Lightning, no Hydra. The recipe (REFERENCE.md, "Optimisation"):
+AdamW, betas (0.9, 0.999), eps 1e-8, weight decay 0.05 on all but 1-D parameters and the position/scale
+parameters named in `NO_DECAY_KEYS`; base LR, warmup LR and min LR all scaled by `global_batch / 512`
+(`scale_lr`); schedules stepped once per optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from .models.swinv2 import SwinV2Encoder
+
+# Substrings of parameter names kept out of weight decay besides every parameter with ndim <= 1. `logit_scale`
+# is (heads, 1, 1) and the `cpb_mlp` weights are 2-D, so the ndim rule alone would decay them.
+NO_DECAY_KEYS = ("absolute_pos_embed", "mask_token", "cpb_mlp", "logit_scale", "relative_position_bias_table")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "multistep", "constant")
+
+
+def decays(name: str, param: torch.Tensor, no_decay_names: Iterable[str] = ()) -> bool:
+    """Whether `param` gets weight decay: not 1-D and its name contains none of `NO_DECAY_KEYS` or
+    `no_decay_names`."""
+    return param.ndim > 1 and not any(k in name for k in (*NO_DECAY_KEYS, *no_decay_names))
+
+
+def layer_id(name: str, depths: Sequence[int]) -> int:
+    """Layer id of an encoder parameter (`name` relative to the encoder, timm layout) in the official numbering.
+
+    `mask_token`, `absolute_pos_embed`, `patch_embed.*` → 0; block b of stage s → `sum(depths[:s]) + b + 1`;
+    `layers.{s}.downsample.*` (timm opens stage s with the merge the official code runs at the end of stage
+    s-1) → `sum(depths[:s])`, the id of the block before it; anything else (final norm) → `sum(depths) + 1`.
+    """
+    num_layers = sum(depths)
+    if name in ("mask_token", "absolute_pos_embed") or name.startswith("patch_embed."):
+        return 0
+    parts = name.split(".")
+    if parts[0] != "layers" or len(parts) < 3:
+        return num_layers + 1
+    stage = int(parts[1])
+    if stage >= len(depths):
+        raise ValueError(f"{name!r} is in stage {stage} but depths {tuple(depths)} has {len(depths)} stages: "
+                         f"pass the depths of the model the parameter comes from")
+    if parts[2] == "downsample":
+        return sum(depths[:stage])
+    if parts[2] == "blocks":
+        block = int(parts[3])
+        if block >= depths[stage]:
+            raise ValueError(f"{name!r} is block {block} of stage {stage}, which has {depths[stage]} blocks in "
+                             f"depths {tuple(depths)}: pass the depths of the model the parameter comes from")
+        return sum(depths[:stage]) + block + 1
+    return num_layers + 1
+
+
+def _find_encoder(model: nn.Module) -> tuple[str, SwinV2Encoder] | None:
+    """The first `SwinV2Encoder` in `model` and its name prefix (`""` for a bare encoder, `"encoder."`)."""
+    for prefix, module in model.named_modules():
+        if isinstance(module, SwinV2Encoder):
+            return (prefix + "." if prefix else ""), module
+    return None
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    layer_decay: float | None = None,
+    base_lr: float | None = None,
+    no_decay_names: Iterable[str] | None = None,
+) -> list[dict]:
+    """Optimizer parameter groups for the trainable parameters of `model`.
+
+    Without `layer_decay`: a `decay` and a `no_decay` group (see `decays`; `no_decay_names` adds name
+    substrings to `NO_DECAY_KEYS`). With it: one group per (layer id, decay) pair, the encoder's parameters
+    numbered by `layer_id` and everything outside the encoder (head, decoder) at `sum(depths) + 1`, with
+    `lr_scale = layer_decay ** (sum(depths) + 1 - id)` (1 for the last layer). Every group carries `name`,
+    `weight_decay`, `lr_scale` (and `layer_id` with layer decay); `lr = base_lr * lr_scale` when `base_lr` given.
+    """
+    extra = tuple(no_decay_names or ())
+    found = _find_encoder(model) if layer_decay is not None else None
+    if layer_decay is not None and found is None:
+        raise ValueError(f"layer_decay needs a model containing a SwinV2Encoder, got {type(model).__name__}; "
+                         f"pass layer_decay=None for plain weight-decay groups")
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = decays(name, param, extra)
+        group_id, scale = 0, 1.0
+        if found is not None:
+            prefix, encoder = found
+            depths = encoder.cfg.depths
+            last = sum(depths) + 1
+            group_id = layer_id(name[len(prefix):], depths) if name.startswith(prefix) else last
+            scale = layer_decay ** (last - group_id)
+        key = (group_id, decay)
+        if key not in groups:
+            kind = "decay" if decay else "no_decay"
+            groups[key] = {"params": [], "name": kind if found is None else f"layer_{group_id}_{kind}",
+                           "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+            if found is not None:
+                groups[key]["layer_id"] = group_id
+            if base_lr is not None:
+                groups[key]["lr"] = base_lr * scale
+        groups[key]["params"].append(param)
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no parameters with requires_grad=True: nothing to optimize")
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
+
+
+def scale_lr(base_lr: float, global_batch: int, reference_batch: int = 512) -> float:
+    """`base_lr * global_batch / reference_batch`: the linear scaling the recipe applies to the base LR, the
+    warmup LR and the min LR alike (`global_batch` counts accumulation: GPUs × per-GPU batch × accumulation)."""
+    if global_batch < 1 or reference_batch < 1:
+        raise ValueError(f"global_batch ({global_batch}) and reference_batch ({reference_batch}) must be >= 1")
+    return base_lr * global_batch / reference_batch
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    name: str = "adamw",
+    base_lr: float,
+    weight_decay: float = 0.05,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+    layer_decay: float | None = None,
+    fused: bool | None = None,
+) -> torch.optim.Optimizer:
+    """AdamW (or SGD with Nesterov momentum, as the official code) over `param_groups`, each group at
+    `base_lr * lr_scale`. `fused=None` uses the fused kernel when every parameter is on a CUDA device."""
+    groups = param_groups(model, weight_decay, layer_decay=layer_decay, base_lr=base_lr)
+    if fused is None:
+        fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
+    name = name.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=base_lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                 fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=base_lr, momentum=momentum, nesterov=True, weight_decay=weight_decay,
+                               fused=fused)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+    """Optimizer steps in `epochs` (fractional epochs allowed), rounded to the nearest step."""
+    return round(epochs * steps_per_epoch)
+
+
+class LRFactor:
+    """The LR of one param group at a step, as a multiple of the group's peak LR.
+
+    A plain object rather than a lambda so that `LambdaLR.state_dict()` saves its fields (it drops lambdas)
+    and a resumed run continues the saved schedule. `start` and `floor` are the warmup start and the
+    cosine end as fractions of the peak."""
+
+    def __init__(self, name: str, total_steps: int, warmup_steps: int, start: float, floor: float,
+                 milestones: Sequence[int], gamma: float, warmup_prefix: bool) -> None:
+        self.name, self.total_steps, self.warmup_steps = name, total_steps, warmup_steps
+        self.start, self.floor, self.milestones, self.gamma = start, floor, list(milestones), gamma
+        self.warmup_prefix = warmup_prefix
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start + (1.0 - self.start) * step / self.warmup_steps
+        if self.name == "multistep":
+            return self.gamma ** bisect_right(self.milestones, step)
+        if self.name == "cosine":
+            t0 = self.warmup_steps if self.warmup_prefix else 0
+            progress = min((step - t0) / max(self.total_steps - t0, 1), 1.0)
+            return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+
+class IterationLR(LambdaLR):
+    """`LambdaLR` whose `load_state_dict` also sets each group's LR for the restored step, so a resumed run
+    starts at the right LR whether the optimizer state is loaded before the scheduler is built, after, or not
+    at all (plain `LambdaLR` leaves the LR its constructor set until the next `step()`)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._last_lr = [base * f(self.last_epoch) for base, f in zip(self.base_lrs, self.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    name: str = "cosine",
+    total_steps: int,
+    warmup_steps: int = 0,
+    warmup_lr: float = 0.0,
+    min_lr: float = 0.0,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    warmup_prefix: bool = True,
+    scale_warmup_min: bool = True,
+) -> IterationLR:
+    """A per-iteration `LambdaLR` (`IterationLR`): linear warmup from `warmup_lr` to each group's peak LR (its `lr` when the
+    scheduler is built) over `warmup_steps`, then `cosine` to `min_lr` at `total_steps`, `multistep` (×`gamma`
+    at each of `milestones`, absolute step numbers), or `constant`. Call `.step()` after every optimizer step.
+
+    `scale_warmup_min=True` (default): `warmup_lr` and `min_lr` are multiplied by each group's `lr_scale`, so
+    every layer follows the same curve scaled (BEiT/MAE and timm >= 0.6, where the scheduler applies
+    `lr_scale`). `False` reproduces the official SimMIM/Swin code on its pinned timm 0.4.12: peaks are scaled
+    per group but warmup and min LR are the same absolute values for all groups (for deep layers with strong
+    decay the "min" can then exceed the peak). `warmup_prefix=True`: the cosine spans the steps after warmup;
+    `False` is the official SimMIM cosine over all `total_steps`, which drops below the peak right after warmup.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got total_steps="
+                         f"{total_steps}, warmup_steps={warmup_steps}: check epochs and steps_per_epoch")
+    milestones = sorted(int(m) for m in milestones)
+    if name == "multistep" and (not milestones or milestones[0] < warmup_steps):
+        raise ValueError(f"multistep needs milestones (in steps) at or after warmup ({warmup_steps} steps), got "
+                         f"{milestones}: convert epochs with epochs_to_steps")
+    factors = []
+    for group in optimizer.param_groups:
+        peak = group.get("initial_lr", group["lr"])  # initial_lr: set by an earlier scheduler / loaded state
+        scale = group.get("lr_scale", 1.0) if scale_warmup_min else 1.0
+        start, floor = (0.0, 0.0) if peak == 0 else (warmup_lr * scale / peak, min_lr * scale / peak)
+        factors.append(LRFactor(name, total_steps, warmup_steps, start, floor, milestones, gamma, warmup_prefix))
+    return IterationLR(optimizer, factors)

@@ -1,0 +1,125 @@
+"""What the entry points share: config checks before any work, datasets first (a bad data root fails before a
+model is built), loggers (wandb offline without credentials), the Trainer with atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import AtomicCheckpointIO, find_resume_checkpoint
+from .data import SimMIMDataModule
+from .tasks.callbacks import RNGState
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work, found before any work starts."""
+
+
+def check_pretrain_config(cfg: DictConfig) -> None:
+    """Fail fast, naming the fix, on what would only break later (after data loading or model building)."""
+    stride = cfg.model.get("patch_size", 4) * 2 ** 3
+    if cfg.img_size % 32:
+        raise ConfigError(f"img_size={cfg.img_size} must be a multiple of 32 (the encoder stride and the mask "
+                          f"block): try {max(32, cfg.img_size // 32 * 32)}")
+    if cfg.mask.input_size != cfg.img_size:
+        raise ConfigError(f"mask.input_size={cfg.mask.input_size} differs from img_size={cfg.img_size}: "
+                          "leave mask.input_size as ${img_size}")
+    if cfg.mask.model_patch_size != cfg.model.get("patch_size", 4):
+        raise ConfigError(f"mask.model_patch_size={cfg.mask.model_patch_size} must equal the model's patch size "
+                          f"({cfg.model.get('patch_size', 4)})")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1 (it is per device)")
+    if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
+        raise ConfigError(f"resume={cfg.resume}: no such checkpoint; use auto, never or an existing path")
+    del stride
+
+
+def build_datasets(data_cfg: DictConfig, train_transform, val_transform):
+    """Build train (and val, when configured) now, so a missing root or empty folder fails before a model is
+    built."""
+    train = instantiate(data_cfg.train, transform=train_transform)
+    val = instantiate(data_cfg.val, transform=val_transform) if data_cfg.get("val") else None
+    if len(train) == 0:
+        raise ConfigError("the training set is empty: check data.root / data.urls")
+    return train, val
+
+
+def build_datamodule(cfg: DictConfig, train, val) -> SimMIMDataModule:
+    return SimMIMDataModule(train=train, val=val, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+
+
+def _wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        kwargs = {}
+        if name == "wandb" and node.get("offline") is None:
+            kwargs["offline"] = not _wandb_credentials()
+            if kwargs["offline"]:
+                rank_zero_info("wandb: no credentials found, logging offline (sync later with `wandb sync`)")
+        loggers.append(instantiate(node, **kwargs))
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
+    loggers = build_loggers(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + (callbacks or [])
+    if not loggers:  # nothing to monitor into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(RNGState())
+    plugins = []
+    if "deepspeed" not in str(cfg.trainer.get("strategy", "")):
+        plugins.append(AtomicCheckpointIO())
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+
+
+def resume_path(cfg: DictConfig, run_dir: str | Path) -> str | None:
+    """`resume=auto`: the newest checkpoint in the run directory, if any; `never`; or an explicit path."""
+    if cfg.resume == "never":
+        return None
+    if cfg.resume != "auto":
+        return str(cfg.resume)
+    ckpt = find_resume_checkpoint(run_dir)
+    if ckpt is not None:
+        rank_zero_info(f"resuming from {ckpt} (resume=auto; pass resume=never to start afresh)")
+    return str(ckpt) if ckpt else None
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: str | Path) -> None:
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def specs(cfg: DictConfig):
+    from .tasks import OptimizerSpec, ScheduleSpec
+
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    optim["betas"] = tuple(optim["betas"])
+    return OptimizerSpec(**optim), ScheduleSpec(**OmegaConf.to_container(cfg.scheduler, resolve=True))
+
+
+__all__ = ["CONFIG_DIR", "ConfigError", "build_datamodule", "build_datasets", "build_trainer", "partial",
+           "resume_path", "save_resolved_config", "specs"]

@@ -1,0 +1,7 @@
+"""LightningModules for pretraining and fine-tuning. They receive built objects and typed values, never the
+Hydra config."""
+
+from .base import OptimizerSpec, ScheduleSpec, TrainTask
+from .pretrain import PretrainTask
+
+__all__ = ["OptimizerSpec", "PretrainTask", "ScheduleSpec", "TrainTask"]
