@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+_REBUILT = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -46,3 +50,116 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
         return last
     candidates = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+# --------------------------------------------------------------------------------- pretrained weights
+def _from_lightning(path: Path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    sd = ckpt.get("state_dict", ckpt)
+    return {k.removeprefix("model."): v for k, v in sd.items()}
+
+
+def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
+    """Encoder weights (our module names, no prefix) from anything we or the peers save, and what it was:
+
+    - a run directory of ours (its newest checkpoint) or a Lightning `.ckpt` (pretraining or fine-tuning);
+    - our exported `.safetensors` (convert.save_model), or a bare encoder state dict in safetensors;
+    - a transformers `save_pretrained` directory (Swinv2Model / ForMaskedImageModeling / ForImageClassification);
+    - an official SimMIM / Swin-Transformer checkpoint or a timm state dict (`.pth`/`.pt`/`.bin`).
+
+    Decoder and head weights are left out; pickles load with `weights_only=True`."""
+    from . import convert
+
+    path = Path(source)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            model = convert.from_transformers(path)
+            encoder = model if isinstance(model, convert.SwinV2Encoder) else model.encoder
+            return encoder.state_dict(), "transformers directory"
+        ckpt = find_resume_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(f"{path} is a directory with neither config.json (transformers) nor "
+                                    "checkpoints/*.ckpt (a run of ours)")
+        sd, kind = _from_lightning(ckpt), f"run directory ({ckpt.name})"
+    elif not path.is_file():
+        raise FileNotFoundError(f"pretrained weights {path} not found")
+    elif path.suffix == ".ckpt":
+        sd, kind = _from_lightning(path), "Lightning checkpoint"
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd, kind = load_file(str(path)), "safetensors"
+    else:
+        raw = convert._read_any(path)
+        if convert._guess_format(raw) == "official":
+            return convert.official_to_ours(raw)[0], "official checkpoint"
+        return convert.timm_to_ours(raw)[0], "timm state dict"
+    if any(k.startswith("encoder.") for k in sd):
+        sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
+    return sd, kind
+
+
+def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dict[str, list[str]]:
+    """Load pretrained weights into `encoder`, reporting what did not fit. The mask token is pretraining-only;
+    window-dependent buffers are rebuilt for this encoder's windows, so a new window size works as long as the
+    config's `pretrained_window_sizes` names the old one."""
+    sd, kind = encoder_state_dict(source)
+    own = encoder.state_dict()
+    skipped_shape = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    sd = {k: v for k, v in sd.items() if k not in skipped_shape and not k.endswith(_REBUILT)}
+    if getattr(encoder, "mask_token", None) is None:
+        sd.pop("mask_token", None)
+    result = encoder.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(_REBUILT)]
+    report = {"missing": missing, "unexpected": list(result.unexpected_keys), "shape_mismatch": skipped_shape}
+    loaded = len(sd) - len(result.unexpected_keys)
+    if loaded == 0:
+        raise ValueError(f"no encoder weights of {source} ({kind}) fit this model: is it a SwinV2 of the same "
+                         f"variant? unexpected keys: {list(result.unexpected_keys)[:5]}")
+    log.info("loaded %d encoder tensors from %s (%s); missing %s, unexpected %s, shape mismatch %s",
+             loaded, source, kind, missing, report["unexpected"], skipped_shape)
+    print(f"pretrained: {loaded} tensors from {source} ({kind}); missing {len(missing)}, unexpected "
+          f"{len(report['unexpected'])}, shape mismatch {len(skipped_shape)}"
+          + (f"\n  missing: {missing}" if missing else "")
+          + (f"\n  unexpected: {report['unexpected']}" if report["unexpected"] else "")
+          + (f"\n  shape mismatch (left at init): {skipped_shape}" if skipped_shape else ""))
+    return report
+
+
+def load_model(source: str | Path):
+    """A whole model (classifier, SimMIM or encoder) from a checkpoint of ours (Lightning `.ckpt` or a run
+    directory), our safetensors export, or a transformers directory."""
+    from . import convert
+    from .models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
+
+    path = Path(source)
+    if path.is_dir() and (path / "config.json").is_file():
+        return convert.from_transformers(path)
+    if path.suffix == ".safetensors":
+        return convert.load_model(path)
+    if path.is_dir():
+        found = find_resume_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoints/*.ckpt in run directory {path}")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta = ckpt.get("simmim_swinv2")
+    if meta is None:
+        raise ValueError(f"{path} carries no model description (not written by simmim_swinv2's tasks); "
+                         "for other weights use simmim_swinv2.convert")
+    encoder = SwinV2Encoder(SwinV2Config.from_dict(meta["config"]))
+    sd = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if meta["kind"] == "SwinV2Classifier":
+        id2label = {int(k): v for k, v in meta["id2label"].items()}
+        model = SwinV2Classifier(encoder, len(id2label), id2label=id2label)
+    elif meta["kind"] == "SimMIM":
+        model = SimMIM(encoder)
+    else:
+        model = encoder
+    result = model.load_state_dict(sd, strict=False)
+    bad = [k for k in result.missing_keys if not k.endswith(_REBUILT)] + list(result.unexpected_keys)
+    if bad:
+        raise ValueError(f"{path}: checkpoint does not match its own model description: {bad[:8]}")
+    return model

@@ -346,11 +346,10 @@ def _build(enc_sd: dict, head: dict | None, decoder: dict | None, what: str, **o
     return encoder
 
 
-def from_official(source: str | Path | dict, **config_overrides) -> Model:
-    """An official SwinV2 (microsoft/Swin-Transformer) or SimMIM (microsoft/SimMIM) checkpoint: weights
-    under `model`, SimMIM's encoder under `encoder.`, older `rpe_mlp` names, patch merging at stage end;
-    position buffers are rebuilt, not loaded."""
-    sd = _read_any(source)
+def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
+    """An official SwinV2 / SimMIM state dict → (encoder, head, decoder) state dicts in our names: SimMIM's
+    `encoder.`/`decoder.` prefixes split off, `rpe_mlp` renamed, patch merging moved from the end of stage s to
+    the start of stage s+1. Position buffers stay in the encoder dict (they tell the window size)."""
     if any(k.startswith("encoder.") for k in sd):
         decoder, sd = _split(sd, "decoder."), _split(sd, "encoder.")
     else:
@@ -366,14 +365,26 @@ def from_official(source: str | Path | dict, **config_overrides) -> Model:
             enc_sd[key] = value
     if "absolute_pos_embed" in enc_sd:
         raise ValueError("checkpoints with an absolute position embedding (ape=True) are not supported")
+    return enc_sd, head, decoder
+
+
+def timm_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """A timm SwinTransformerV2 state dict → (encoder, head) state dicts in our names."""
+    head = {k[len("head.fc."):]: v for k, v in sd.items() if k.startswith("head.fc.")}
+    return {k: v for k, v in sd.items() if not k.startswith("head.")}, head
+
+
+def from_official(source: str | Path | dict, **config_overrides) -> Model:
+    """An official SwinV2 (microsoft/Swin-Transformer) or SimMIM (microsoft/SimMIM) checkpoint: weights
+    under `model`, SimMIM's encoder under `encoder.`, older `rpe_mlp` names, patch merging at stage end;
+    position buffers are rebuilt, not loaded."""
+    enc_sd, head, decoder = official_to_ours(_read_any(source))
     return _build(enc_sd, head, decoder, "official checkpoint", **config_overrides)
 
 
 def from_timm(source: str | Path | dict, **config_overrides) -> Model:
     """A timm `SwinTransformerV2` state dict (our module names; head under `head.fc`)."""
-    sd = _read_any(source)
-    head = {k[len("head.fc."):]: v for k, v in sd.items() if k.startswith("head.fc.")}
-    enc_sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    enc_sd, head = timm_to_ours(_read_any(source))
     return _build(enc_sd, head, None, "timm state dict", **config_overrides)
 
 

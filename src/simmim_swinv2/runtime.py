@@ -85,7 +85,8 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
     loggers = build_loggers(cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + (callbacks or [])
+    nodes = (cfg.get("callbacks") or {}).values()
+    callbacks = [instantiate(c) for c in nodes if c is not None and "_target_" in c] + (callbacks or [])
     if not loggers:  # nothing to monitor into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(RNGState())

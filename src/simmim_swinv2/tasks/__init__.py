@@ -2,6 +2,7 @@
 Hydra config."""
 
 from .base import OptimizerSpec, ScheduleSpec, TrainTask
+from .finetune import FinetuneTask
 from .pretrain import PretrainTask
 
-__all__ = ["OptimizerSpec", "PretrainTask", "ScheduleSpec", "TrainTask"]
+__all__ = ["FinetuneTask", "OptimizerSpec", "PretrainTask", "ScheduleSpec", "TrainTask"]

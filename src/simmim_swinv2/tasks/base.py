@@ -98,6 +98,14 @@ class TrainTask(L.LightningModule):
             f"  {total} optimizer steps ({per_epoch:.1f} per epoch), precision {t.precision}, "
             f"strategy {type(t.strategy).__name__}, grad clip {t.gradient_clip_val}")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """What rebuilds the model without Hydra (plain types: checkpoints load with weights_only=True)."""
+        encoder = getattr(self.model, "encoder", self.model)
+        meta = {"kind": type(self.model).__name__, "config": encoder.cfg.to_dict()}
+        if hasattr(self.model, "id2label"):
+            meta["id2label"] = dict(self.model.id2label)
+        checkpoint["simmim_swinv2"] = meta
+
     # ------------------------------------------------------------------------------------------ checks
     def check_loss(self, loss: torch.Tensor) -> None:
         """Stop at once on NaN/inf: later steps would only spread it into the weights and the checkpoints."""

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real `conf/` composed with CPU / tiny / fast overrides; data the tests make themselves."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from simmim_swinv2.runtime import CONFIG_DIR
+
+os.environ.setdefault("WANDB_MODE", "offline")  # the wandb service does not exist here
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# A few optimizer steps of the debug model at 64 px, no worker processes, nothing printed per step.
+FAST = [
+    "debug=fast",
+    "trainer.enable_model_summary=false",
+]
+
+
+def compose_config(name: str, run_dir, overrides=()):
+    """Compose `conf/<name>.yaml` as `python -m simmim_swinv2.<name>` would, with `hydra.run.dir=run_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # as hydra.main does: the job sees its config without the hydra node
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    def _compose(name: str, overrides=(), run_dir=None):
+        return compose_config(name, run_dir or tmp_path / "run", overrides)
+
+    return _compose

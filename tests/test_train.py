@@ -1,0 +1,185 @@
+"""Pretraining and fine-tuning end to end on the CPU: entry points, checkpoints, resume, loading matrix."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _reference import randomize_
+from conftest import FAST, compose_config
+from simmim_swinv2 import convert
+from simmim_swinv2.checkpoint import AtomicCheckpointIO, encoder_state_dict, load_model, load_pretrained_encoder
+from simmim_swinv2.evaluate import evaluate
+from simmim_swinv2.finetune import finetune
+from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, swinv2_config
+from simmim_swinv2.pretrain import pretrain
+from simmim_swinv2.tasks.base import NonFiniteLossError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def metrics(run_dir) -> list[dict]:
+    with open(Path(run_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """One fast pretraining run shared by the tests below (in-process, the real composed config)."""
+    run = tmp_path_factory.mktemp("pretrain")
+    cfg = compose_config("pretrain", run, FAST)
+    result = pretrain(cfg)
+    return run, result
+
+
+def test_pretrain_writes_checkpoints_metrics_pictures_and_config(pretrained_run):
+    run, result = pretrained_run
+    assert {"train/loss_step", "val/loss"} <= set(result)
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert ckpts == ["epoch0000-step0000003.ckpt", "epoch0001-step0000006.ckpt", "last.ckpt"]
+    assert not list((run / "checkpoints").glob("*.tmp-*"))
+    rows = metrics(run)
+    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    assert len(losses) == 6 and all(l == l for l in losses)
+    assert any(r.get("train/grad_norm") for r in rows) and any(r.get("lr-AdamW/decay") or
+                                                               any(k.startswith("lr-") and r[k] for k in r)
+                                                               for r in rows)
+    pictures = sorted((run / "reconstructions").glob("step_*.png"))
+    assert [p.name for p in pictures] == ["step_0000002.png", "step_0000004.png", "step_0000006.png"]
+    from PIL import Image
+
+    assert Image.open(pictures[-1]).size[0] == 4 * (64 + 2) + 2  # 4 columns of 64 px + padding
+    assert "img_size: 64" in (run / "config.yaml").read_text()  # resolved, no ${...}
+    assert "${" not in (run / "config.yaml").read_text()
+    meta = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["simmim_swinv2"]
+    assert meta["kind"] == "SimMIM" and meta["config"]["variant"] == "debug"
+
+
+def test_finetune_from_the_pretrain_run_then_evaluate(pretrained_run, tmp_path, capsys):
+    run, _ = pretrained_run
+    cfg = compose_config("finetune", tmp_path / "ft", [*FAST, f"pretrained={run}"])
+    result = finetune(cfg)
+    out = capsys.readouterr().out
+    assert "pretrained: 1" in out and "missing 0, unexpected 0" in out  # mask token dropped, nothing else
+    assert 0.0 <= result["val/top1"] <= result["val/top5"] <= 1.0
+    assert "validation: top-1" in out
+    ev = evaluate(compose_config("evaluate", tmp_path / "ev", [f"checkpoint={tmp_path / 'ft'}", "batch_size=8",
+                                                            "trainer.limit_val_batches=1"]))  # as debug=fast
+    assert ev["val/top1"] == pytest.approx(result["val/top1"])
+
+
+def test_resume_auto_continues_a_finished_run_without_training_again(pretrained_run, tmp_path):
+    run, _ = pretrained_run
+    before = len(metrics(run))
+    cfg = compose_config("pretrain", run, FAST)
+    pretrain(cfg)  # resume=auto: max_epochs already reached
+    rows = metrics(run)
+    assert len([r for r in rows if r.get("train/loss_step")]) == 6  # no new training steps
+    assert len(rows) >= before
+
+
+@pytest.mark.parametrize("kind", ["lightning_ckpt", "run_dir", "safetensors", "transformers", "official", "timm"])
+def test_finetune_loads_pretrained_weights_from_anything(kind, pretrained_run, tmp_path):
+    run, _ = pretrained_run
+    simmim = load_model(run)
+    assert isinstance(simmim, SimMIM)
+    source = {"lightning_ckpt": run / "checkpoints" / "last.ckpt", "run_dir": run}.get(kind)
+    if kind == "safetensors":
+        convert.save_model(simmim, tmp_path / "model.safetensors")
+        source = tmp_path / "model.safetensors"
+    elif kind == "transformers":
+        source = convert.to_transformers(simmim, tmp_path / "hf")
+    elif kind == "official":
+        from test_convert import _as_official
+
+        torch.save(_as_official(simmim), tmp_path / "official.pth")
+        source = tmp_path / "official.pth"
+    elif kind == "timm":
+        sd = {k: v for k, v in simmim.encoder.state_dict().items() if k != "mask_token"}
+        torch.save(sd, tmp_path / "timm.pth")
+        source = tmp_path / "timm.pth"
+    cfg = simmim.encoder.cfg
+    encoder = SwinV2Encoder(cfg.replace(use_mask_token=False))
+    report = load_pretrained_encoder(encoder, source)
+    assert report == {"missing": [], "unexpected": [], "shape_mismatch": []}
+    for name, value in encoder.state_dict().items():
+        if not name.endswith(("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")):
+            torch.testing.assert_close(value, simmim.encoder.state_dict()[name], rtol=0, atol=0, msg=name)
+
+
+def test_pretrained_weights_load_into_another_window(pretrained_run):
+    """Window 4 -> 8 at a larger size: the position-bias MLP carries over, tables are rebuilt."""
+    run, _ = pretrained_run
+    encoder = SwinV2Encoder(swinv2_config("debug", img_size=128, window_size=8, pretrained_window_sizes=(4, 4, 4, 2)))
+    report = load_pretrained_encoder(encoder, run)
+    assert report["missing"] == [] and report["shape_mismatch"] == []
+    assert encoder.layers[0].blocks[0].attn.relative_position_index.shape == (64, 64)
+    assert encoder(torch.randn(1, 3, 128, 128)).last_hidden_state.shape == (1, 4, 4, 256)
+
+
+def test_wrong_pretrained_weights_fail_clearly(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "resnet.pth")
+    encoder = SwinV2Encoder(swinv2_config("debug", img_size=64, window_size=4))
+    with pytest.raises(Exception, match="patch_embed|no encoder weights"):
+        load_pretrained_encoder(encoder, tmp_path / "resnet.pth")
+    with pytest.raises(FileNotFoundError):
+        encoder_state_dict(tmp_path / "missing.ckpt")
+
+
+def test_atomic_checkpoint_survives_a_failed_save(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def dying_save(obj, f):  # writes half a file, then the process "dies"
+        f.write(b"partial")
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
+    from simmim_swinv2 import pretrain as entry
+
+    real = entry.SimMIM.from_config
+
+    def poisoned(*args, **kwargs):
+        model = real(*args, **kwargs)
+        with torch.no_grad():
+            model.decoder[0].bias.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(entry.SimMIM, "from_config", poisoned)
+    cfg = compose_config("pretrain", tmp_path, FAST)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* at step 0"):
+        pretrain(cfg)
+
+
+def run_cli(module: str, *overrides: str, timeout: int = 600, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_pretrain_and_finetune_command_lines(tmp_path):
+    pre = run_cli("simmim_swinv2.pretrain", *FAST, f"hydra.run.dir={tmp_path / 'pre'}")
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    assert "global batch 8 = 8 per device x 1 devices x 1 accumulation" in pre.stdout + pre.stderr
+    ft = run_cli("simmim_swinv2.finetune", *FAST, f"pretrained={tmp_path / 'pre'}", f"hydra.run.dir={tmp_path / 'ft'}")
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    assert "validation: top-1" in ft.stdout
+    ev = run_cli("simmim_swinv2.evaluate", f"checkpoint={tmp_path / 'ft'}", f"hydra.run.dir={tmp_path / 'ev'}")
+    assert ev.returncode == 0 and "top-1" in ev.stdout, ev.stderr[-3000:]
+    bad = run_cli("simmim_swinv2.pretrain", "img_size=100", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode != 0 and "multiple of 32" in bad.stderr
