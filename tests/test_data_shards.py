@@ -10,11 +10,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from test_data_utils import (
+    Fingerprint,
+    jpeg_bytes,
+    oriented_jpeg,
+    photo,
+    write_class_folder,
+    write_corrupt,
+    write_mixed_folder,
+    write_tar,
+)
 from torch.utils.data import DataLoader
 
 from simmim_swinv2.data import ShardDataset, ShardError, TooManyBadSamples, build_imagenet1k, plan_epoch
 from simmim_swinv2.data.sharding import make_shards
-from test_data_utils import Fingerprint, jpeg_bytes, write_class_folder, write_corrupt, write_mixed_folder, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +97,17 @@ def test_make_shards_byte_cap_and_resize(tmp_path):
     assert summary["shards"] > 1 and summary["samples"] == 6
     img, _ = next(iter(ShardDataset(sorted(map(str, (tmp_path / "out").glob("*.tar"))), shuffle=False)))
     assert min(img.size) == 64
+
+
+def test_make_shards_keeps_exif_orientation(tmp_path):
+    # Kept bytes keep their EXIF tag; re-encoded (resized) images are stored upright. Either way, upright when read.
+    (tmp_path / "src" / "c").mkdir(parents=True)
+    (tmp_path / "src" / "c" / "rotated.jpg").write_bytes(oriented_jpeg(photo(4, (150, 100)), 6))
+    for resize in (None, 50):
+        out = tmp_path / f"out{resize}"
+        make_shards(tmp_path / "src", out, resize_shorter=resize, progress=False)
+        img, _ = next(iter(ShardDataset(str(out / "000000.tar"), shuffle=False)))
+        assert img.size == ((150, 100) if resize is None else (75, 50))
 
 
 def _epoch_ids(shards: str, world: int, workers: int, epoch: int = 0, **kwargs) -> dict[int, list[list[str]]]:

@@ -74,6 +74,19 @@ def write_tar(path: Path, samples: list[dict[str, bytes]]) -> None:
                 tar.addfile(info, io.BytesIO(payload))
 
 
+def oriented_jpeg(upright: Image.Image, orientation: int) -> bytes:
+    """JPEG (q95) whose stored pixels, turned by its EXIF ``orientation`` tag (1-8), show ``upright``."""
+    undo = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_270}
+    stored = upright.transpose(undo[orientation]) if orientation in undo else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
 def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
     buf = io.BytesIO()
     photo(seed, size).save(buf, "JPEG")

@@ -36,9 +36,12 @@ class SimMIMDataModule(L.LightningDataModule):
         persistent_workers: default: True when ``num_workers > 0``.
         drop_last: drop the last partial training batch (validation always keeps it).
 
-    Map-style datasets are shuffled (Lightning swaps in a ``DistributedSampler`` under DDP and
-    calls its ``set_epoch``); iterable ones (shards) split themselves over ranks and workers and
-    get the trainer's epoch before every pass.
+    Map-style datasets (folders, digits) are shuffled; under DDP Lightning swaps in a
+    ``DistributedSampler`` and calls its ``set_epoch``: every rank gets ``ceil(N / world)`` samples
+    (padded by repeating at most ``world - 1``), hence the same number of batches, and
+    ``drop_last`` then drops each rank's last partial batch. Iterable ones (shards) split themselves
+    over ranks and workers and get the trainer's epoch before every pass (persistent workers count
+    on from it). ``tests/test_data_datamodule.py`` checks both, the latter in a real ``Trainer.fit``.
     """
 
     def __init__(

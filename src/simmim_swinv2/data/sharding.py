@@ -20,7 +20,7 @@ import tarfile
 from multiprocessing import Pool
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .decode import to_rgb
 from .folder import scan_folder
@@ -50,8 +50,9 @@ def plan_shards(
 def encode_image(data: bytes, resize_shorter: int | None, quality: int = 95) -> bytes:
     """Fully decode ``data`` (raising on corrupt/truncated files); return JPEG bytes.
 
-    The original bytes are kept for RGB/grey JPEGs that need no resizing; anything else is
-    converted to RGB (and resized so the shorter side is ``resize_shorter``) and re-encoded.
+    The original bytes (EXIF included) are kept for RGB/grey JPEGs that need no resizing; anything
+    else is turned upright by its EXIF orientation, converted to RGB (and resized so the shorter side
+    is ``resize_shorter``) and re-encoded.
     """
     img = Image.open(io.BytesIO(data))
     original_size = img.size
@@ -62,6 +63,7 @@ def encode_image(data: bytes, resize_shorter: int | None, quality: int = 95) -> 
     resize = resize_shorter is not None and min(img.size) > resize_shorter
     if img.format == "JPEG" and img.mode in ("RGB", "L") and not resize and img.size == original_size:
         return data
+    ImageOps.exif_transpose(img, in_place=True)  # re-encoded without EXIF: store the pixels upright
     img = to_rgb(img)
     if resize:
         s = resize_shorter / min(img.size)
