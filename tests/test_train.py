@@ -183,3 +183,56 @@ def test_pretrain_and_finetune_command_lines(tmp_path):
     assert ev.returncode == 0 and "top-1" in ev.stdout, ev.stderr[-3000:]
     bad = run_cli("simmim_swinv2.pretrain", "img_size=100", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode != 0 and "multiple of 32" in bad.stderr
+
+
+@pytest.mark.slow
+def test_two_process_ddp_pretrain_on_cpu(tmp_path):
+    """Lightning launches the second process itself (gloo); Hydra's run dir is shared by both."""
+    run = tmp_path / "ddp"
+    result = run_cli("simmim_swinv2.pretrain", *FAST, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                     f"hydra.run.dir={run}")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "global batch 16 = 8 per device x 2 devices" in out
+    assert "GLOBAL_RANK: 1" in out
+    steps = [r for r in metrics(run) if r.get("train/loss_step")]
+    assert len(steps) == 6  # 2 epochs x 3 steps, logged once (rank 0)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
+    """SIGKILL a CPU pretraining run after its epoch-1 checkpoint, start the same command again: it resumes by
+    itself, and its losses at the later steps equal those of a run that was never interrupted."""
+    import signal
+    import time
+
+    args = [*FAST, "trainer.max_epochs=4", "trainer.limit_train_batches=4", "num_workers=2",
+            "callbacks.reconstructions.every_n_steps=0"]
+    ref = run_cli("simmim_swinv2.pretrain", *args, f"hydra.run.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "simmim_swinv2.pretrain", *args, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((run / "checkpoints").glob("epoch0001-*.ckpt")) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not list((run / "checkpoints").glob("epoch0003-*.ckpt"))  # really interrupted
+
+    resumed = run_cli("simmim_swinv2.pretrain", *args, f"hydra.run.dir={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+
+    def losses(path):  # the last value logged for each step (a resumed run logs its steps again)
+        return {int(r["step"]): float(r["train/loss_step"]) for r in metrics(path) if r.get("train/loss_step")}
+
+    expected, got = losses(tmp_path / "ref"), losses(run)
+    assert sorted(expected) == list(range(16))
+    later = [s for s in expected if s >= 8]  # epochs 2 and 3, trained after the resume
+    assert later and all(s in got for s in later)
+    for step in later:
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step

@@ -57,7 +57,8 @@ def build_datasets(data_cfg: DictConfig, train_transform, val_transform):
 
 
 def build_datamodule(cfg: DictConfig, train, val) -> SimMIMDataModule:
-    return SimMIMDataModule(train=train, val=val, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    return SimMIMDataModule(train=train, val=val, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                            seed=cfg.seed)
 
 
 def _wandb_credentials() -> bool:

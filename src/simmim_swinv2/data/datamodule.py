@@ -8,19 +8,32 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .seeding import PerSampleSeed, SeededSampler, sample_seed
+
 DatasetOrFactory = Dataset | Callable[..., Dataset]
 
 
+def _epoch(trainer) -> int:
+    """The epoch the next training pass belongs to, as Lightning passes it to `sampler.set_epoch`. Differs from
+    `trainer.current_epoch` right after resuming from an end-of-epoch checkpoint (processed, not yet completed)."""
+    return trainer.fit_loop.epoch_progress.current.processed
+
+
 class _EpochLoader(DataLoader):
-    """DataLoader that tells an iterable dataset the epoch before each pass (Lightning only tells samplers)."""
+    """DataLoader that tells an iterable dataset the epoch before each pass (Lightning only tells samplers),
+    and reseeds its generator from (seed, epoch), so the workers' random streams, and so the augmentations,
+    are the same for an epoch whether or not the run was resumed."""
 
     epoch_fn: Callable[[], int] | None = None
+    seed: int = 0
     _passes = 0
 
     def __iter__(self):
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._passes
         self._passes += 1
         self.dataset.set_epoch(epoch)
+        if self.generator is not None:
+            self.generator.manual_seed(sample_seed(self.seed, epoch, 0))
         return super().__iter__()
 
 
@@ -56,8 +69,10 @@ class SimMIMDataModule(L.LightningDataModule):
         persistent_workers: bool | None = None,
         drop_last: bool = True,
         prefetch_factor: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self._train, self._val = train, val
         self.train_transform, self.val_transform = train_transform, val_transform
         self.batch_size = batch_size
@@ -91,16 +106,24 @@ class SimMIMDataModule(L.LightningDataModule):
         )
         if self.num_workers > 0 and self.prefetch_factor is not None:
             kwargs["prefetch_factor"] = self.prefetch_factor
+        trainer = self.trainer if self._has_trainer() else None
         if not isinstance(dataset, IterableDataset):
-            return DataLoader(dataset, shuffle=train, **kwargs)
+            # (epoch, index) samples: augmentation and masks depend on (seed, epoch, index) only; the sampler
+            # asks the trainer for the epoch when a pass starts, so a resumed run's first pass is that epoch's.
+            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            sampler = SeededSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
+            if trainer is not None and train:
+                sampler.epoch_fn = lambda: _epoch(trainer)
+            wrapped = PerSampleSeed(dataset, self.seed, fixed_epoch=None if train else 0)
+            return DataLoader(wrapped, sampler=sampler, **kwargs)
         if getattr(dataset, "batch_size", 0) is None:
             dataset.batch_size = self.batch_size  # lets len(loader) equal the batches it yields
         if not hasattr(dataset, "set_epoch"):
             return DataLoader(dataset, **kwargs)
-        loader = _EpochLoader(dataset, **kwargs)
-        trainer = self.trainer if self._has_trainer() else None
+        loader = _EpochLoader(dataset, generator=torch.Generator(), **kwargs)
+        loader.seed = self.seed
         if trainer is not None:
-            loader.epoch_fn = lambda: trainer.current_epoch
+            loader.epoch_fn = lambda: _epoch(trainer)
         return loader
 
     def _has_trainer(self) -> bool:

@@ -71,15 +71,34 @@ class TrainTask(L.LightningModule):
         opt = optim.build_optimizer(
             self.model, name=spec.name, base_lr=spec.base_lr * self.lr_factor, weight_decay=spec.weight_decay,
             betas=tuple(spec.betas), eps=spec.eps, layer_decay=spec.layer_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        per_epoch = max(total / epochs, 1.0)
+        total, per_epoch = self._optimizer_steps()
         schedule = optim.build_scheduler(
             opt, name=sched.name, total_steps=total, warmup_steps=round(sched.warmup_epochs * per_epoch),
             warmup_lr=sched.warmup_lr * self.lr_factor, min_lr=sched.min_lr * self.lr_factor,
             milestones=[round(m * per_epoch) for m in sched.milestones], gamma=sched.gamma)
         self._steps = (total, per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+
+    def _optimizer_steps(self) -> tuple[int, float]:
+        """(total, per epoch) optimizer steps, counted as `Trainer.estimated_stepping_batches` counts them, but
+        from `len(train_dataloader())`: the Trainer property sets up the training iterator before a resumed
+        checkpoint is restored, and with loader workers that iterator's first pass then replays epoch 0's order."""
+        t = self.trainer
+        datamodule = getattr(t, "datamodule", None)
+        if datamodule is None:
+            total = int(t.estimated_stepping_batches)
+            return total, max(total / max(t.max_epochs or 1, 1), 1.0)
+        batches = len(datamodule.train_dataloader())
+        limit = t.limit_train_batches
+        if isinstance(limit, int):
+            batches = min(batches, limit)
+        elif limit is not None:
+            batches = int(batches * limit)
+        per_epoch = max(math.ceil(batches / t.accumulate_grad_batches), 1)
+        total = per_epoch * max(t.max_epochs or 1, 1)
+        if t.max_steps is not None and t.max_steps > 0:
+            total = min(total, t.max_steps) if t.max_epochs and t.max_epochs > 0 else t.max_steps
+        return int(total), float(per_epoch)
 
     def on_fit_start(self) -> None:
         n_params = sum(p.numel() for p in self.model.parameters())

@@ -1,0 +1,120 @@
+"""Does SimMIM pretraining help? Both arms on the bundled digits, same budget, same seeds:
+
+1. fine-tune from the SimMIM-pretrained encoder vs from random initialisation (several seeds);
+2. a linear probe (logistic regression) on frozen pooled features: pretrained encoder vs random encoders.
+
+    python scripts/pretraining_gain.py                       # ~15 min on 2 CPU cores
+    python scripts/pretraining_gain.py --seeds 0 1 2 3 4 --pretrain-epochs 30
+
+Prints a table (mean ± std over seeds); the README's numbers come from here (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from sklearn.linear_model import LogisticRegression
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from simmim_swinv2.checkpoint import load_pretrained_encoder  # noqa: E402
+from simmim_swinv2.data import build_digits, build_eval_transform  # noqa: E402
+from simmim_swinv2.finetune import finetune  # noqa: E402
+from simmim_swinv2.models import SwinV2Encoder, swinv2_config  # noqa: E402
+from simmim_swinv2.pretrain import pretrain  # noqa: E402
+from simmim_swinv2.runtime import CONFIG_DIR  # noqa: E402
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
+
+
+def compose_cfg(name: str, run_dir: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=[f"hydra.run.dir={run_dir}", *QUIET, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@torch.no_grad()
+def features(encoder: SwinV2Encoder, split: str, img_size: int) -> tuple[np.ndarray, np.ndarray]:
+    data = build_digits(split, transform=build_eval_transform(img_size, crop_pct=1.0), image_size=img_size)
+    loader = torch.utils.data.DataLoader(data, batch_size=128)
+    encoder.eval()
+    feats, labels = [], []
+    for images, y in loader:
+        feats.append(encoder(images).pooler_output)
+        labels.append(y)
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+
+
+def linear_probe(encoder: SwinV2Encoder, img_size: int) -> float:
+    x_train, y_train = features(encoder, "train", img_size)
+    x_val, y_val = features(encoder, "val", img_size)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    clf = LogisticRegression(max_iter=2000, C=1.0)
+    clf.fit((x_train - mean) / std, y_train)
+    return float(clf.score((x_val - mean) / std, y_val))
+
+
+def summary(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pretrain-epochs", type=int, default=20)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--out-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    root = args.out_dir or Path(tempfile.mkdtemp(prefix="pretraining_gain_"))
+
+    pre_dir = root / "pretrain"
+    pre = pretrain(compose_cfg("pretrain", pre_dir, [f"trainer.max_epochs={args.pretrain_epochs}", "seed=0"]))
+    print(f"pretrained {args.pretrain_epochs} epochs: val/loss {pre.get('val/loss', float('nan')):.4f} ({pre_dir})")
+
+    finetuned: dict[str, list[float]] = {"SimMIM-pretrained": [], "random init": []}
+    for seed in args.seeds:
+        for arm, source in (("SimMIM-pretrained", str(pre_dir)), ("random init", "null")):
+            run = root / f"finetune_{arm.split()[0].lower()}_{seed}"
+            cfg = compose_cfg("finetune", run, [f"pretrained={source}", f"seed={seed}",
+                                                f"trainer.max_epochs={args.finetune_epochs}"])
+            top1 = finetune(cfg)["val/top1"]
+            finetuned[arm].append(top1)
+            print(f"fine-tune {arm:18s} seed {seed}: top-1 {top1:.4f}", flush=True)
+
+    img_size = 64
+    cfg = swinv2_config("debug", img_size=img_size, window_size=4)
+    probe: dict[str, list[float]] = {"SimMIM-pretrained": [], "random init": []}
+    pretrained_encoder = SwinV2Encoder(cfg)
+    load_pretrained_encoder(pretrained_encoder, pre_dir)
+    probe["SimMIM-pretrained"].append(linear_probe(pretrained_encoder, img_size))
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        probe["random init"].append(linear_probe(SwinV2Encoder(cfg), img_size))
+
+    print(f"\nDigits (1,437 train / 360 val), SwinV2-debug at {img_size} px; SimMIM {args.pretrain_epochs} epochs; "
+          f"fine-tune {args.finetune_epochs} epochs; seeds {args.seeds}")
+    print("| evaluation | SimMIM-pretrained | random init | gain |")
+    print("|---|---|---|---|")
+    for name, table in (("fine-tune top-1", finetuned), ("linear probe top-1", probe)):
+        gain = statistics.mean(table["SimMIM-pretrained"]) - statistics.mean(table["random init"])
+        print(f"| {name} | {summary(table['SimMIM-pretrained'])} | {summary(table['random init'])} | {gain:+.4f} |")
+    print("(linear probe: one pretrained encoder; random init: one random encoder per seed)")
+
+
+if __name__ == "__main__":
+    main()

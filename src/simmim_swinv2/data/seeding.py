@@ -1,0 +1,71 @@
+"""Randomness tied to (seed, epoch, sample), so a resumed run sees exactly the crops and masks an uninterrupted
+one does, whatever the number of loader workers and however often the loader was rebuilt.
+
+The sampler yields `(epoch, index)` pairs; the dataset wrapper seeds torch, NumPy and Python's `random` from them
+around each `__getitem__` (restoring the previous state after, so nothing else's randomness moves).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+_PRIME_A, _PRIME_B = 1_000_003, 998_244_353
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that differs for every (seed, epoch, index)."""
+    return ((seed * _PRIME_A + epoch) * _PRIME_B + index) % (2**63 - 1)
+
+
+class SeededSampler(DistributedSampler):
+    """`DistributedSampler` (shuffled from `seed + epoch`; each of `num_replicas` ranks gets `ceil(N / world)`
+    indices, padded by repeating at most `world - 1`) that yields `(epoch, index)`. Being a
+    `DistributedSampler`, Lightning keeps it under DDP and calls its `set_epoch` every epoch."""
+
+    epoch_fn = None  # when set: the epoch is read at __iter__ time (see SimMIMDataModule)
+
+    def __iter__(self):
+        if self.epoch_fn is not None:
+            # Lightning builds the loader before a resume restores the epoch, and worker processes fetch their
+            # first indices when the iterator is created, before its set_epoch call: ask the trainer now.
+            self.epoch = self.epoch_fn()
+        epoch = self.epoch
+        return ((epoch, i) for i in super().__iter__())
+
+
+class PerSampleSeed(Dataset):
+    """Wraps a map-style dataset: item `(epoch, index)` is `dataset[index]` drawn with its own seed. A plain
+    index means epoch 0; `fixed_epoch` pins the epoch (validation: the same masks every time)."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0, fixed_epoch: int | None = None) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.fixed_epoch = fixed_epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):  # id2label, classes, … of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        if self.fixed_epoch is not None:
+            epoch = self.fixed_epoch
+        seed = sample_seed(self.seed, epoch, index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
