@@ -47,6 +47,7 @@ def test_pretrain_writes_checkpoints_metrics_pictures_and_config(pretrained_run)
     rows = metrics(run)
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert len(losses) == 6 and all(l == l for l in losses)
+    assert any(r.get("train/device/samples_per_sec") for r in rows)  # throughput (img/s)
     assert any(r.get("train/grad_norm") for r in rows) and any(r.get("lr-AdamW/decay") or
                                                                any(k.startswith("lr-") and r[k] for k in r)
                                                                for r in rows)
@@ -236,3 +237,16 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert later and all(s in got for s in later)
     for step in later:
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+
+
+def test_bf16_mixed_precision_and_accumulation_on_cpu(tmp_path, caplog):
+    caplog.set_level("INFO")
+    cfg = compose_config("pretrain", tmp_path, [*FAST, "trainer.precision=bf16-mixed",
+                                                "trainer.accumulate_grad_batches=2", "trainer.max_epochs=1",
+                                                "trainer.limit_train_batches=4"])
+    result = pretrain(cfg)
+    assert "global batch 16 = 8 per device x 1 devices x 2 accumulation" in caplog.text
+    assert "precision bf16-mixed" in caplog.text
+    assert torch.isfinite(torch.tensor(result["train/loss_epoch"]))
+    steps = {r["step"] for r in metrics(tmp_path) if r.get("train/loss_step")}
+    assert len(steps) == 2  # 4 batches, 2 optimizer steps
