@@ -14,6 +14,7 @@ from simmim_swinv2.runtime import CONFIG_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")  # the wandb service does not exist here
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers loads local directories only; never the hub
 
 # A few optimizer steps of the debug model at 64 px, no worker processes, nothing printed per step.
 FAST = [

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .data.processor import ImageProcessor
 from .models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
 
 Model = SwinV2Encoder | SimMIM | SwinV2Classifier
@@ -277,6 +278,7 @@ def to_transformers(model: Model, out_dir: str | Path) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(out_dir / "model.safetensors"),
               metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    ImageProcessor(encoder.cfg.img_size).save(out_dir)  # AutoImageProcessor / pipeline(...) load it as is
     return out_dir
 
 
