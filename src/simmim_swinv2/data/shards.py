@@ -293,21 +293,6 @@ class ShardDataset(IterableDataset):
             produced += 1
 
 
-def build_webdataset(
-    urls: str | Sequence[str],
-    transform: Callable | None = None,
-    shuffle: bool = True,
-    seed: int = 0,
-    samples_per_epoch: int | None = None,
-    drop_last: bool = False,
-    batch_size: int | None = None,
-    shuffle_buffer: int = 256,
-    max_bad_fraction: float = 0.01,
-    min_seen: int = 100,
-    num_classes: int | None = None,
-) -> ShardDataset:
-    """WebDataset shard source (see :class:`ShardDataset`)."""
-    return ShardDataset(
-        urls, transform, shuffle, seed, samples_per_epoch, drop_last, batch_size, shuffle_buffer,
-        max_bad_fraction, min_seen, num_classes,
-    )
+def build_webdataset(urls: str | Sequence[str], **kwargs) -> ShardDataset:
+    """WebDataset shard source; the keyword arguments are :class:`ShardDataset`'s."""
+    return ShardDataset(urls, **kwargs)
