@@ -120,7 +120,7 @@ def test_missing_imagenet_root_fails_before_any_model_and_says_how_to_make_shard
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["img_size=100"], "multiple of 32"),
+    (["img_size=100"], "multiple of the encoder stride 32"),
     (["mask.input_size=128"], "mask.input_size"),
     (["mask.model_patch_size=8"], "patch size"),
     (["batch_size=0"], "batch_size"),

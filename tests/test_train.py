@@ -183,7 +183,7 @@ def test_pretrain_and_finetune_command_lines(tmp_path):
     ev = run_cli("simmim_swinv2.evaluate", f"checkpoint={tmp_path / 'ft'}", f"hydra.run.dir={tmp_path / 'ev'}")
     assert ev.returncode == 0 and "top-1" in ev.stdout, ev.stderr[-3000:]
     bad = run_cli("simmim_swinv2.pretrain", "img_size=100", f"hydra.run.dir={tmp_path / 'bad'}")
-    assert bad.returncode != 0 and "multiple of 32" in bad.stderr
+    assert bad.returncode != 0 and "multiple of the encoder stride 32" in bad.stderr
 
 
 @pytest.mark.slow

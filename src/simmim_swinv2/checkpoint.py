@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +40,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+def is_zero_checkpoint(path: str | Path) -> bool:
+    """A complete DeepSpeed (ZeRO) checkpoint directory: its `latest` file names a tag folder holding model and
+    optimizer states (DeepSpeed writes `latest` last, so an interrupted save is never picked)."""
+    path = Path(path)
+    latest = path / "latest"
+    if not (path.is_dir() and latest.is_file()):
+        return False
+    tag = path / latest.read_text().strip()
+    return any(tag.glob("*model_states.pt")) and any(tag.glob("*optim_states.pt"))
+
+
+def zero_checkpoint_world_size(path: str | Path) -> int | None:
+    """How many data-parallel processes wrote a ZeRO checkpoint directory (None for anything else)."""
+    if not is_zero_checkpoint(path):
+        return None
+    tag = Path(path) / (Path(path) / "latest").read_text().strip()
+    ranks = {int(m.group(1)) for f in tag.glob("*optim_states.pt")
+             if (m := re.search(r"zero_pp_rank_(\d+)_", f.name))}
+    return max(ranks) + 1 if ranks else None
+
+
 def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run directory: `checkpoints/last.ckpt` if present, else the most
-    recently written `*.ckpt` (temporary files of an interrupted save are never picked)."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    if not ckpt_dir.is_dir():
-        return None
-    last = ckpt_dir / "last.ckpt"
-    if last.is_file():
-        return last
-    candidates = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    recently written `checkpoints/*.ckpt` — unless a SLURM requeue (SIGUSR1) saved a newer `hpc_ckpt_<n>.ckpt`
+    in the run directory itself. Temporary files of an interrupted save are never picked. A checkpoint is a file,
+    or, under DeepSpeed, a directory (`is_zero_checkpoint`)."""
+    run_dir = Path(run_dir)
+
+    def complete(p: Path) -> bool:
+        return p.is_file() or is_zero_checkpoint(p)
+
+    def written(p: Path) -> float:
+        return (p / "latest").stat().st_mtime if p.is_dir() else p.stat().st_mtime
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    regular = [last] if complete(last) else [p for p in run_dir.glob("checkpoints/*.ckpt") if complete(p)]
+    best = max(regular, key=written) if regular else None
+    hpc = [p for p in run_dir.glob("hpc_ckpt_*.ckpt") if complete(p)]
+    if hpc and (best is None or max(map(written, hpc)) > written(best)):
+        best = max(hpc, key=written)
+    return best
 
 
 # --------------------------------------------------------------------------------- pretrained weights
 def _from_lightning(path: Path) -> dict:
+    if path.is_dir():  # a ZeRO checkpoint: consolidated in memory
+        from .consolidate import zero_state_dict
+
+        return zero_state_dict(path)[0]
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     sd = ckpt.get("state_dict", ckpt)
     return {k.removeprefix("model."): v for k, v in sd.items()}
@@ -71,7 +106,9 @@ def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
     from . import convert
 
     path = Path(source)
-    if path.is_dir():
+    if is_zero_checkpoint(path):
+        sd, kind = _from_lightning(path), "DeepSpeed ZeRO checkpoint (consolidated)"
+    elif path.is_dir():
         if (path / "config.json").is_file():
             model = convert.from_transformers(path)
             encoder = model if isinstance(model, convert.SwinV2Encoder) else model.encoder
@@ -127,8 +164,8 @@ def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dic
 
 
 def load_model(source: str | Path):
-    """A whole model (classifier, SimMIM or encoder) from a checkpoint of ours (Lightning `.ckpt` or a run
-    directory), our safetensors export, or a transformers directory."""
+    """A whole model (classifier, SimMIM or encoder) from a checkpoint of ours (Lightning `.ckpt` file, ZeRO
+    `.ckpt` directory, or a run directory), our safetensors export, or a transformers directory."""
     from . import convert
     from .models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
 
@@ -137,20 +174,25 @@ def load_model(source: str | Path):
         return convert.from_transformers(path)
     if path.suffix == ".safetensors":
         return convert.load_model(path)
-    if path.is_dir():
+    if path.is_dir() and not is_zero_checkpoint(path):
         found = find_resume_checkpoint(path)
         if found is None:
             raise FileNotFoundError(f"no checkpoints/*.ckpt in run directory {path}")
         path = found
-    if not path.is_file():
+    if is_zero_checkpoint(path):
+        from .consolidate import zero_state_dict
+
+        sd, meta = zero_state_dict(path)
+    elif not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta = ckpt.get("simmim_swinv2")
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = ckpt.get("simmim_swinv2")
+        sd = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if meta is None:
         raise ValueError(f"{path} carries no model description (not written by simmim_swinv2's tasks); "
                          "for other weights use simmim_swinv2.convert")
     encoder = SwinV2Encoder(SwinV2Config.from_dict(meta["config"]))
-    sd = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if meta["kind"] == "SwinV2Classifier":
         id2label = {int(k): v for k, v in meta["id2label"].items()}
         model = SwinV2Classifier(encoder, len(id2label), id2label=id2label)

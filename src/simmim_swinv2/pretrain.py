@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from lightning.pytorch import seed_everything
 
-from . import runtime
+from . import planning, runtime
 from .data import SimMIMTransform
 from .models import SimMIM
 from .tasks import PretrainTask
@@ -21,6 +21,7 @@ from .tasks import PretrainTask
 def pretrain(cfg: DictConfig) -> dict[str, float]:
     """Run a pretraining job from a composed config; returns the final logged metrics."""
     runtime.check_pretrain_config(cfg)
+    planning.check_fits(cfg)  # memory per GPU, before the model is built (plan.enforce)
     run_dir = cfg.paths.run_dir
     runtime.save_resolved_config(cfg, run_dir)
     seed_everything(cfg.seed, workers=True)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import signal
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,10 +31,15 @@ class ConfigError(ValueError):
 
 def check_pretrain_config(cfg: DictConfig) -> None:
     """Fail fast, naming the fix, on what would only break later (after data loading or model building)."""
-    stride = cfg.model.get("patch_size", 4) * 2 ** 3
-    if cfg.img_size % 32:
-        raise ConfigError(f"img_size={cfg.img_size} must be a multiple of 32 (the encoder stride and the mask "
-                          f"block): try {max(32, cfg.img_size // 32 * 32)}")
+    try:  # SwinV2Config and MaskGenerator validate themselves (sizes, heads, windows, ratio)
+        model = instantiate(cfg.model)
+        instantiate(cfg.mask)
+    except Exception as err:  # hydra wraps the ValueError; its message names the problem
+        cause = err.__cause__ or err
+        raise ConfigError(f"{cause}") from err
+    if cfg.img_size % model.stride:
+        raise ConfigError(f"img_size={cfg.img_size} must be a multiple of {model.stride} (the encoder stride): "
+                          f"try {max(model.stride, cfg.img_size // model.stride * model.stride)}")
     if cfg.mask.input_size != cfg.img_size:
         raise ConfigError(f"mask.input_size={cfg.mask.input_size} differs from img_size={cfg.img_size}: "
                           "leave mask.input_size as ${img_size}")
@@ -43,7 +50,6 @@ def check_pretrain_config(cfg: DictConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1 (it is per device)")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume={cfg.resume}: no such checkpoint; use auto, never or an existing path")
-    del stride
 
 
 def build_datasets(data_cfg: DictConfig, train_transform, val_transform):
@@ -92,8 +98,14 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(RNGState())
     plugins = []
-    if "deepspeed" not in str(cfg.trainer.get("strategy", "")):
+    if "deepspeed" not in str(cfg.trainer.get("strategy", "")).lower():
         plugins.append(AtomicCheckpointIO())
+    else:  # DeepSpeed writes its own sharded checkpoints (no CheckpointIO); check the world size on resume
+        from .strategies import ZeroResumeGuard
+
+        callbacks.append(ZeroResumeGuard())
+    if SLURMEnvironment.detect():  # under srun: SIGUSR1 (sbatch --signal) -> hpc checkpoint + scontrol requeue
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
@@ -103,7 +115,7 @@ def resume_path(cfg: DictConfig, run_dir: str | Path) -> str | None:
         return None
     if cfg.resume != "auto":
         return str(cfg.resume)
-    ckpt = find_resume_checkpoint(run_dir)
+    ckpt = find_resume_checkpoint(run_dir)  # including a SLURM requeue's hpc_ckpt_<n>.ckpt
     if ckpt is not None:
         rank_zero_info(f"resuming from {ckpt} (resume=auto; pass resume=never to start afresh)")
     return str(ckpt) if ckpt else None

@@ -1,0 +1,28 @@
+"""`python -m simmim_swinv2.plan [the overrides you would give pretrain]`: parameters, global batch, derived LR,
+strategy and the estimated memory per GPU, without training (the model is built on the meta device).
+
+    python -m simmim_swinv2.plan model=swinv2_giant trainer.devices=8 batch_size=32 plan.gpu_memory_gb=80
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from . import planning
+from .runtime import CONFIG_DIR
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
+def main(cfg: DictConfig) -> None:
+    plan = planning.make_plan(cfg)
+    print(planning.format_plan(plan))
+    if plan.fits() is False:
+        options = planning.fitting_options(cfg, plan)
+        print("does not fit; options that fit:" if options else "does not fit; nothing tried fits (more GPUs?)")
+        for option in options:
+            print(f"  {option}")
+
+
+if __name__ == "__main__":
+    main()
