@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 from hydra.utils import instantiate
 
-from conftest import compose_config
 from simmim_swinv2.models import SwinV2Config
 from simmim_swinv2.runtime import CONFIG_DIR, ConfigError, build_loggers, check_pretrain_config
 

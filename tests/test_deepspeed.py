@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
-
 from conftest import FAST
+from lightning.pytorch.callbacks import Callback
 from test_train import run_cli
 
 pytestmark = pytest.mark.slow
@@ -78,8 +77,8 @@ def test_zero_train_save_resume_consolidate(trainer_cfg, tmp_path):
 
     # resume=auto on the same run dir: continues from last.ckpt/ for the second epoch
     final = tmp_path / "final_fp32.pt"
-    out = _run(run, trainer_cfg, "trainer.max_epochs=2", *extra, f"+callbacks.final._target_=test_deepspeed."
-               f"FinalFP32Weights", f"+callbacks.final.path={final}")
+    out = _run(run, trainer_cfg, "trainer.max_epochs=2", *extra, "+callbacks.final._target_=test_deepspeed."
+               "FinalFP32Weights", f"+callbacks.final.path={final}")
     assert f"resuming from {ckpt}" in out
     losses = _losses(run)
     assert len(losses) == 6 and all(l == l for l in losses)  # 3 steps per epoch, none repeated

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _reference import CASES, hf_config, input_size, random_mask, randomize_, rel_err, transformers
 
-from _reference import CASES, hf_config, input_size, randomize_, random_mask, rel_err, transformers
 from simmim_swinv2 import convert
 from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, masked_l1_loss
 

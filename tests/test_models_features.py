@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _reference import random_mask, randomize_
 
-from _reference import randomize_, random_mask, rel_err
 from simmim_swinv2.models import (
-    PAPER_PARAMS, VARIANTS, SimMIM, SwinV2Block, SwinV2Classifier, SwinV2Config, SwinV2Encoder, swinv2_config,
+    PAPER_PARAMS,
+    VARIANTS,
+    SimMIM,
+    SwinV2Block,
+    SwinV2Classifier,
+    SwinV2Config,
+    SwinV2Encoder,
+    swinv2_config,
 )
-from simmim_swinv2.models.__main__ import count_parameters, main as print_counts
+from simmim_swinv2.models.__main__ import count_parameters
+from simmim_swinv2.models.__main__ import main as print_counts
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v in PAPER_PARAMS])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import compose_config
+
 from simmim_swinv2 import planning
 from simmim_swinv2.pretrain import pretrain
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from _reference import randomize_, transformers
 from conftest import compose_config
+from PIL import Image
+
 from simmim_swinv2 import convert
 from simmim_swinv2.data import ImageProcessor
 from simmim_swinv2.models import SwinV2Classifier, swinv2_config

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from _reference import randomize_
 from conftest import FAST, compose_config
+
 from simmim_swinv2 import convert
 from simmim_swinv2.checkpoint import AtomicCheckpointIO, encoder_state_dict, load_model, load_pretrained_encoder
 from simmim_swinv2.evaluate import evaluate
 from simmim_swinv2.finetune import finetune
-from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, swinv2_config
+from simmim_swinv2.models import SimMIM, SwinV2Encoder, swinv2_config
 from simmim_swinv2.pretrain import pretrain
 from simmim_swinv2.tasks.base import NonFiniteLossError
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 from lightning.pytorch import seed_everything
+from omegaconf import DictConfig
 
 from . import planning, runtime
 from .data import SimMIMTransform

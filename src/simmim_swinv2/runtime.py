@@ -7,7 +7,6 @@ import logging
 import netrc
 import os
 import signal
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -135,5 +134,5 @@ def specs(cfg: DictConfig):
     return OptimizerSpec(**optim), ScheduleSpec(**OmegaConf.to_container(cfg.scheduler, resolve=True))
 
 
-__all__ = ["CONFIG_DIR", "ConfigError", "build_datamodule", "build_datasets", "build_trainer", "partial",
+__all__ = ["CONFIG_DIR", "ConfigError", "build_datamodule", "build_datasets", "build_trainer",
            "resume_path", "save_resolved_config", "specs"]

@@ -12,9 +12,9 @@ import argparse
 import os
 from pathlib import Path
 
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
-from lightning.fabric.utilities.seed import reset_seed
 
 from .checkpoint import zero_checkpoint_world_size
 

@@ -10,8 +10,8 @@ from .digits import DigitsDataset, build_digits
 from .faults import BadSampleTracker, TooManyBadSamples
 from .folder import IMAGE_EXTENSIONS, FolderDataset, build_folder, scan_folder
 from .mask import MaskGenerator
-from .processor import ImageProcessor, to_rgb_white
 from .presets import SyntheticDataset, build_imagenet, build_imagenet1k, build_imagenet22k, build_synthetic
+from .processor import ImageProcessor, to_rgb_white
 from .shards import ShardDataset, ShardError, build_webdataset, expand_shards, plan_epoch, shard_sizes
 from .transforms import (
     IMAGENET_MEAN,

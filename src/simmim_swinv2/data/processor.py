@@ -74,7 +74,7 @@ class ImageProcessor:
         return path
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "ImageProcessor | None":
+    def from_dir(cls, directory: str | Path) -> ImageProcessor | None:
         """The processor a transformers directory describes, or None when it has no preprocessor config."""
         path = Path(directory) / "preprocessor_config.json"
         if not path.is_file():

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("variants", nargs="*", default=list(VARIANTS), help="variants to count (default: all)")
     parser.add_argument("--num-classes", type=int, default=1000)
     args = parser.parse_args(argv)
-    print(f"| variant | embed | depths | heads | classifier params | paper | ratio | SimMIM params |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| variant | embed | depths | heads | classifier params | paper | ratio | SimMIM params |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.variants:
         cfg = swinv2_config(name)
         counts = count_parameters(name, args.num_classes)

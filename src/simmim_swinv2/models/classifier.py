@@ -46,7 +46,7 @@ class SwinV2Classifier(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_config(cls, cfg: SwinV2Config, num_classes: int, **kwargs) -> "SwinV2Classifier":
+    def from_config(cls, cfg: SwinV2Config, num_classes: int, **kwargs) -> SwinV2Classifier:
         return cls(SwinV2Encoder(cfg), num_classes, **kwargs)
 
     @property

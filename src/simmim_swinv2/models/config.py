@@ -113,14 +113,14 @@ class SwinV2Config:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SwinV2Config":
+    def from_dict(cls, d: dict) -> SwinV2Config:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown SwinV2Config fields {sorted(unknown)}; known: {sorted(names)}")
         return cls(**d)
 
-    def replace(self, **changes) -> "SwinV2Config":
+    def replace(self, **changes) -> SwinV2Config:
         return replace(self, **changes)
 
 

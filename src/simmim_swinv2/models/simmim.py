@@ -65,7 +65,7 @@ class SimMIM(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg: SwinV2Config, **kwargs) -> "SimMIM":
+    def from_config(cls, cfg: SwinV2Config, **kwargs) -> SimMIM:
         return cls(SwinV2Encoder(cfg.replace(use_mask_token=True)), **kwargs)
 
     def forward(self, pixel_values: torch.Tensor, mask: torch.Tensor) -> SimMIMOutput:
