@@ -249,3 +249,31 @@ def test_bf16_mixed_precision_and_accumulation_on_cpu(tmp_path, caplog):
     assert torch.isfinite(torch.tensor(result["train/loss_epoch"]))
     steps = {r["step"] for r in metrics(tmp_path) if r.get("train/loss_step")}
     assert len(steps) == 2  # 4 batches, 2 optimizer steps
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_agree_on_the_weights(tmp_path):
+    """Two launched processes, one per "node" (NODE_RANK 0 and 1 on localhost, gloo), train a few steps with
+    trainer.num_nodes=2 and end with identical weights."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*FAST, "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=1", "trainer.accelerator=cpu",
+            f"hydra.run.dir={tmp_path / 'run'}", "+callbacks.dump._target_=_callbacks.SaveFinalWeights",
+            f"+callbacks.dump.dirpath={tmp_path / 'weights'}"]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-m", "simmim_swinv2.pretrain", *args], cwd=REPO,
+                              env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    assert "global batch 16 = 8 per device x 2 devices" in outputs[0]
+    w0, w1 = (torch.load(tmp_path / "weights" / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert w0.keys() == w1.keys() and len(w0) > 0
+    for name in w0:
+        torch.testing.assert_close(w0[name], w1[name], rtol=0, atol=0, msg=name)
+    assert len([r for r in metrics(tmp_path / "run") if r.get("train/loss_step")]) == 6  # they did train
