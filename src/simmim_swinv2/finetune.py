@@ -8,7 +8,6 @@ top-1/top-5 at the end.
 from __future__ import annotations
 
 import hydra
-from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
@@ -23,8 +22,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     """Run a fine-tuning job from a composed config; returns the final logged metrics."""
     if not cfg.num_classes:
         raise runtime.ConfigError("num_classes is unknown for this data source: set num_classes=N")
-    if cfg.img_size % 32:
-        raise runtime.ConfigError(f"img_size={cfg.img_size} must be a multiple of 32")
+    model_cfg = runtime.model_config(cfg)  # validated before any data or weights are touched
     run_dir = cfg.paths.run_dir
     runtime.save_resolved_config(cfg, run_dir)
     seed_everything(cfg.seed, workers=True)
@@ -35,7 +33,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     val_tf = build_eval_transform(cfg.img_size, crop_pct=aug.crop_pct)
     train, val = runtime.build_datasets(cfg.data, train_tf, val_tf)
 
-    encoder = SwinV2Encoder(instantiate(cfg.model))
+    encoder = SwinV2Encoder(model_cfg)
     if cfg.pretrained:
         load_pretrained_encoder(encoder, cfg.pretrained)
     id2label = getattr(train, "id2label", None)

@@ -3,7 +3,6 @@ model is built), loggers (wandb offline without credentials), the Trainer with a
 
 from __future__ import annotations
 
-import logging
 import netrc
 import os
 import signal
@@ -20,7 +19,6 @@ from .checkpoint import AtomicCheckpointIO, find_resume_checkpoint
 from .data import SimMIMDataModule
 from .tasks.callbacks import RNGState
 
-log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
@@ -28,23 +26,28 @@ class ConfigError(ValueError):
     """A configuration that cannot work, found before any work starts."""
 
 
+def model_config(cfg: DictConfig):
+    """The model's `SwinV2Config`; it validates itself (sizes against the encoder stride, heads, windows), and
+    its complaint comes back as a ConfigError before any work starts."""
+    try:
+        return instantiate(cfg.model)
+    except Exception as err:  # hydra wraps the ValueError; its message names the problem and the fix
+        raise ConfigError(f"{err.__cause__ or err}") from err
+
+
 def check_pretrain_config(cfg: DictConfig) -> None:
     """Fail fast, naming the fix, on what would only break later (after data loading or model building)."""
-    try:  # SwinV2Config and MaskGenerator validate themselves (sizes, heads, windows, ratio)
-        model = instantiate(cfg.model)
+    model = model_config(cfg)
+    try:  # MaskGenerator validates itself (divisibility, ratio)
         instantiate(cfg.mask)
-    except Exception as err:  # hydra wraps the ValueError; its message names the problem
-        cause = err.__cause__ or err
-        raise ConfigError(f"{cause}") from err
-    if cfg.img_size % model.stride:
-        raise ConfigError(f"img_size={cfg.img_size} must be a multiple of {model.stride} (the encoder stride): "
-                          f"try {max(model.stride, cfg.img_size // model.stride * model.stride)}")
+    except Exception as err:
+        raise ConfigError(f"{err.__cause__ or err}") from err
     if cfg.mask.input_size != cfg.img_size:
         raise ConfigError(f"mask.input_size={cfg.mask.input_size} differs from img_size={cfg.img_size}: "
                           "leave mask.input_size as ${img_size}")
-    if cfg.mask.model_patch_size != cfg.model.get("patch_size", 4):
+    if cfg.mask.model_patch_size != model.patch_size:
         raise ConfigError(f"mask.model_patch_size={cfg.mask.model_patch_size} must equal the model's patch size "
-                          f"({cfg.model.get('patch_size', 4)})")
+                          f"({model.patch_size})")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1 (it is per device)")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
@@ -134,5 +137,5 @@ def specs(cfg: DictConfig):
     return OptimizerSpec(**optim), ScheduleSpec(**OmegaConf.to_container(cfg.scheduler, resolve=True))
 
 
-__all__ = ["CONFIG_DIR", "ConfigError", "build_datamodule", "build_datasets", "build_trainer",
+__all__ = ["CONFIG_DIR", "ConfigError", "build_datamodule", "build_datasets", "build_trainer", "model_config",
            "resume_path", "save_resolved_config", "specs"]

@@ -1,8 +1,9 @@
 """Randomness tied to (seed, epoch, sample), so a resumed run sees exactly the crops and masks an uninterrupted
 one does, whatever the number of loader workers and however often the loader was rebuilt.
 
-The sampler yields `(epoch, index)` pairs; the dataset wrapper seeds torch, NumPy and Python's `random` from them
-around each `__getitem__` (restoring the previous state after, so nothing else's randomness moves).
+The sampler yields `(epoch, index)` pairs; the dataset wrapper seeds torch's CPU generator, NumPy and Python's
+`random` from them before each `__getitem__`. In the main process (no loader workers) it restores the previous
+states after, so nothing else's randomness moves; loader workers need no restoring.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 
 _PRIME_A, _PRIME_B = 1_000_003, 998_244_353
 
@@ -59,13 +60,21 @@ class PerSampleSeed(Dataset):
         if self.fixed_epoch is not None:
             epoch = self.fixed_epoch
         seed = sample_seed(self.seed, epoch, index)
+        if get_worker_info() is not None:  # a loader worker's RNGs serve the data alone: nothing to restore
+            _seed_cpu_rngs(seed)
+            return self.dataset[index]
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                random.seed(seed)
-                np.random.seed(seed % 2**32)
+                _seed_cpu_rngs(seed)
                 return self.dataset[index]
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+def _seed_cpu_rngs(seed: int) -> None:
+    # torch's CPU generator only: torch.manual_seed would also seed every CUDA device (~70 us a call)
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
