@@ -63,7 +63,8 @@ chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge 2>/dev/
 chmod 400 /etc/munge/munge.key
 
 pgrep -x munged >/dev/null || munged --force 2>/dev/null || runuser -u munge -- munged
-pgrep -x slurmctld >/dev/null || slurmctld
+# -c: forget jobs saved by an earlier boot (they died with it; kept, one would hold the node as "running")
+pgrep -x slurmctld >/dev/null || slurmctld -c
 pgrep -x slurmd >/dev/null || slurmd
 
 for _ in $(seq 30); do

@@ -3,7 +3,7 @@
 #   mkdir -p logs && sbatch slurm/finetune.sh pretrained=outputs/slurm/simmim-pretrain_123 data=imagenet1k
 #   sbatch --nodes=2 slurm/finetune.sh experiment=simmim_finetune__swinv2_base__img224_window7__100ep data=imagenet1k pretrained=…
 # Every argument is a Hydra override, passed through. 120 s before --time runs out SLURM sends SIGUSR1:
-# Lightning saves <run dir>/hpc_ckpt_<n>.ckpt and requeues the job; the requeued job (same job id, so the
+# every rank saves <run dir>/hpc_ckpt_<n>.ckpt after the current step and the job is requeued (callbacks.preemption); the requeued job (same job id, so the
 # same run dir) resumes from it (resume=auto). Adapt partition/account/modules: slurm/README.md.
 #SBATCH --job-name=simmim-finetune
 #SBATCH --nodes=2

@@ -3,7 +3,7 @@
 #   mkdir -p logs && sbatch slurm/pretrain.sh model=swinv2_giant data=imagenet22k
 #   sbatch --nodes=4 slurm/pretrain.sh experiment=simmim_pretrain__swinv2_base__img192_window6__800ep data=imagenet1k
 # Every argument is a Hydra override, passed through. 120 s before --time runs out SLURM sends SIGUSR1:
-# Lightning saves <run dir>/hpc_ckpt_<n>.ckpt and requeues the job; the requeued job (same job id, so the
+# every rank saves <run dir>/hpc_ckpt_<n>.ckpt after the current step and the job is requeued (callbacks.preemption); the requeued job (same job id, so the
 # same run dir) resumes from it (resume=auto). Adapt partition/account/modules: slurm/README.md.
 #SBATCH --job-name=simmim-pretrain
 #SBATCH --nodes=2

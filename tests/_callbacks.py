@@ -18,3 +18,20 @@ class SaveFinalWeights(L.Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
         torch.save(weights, self.dirpath / f"weights_rank{trainer.global_rank}.pt")
+
+
+class SignalAt(L.Callback):
+    """Sends `signal` to its own process when a batch starts at optimizer step `step` — on rank `rank` only
+    (all ranks when None): a scheduler's signal arriving at one rank before the others."""
+
+    def __init__(self, step: int, signal: str = "SIGUSR1", rank: int | None = None) -> None:
+        self.step, self.signal, self.rank = step, signal, rank
+        self.sent = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        if not self.sent and trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
+            self.sent = True
+            os.kill(os.getpid(), signal.Signals[self.signal])

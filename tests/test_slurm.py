@@ -1,5 +1,6 @@
 """slurm/pretrain.sh on a real one-node SLURM (scripts/setup_slurm.sh starts one on localhost): a 2-task DDP job on
-the CPU, and SIGUSR1 mid-run -> Lightning saves hpc_ckpt, requeues, and the requeued job resumes from it.
+the CPU, and SIGUSR1 mid-run -> both ranks save hpc_ckpt together (the Preemption callback), the job is requeued,
+and the requeued job resumes from it.
 Skipped, with the reason, where no SLURM controller answers."""
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def test_sbatch_pretrain_two_tasks_ddp(tmp_path):
     run = tmp_path / "slurm" / f"simmim-pretrain_{job}"
     log = (tmp_path / "logs" / f"simmim-pretrain-{job}.out").read_text()
     assert "global batch 16 = 8 per device x 2 devices" in log, log[-3000:]
-    assert "SLURM auto-requeueing enabled" in log
+    assert f"Preemption: on SIGUSR1: save hpc_ckpt_<n>.ckpt, requeue SLURM job {job}" in log
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
 
 
@@ -75,7 +76,8 @@ def test_sigusr1_saves_requeues_and_resumes(tmp_path):
     assert job_state(job) == "COMPLETED", text[-3000:]
     hpc = sorted(run.glob("hpc_ckpt_*.ckpt"))
     assert hpc, text[-3000:]
-    assert "Handling auto-requeue signal" in text and "(restart 1)" in text, text[-3000:]
+    assert "Preemption: SIGUSR1 received; saving" in text and "Preemption: requeued SLURM job" in text, text[-3000:]
+    assert "(restart 1)" in text, text[-3000:]
     assert f"resuming from {hpc[-1]}" in text, text[-3000:]
     import torch
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import netrc
 import os
-import signal
 from pathlib import Path
 
 import lightning as L
@@ -106,8 +105,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
         from .strategies import ZeroResumeGuard
 
         callbacks.append(ZeroResumeGuard())
-    if SLURMEnvironment.detect():  # under srun: SIGUSR1 (sbatch --signal) -> hpc checkpoint + scontrol requeue
-        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR1))
+    if SLURMEnvironment.detect():  # under srun; SIGUSR1 (sbatch --signal) is the Preemption callback's, whose
+        plugins.append(SLURMEnvironment(auto_requeue=False))  # save is collective-safe (Lightning's is not)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 

@@ -19,6 +19,27 @@ def _epoch(trainer) -> int:
     return trainer.fit_loop.epoch_progress.current.processed
 
 
+def _batches_done(trainer) -> int:
+    """Training batches of the current epoch already done when a pass starts: nonzero only for the first pass
+    after resuming from a mid-epoch checkpoint (a preemption's `hpc_ckpt`). Read from the loop's restored
+    progress, which counts what was trained on; a count kept in the loader would be ahead by Lightning's
+    prefetched batch."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return done if 0 < done < trainer.num_training_batches else 0
+
+
+class _ResumableLoader(DataLoader):
+    """A map-style loader that resumes mid-epoch where training stopped (its sampler skips the batches done,
+    `_batches_done`). Lightning warns that mid-epoch resumes are unreliable unless the loader has
+    `state_dict` / `load_state_dict`; its position lives in the loop's progress instead, so these hold nothing."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class _EpochLoader(DataLoader):
     """DataLoader that tells an iterable dataset the epoch before each pass (Lightning only tells samplers),
     and reseeds its generator from (seed, epoch), so the workers' random streams, and so the augmentations,
@@ -112,10 +133,12 @@ class SimMIMDataModule(L.LightningDataModule):
             # asks the trainer for the epoch when a pass starts, so a resumed run's first pass is that epoch's.
             world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
             sampler = SeededSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
-            if trainer is not None and train:
-                sampler.epoch_fn = lambda: _epoch(trainer)
             wrapped = PerSampleSeed(dataset, self.seed, fixed_epoch=None if train else 0)
-            return DataLoader(wrapped, sampler=sampler, **kwargs)
+            if trainer is None or not train:
+                return DataLoader(wrapped, sampler=sampler, **kwargs)
+            sampler.epoch_fn = lambda: _epoch(trainer)
+            sampler.skip_fn = lambda: _batches_done(trainer) * self.batch_size
+            return _ResumableLoader(wrapped, sampler=sampler, **kwargs)
         if getattr(dataset, "batch_size", 0) is None:
             dataset.batch_size = self.batch_size  # lets len(loader) equal the batches it yields
         if not hasattr(dataset, "set_epoch"):

@@ -8,6 +8,7 @@ states after, so nothing else's randomness moves; loader workers need no restori
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -28,6 +29,7 @@ class SeededSampler(DistributedSampler):
     `DistributedSampler`, Lightning keeps it under DDP and calls its `set_epoch` every epoch."""
 
     epoch_fn = None  # when set: the epoch is read at __iter__ time (see SimMIMDataModule)
+    skip_fn = None  # when set: how many of this pass's first indices were already trained on (a mid-epoch resume)
 
     def __iter__(self):
         if self.epoch_fn is not None:
@@ -35,7 +37,9 @@ class SeededSampler(DistributedSampler):
             # first indices when the iterator is created, before its set_epoch call: ask the trainer now.
             self.epoch = self.epoch_fn()
         epoch = self.epoch
-        return ((epoch, i) for i in super().__iter__())
+        indices = super().__iter__()
+        skip = self.skip_fn() if self.skip_fn is not None else 0
+        return ((epoch, i) for i in itertools.islice(indices, skip, None))
 
 
 class PerSampleSeed(Dataset):

@@ -1,13 +1,20 @@
-"""Callbacks: SimMIM reconstruction pictures, and RNG state carried in checkpoints."""
+"""Callbacks: SimMIM reconstruction pictures, RNG state carried in checkpoints, and preemption (save, requeue,
+exit) that is safe with many ranks."""
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import signal
+import subprocess
+import threading
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchvision.utils import make_grid, save_image
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
@@ -108,6 +115,116 @@ class RNGState(L.Callback):
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Preempted(SystemExit):
+    """Raised on every rank at the same step once a preemption checkpoint is saved: the run stops there (exit
+    status 0), and `resume=auto` continues from the checkpoint."""
+
+
+class Preemption(L.Callback):
+    """On `signals` (default SIGUSR1: what `sbatch --signal=SIGUSR1@120` sends 120 s before the time limit, or
+    `kill -USR1`), save `<run dir>/hpc_ckpt_<n>.ckpt`, run `scontrol requeue $SLURM_JOB_ID` when under SLURM,
+    and stop. The requeued job (same id, same run dir) resumes from the checkpoint with `resume=auto`.
+
+    Unlike Lightning's `SLURMEnvironment(auto_requeue=True)`, which saves inside the signal handler, the handler
+    here only raises a flag. Ranks get the signal at different moments — one inside the gradient all-reduce,
+    another already past it — and a save, whose barrier is a collective, started from a handler then meets a
+    different collective on the other rank and the job hangs until SLURM kills it, unsaved. Here all ranks
+    agree after an optimizer step (`reduce_boolean_decision`, one scalar all-reduce every `check_every_n_steps`
+    steps) and save together; the data loader then resumes at the next batch (`SimMIMDataModule`)."""
+
+    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGUSR1",), requeue: bool | str = "auto",
+                 check_every_n_steps: int = 1) -> None:
+        if requeue not in (True, False, "auto"):
+            raise ValueError(f"requeue={requeue!r}: use auto (requeue when under SLURM), true or false")
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps={check_every_n_steps} must be >= 1")
+        try:
+            self.signals = [signal.Signals[name] if isinstance(name, str) else signal.Signals(name)
+                            for name in signals]
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"signals={list(signals)}: unknown signal {err}; use names like SIGUSR1") from None
+        self.requeue = requeue
+        self.check_every_n_steps = check_every_n_steps
+        self.received: signal.Signals | None = None
+        self.saved: Path | None = None
+        self._previous: dict[signal.Signals, object] = {}
+        self._last_step = -1
+
+    def _handler(self, signum, frame) -> None:  # no I/O, no collectives: just the flag
+        self.received = signal.Signals(signum)
+
+    def on_train_start(self, trainer, pl_module) -> None:  # after Lightning's signal connector took its snapshot
+        if threading.current_thread() is not threading.main_thread():
+            rank_zero_warn("Preemption: not in the main thread, signal handlers cannot be installed")
+            return
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handler)
+        job = self._job()
+        then = f"requeue SLURM job {job}" if job and self.requeue is not False else "stop"
+        rank_zero_info(f"Preemption: on {', '.join(s.name for s in self.signals)}: save hpc_ckpt_<n>.ckpt, {then}")
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:  # Lightning skips teardown hooks then
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # the same on every rank
+        if step == self._last_step or step % self.check_every_n_steps:
+            return  # mid gradient accumulation (nothing to save that resumes exactly), or not this step
+        self._last_step = step
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        name = self.received.name if self.received is not None else "a signal on another rank"
+        path = trainer.strategy.broadcast(str(self._next_path(trainer)) if trainer.is_global_zero else None, src=0)
+        rank_zero_info(f"Preemption: {name} received; saving {path} at step {trainer.global_step}")
+        trainer.save_checkpoint(path)  # every rank: collectives inside, and ZeRO shards from each rank
+        self.saved = Path(path)
+        requeued = self._requeue() if trainer.is_global_zero else False
+        trainer.strategy.barrier("Preemption")
+        if trainer.is_global_zero and not requeued:
+            rank_zero_info(f"Preemption: stopped at step {trainer.global_step}; run the same command again to "
+                           "resume from the checkpoint (resume=auto)")
+        raise Preempted(0)
+
+    @staticmethod
+    def _next_path(trainer) -> Path:
+        root = Path(trainer.default_root_dir)
+        taken = [int(m.group(1)) for p in root.glob("hpc_ckpt_*.ckpt") if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
+        return root / f"hpc_ckpt_{max(taken, default=0) + 1}.ckpt"
+
+    @staticmethod
+    def _job() -> str | None:
+        if os.environ.get("SLURM_ARRAY_JOB_ID"):
+            return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        return os.environ.get("SLURM_JOB_ID")
+
+    def _requeue(self) -> bool:
+        job = self._job()
+        if self.requeue is False or (self.requeue == "auto" and not job):
+            return False
+        if not job:
+            rank_zero_warn("Preemption: requeue=true but SLURM_JOB_ID is not set (not a SLURM job); not requeued")
+            return False
+        try:
+            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            rank_zero_warn(f"Preemption: `scontrol requeue {job}` failed ({err}); resubmit to resume")
+            return False
+        if result.returncode:
+            rank_zero_warn(f"Preemption: `scontrol requeue {job}` failed: {(result.stderr or result.stdout).strip()} "
+                           "(was the job submitted with --no-requeue?); resubmit with the same run dir to resume")
+            return False
+        rank_zero_info(f"Preemption: requeued SLURM job {job}")
+        return True
 
 
 def batch_size(batch) -> int:

@@ -1,0 +1,111 @@
+"""Preemption: a signal (SIGUSR1, what `sbatch --signal` sends) makes every rank save the same hpc checkpoint
+at a batch boundary, requeue the SLURM job, and stop; the next run resumes from it and trains on exactly as an
+uninterrupted run would. The SLURM controller is the only stand-in (a `scontrol` script on PATH)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, compose_config
+
+from simmim_swinv2.pretrain import pretrain
+from simmim_swinv2.tasks.callbacks import Preempted, Preemption
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = [*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=4", "callbacks.reconstructions.every_n_steps=0"]
+
+
+@pytest.fixture
+def scontrol(tmp_path, monkeypatch):
+    """A fake `scontrol` that records its arguments; SLURM_JOB_ID set as inside a job."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls.txt"
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    return calls
+
+
+def losses(run_dir) -> dict[int, float]:
+    """The last logged loss of each step (a resumed run logs its steps again)."""
+    with open(Path(run_dir) / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
+
+
+def test_signal_saves_requeues_stops_and_the_resumed_run_matches(tmp_path, scontrol, caplog):
+    caplog.set_level("INFO")
+    ref = pretrain(compose_config("pretrain", tmp_path / "ref", ARGS))
+    run = tmp_path / "run"
+    signalled = [*ARGS, "num_workers=2", "+callbacks.signal._target_=_callbacks.SignalAt", "+callbacks.signal.step=5"]
+    with pytest.raises(Preempted) as stop:
+        pretrain(compose_config("pretrain", run, signalled))
+    assert stop.value.code == 0
+    ckpt = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 6  # signalled as step 5 began, saved when that batch ended
+    assert scontrol.read_text().split() == ["requeue", "4242"]
+    assert "SIGUSR1 received; saving" in caplog.text and "requeued SLURM job 4242" in caplog.text
+    assert not (run / "checkpoints" / "last.ckpt").is_file() or torch.load(
+        run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] < 6
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler restored after the run
+
+    caplog.clear()
+    resumed = pretrain(compose_config("pretrain", run, [*ARGS, "num_workers=2"]))  # what the requeued job runs
+    assert "dataloader is not resumable" not in caplog.text
+    assert f"resuming from {run / 'hpc_ckpt_1.ckpt'}" in caplog.text
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 12
+    expected, got = losses(tmp_path / "ref"), losses(run)
+    assert sorted(expected) == list(range(12))
+    for step in range(6, 12):  # trained after the resume, mid-epoch 1 onwards
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    assert resumed["train/loss_epoch"] == pytest.approx(ref["train/loss_epoch"], rel=1e-6)
+
+
+def test_without_slurm_it_saves_and_stops_without_requeueing(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    caplog.set_level("INFO")
+    signalled = [*ARGS, "trainer.max_epochs=1", "+callbacks.signal._target_=_callbacks.SignalAt",
+                 "+callbacks.signal.step=1"]
+    with pytest.raises(Preempted):
+        pretrain(compose_config("pretrain", tmp_path, signalled))
+    assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 2
+    assert "run the same command again to resume" in caplog.text and "requeued" not in caplog.text
+
+
+@pytest.mark.parametrize("kwargs, message", [({"requeue": "sometimes"}, "requeue='sometimes'"),
+                                             ({"signals": ["SIGNOPE"]}, "unknown signal"),
+                                             ({"check_every_n_steps": 0}, "must be >= 1")])
+def test_bad_preemption_settings_fail_clearly(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Preemption(**kwargs)
+
+
+@pytest.mark.slow
+def test_signal_on_one_rank_only_stops_both_ranks_at_one_checkpoint(tmp_path):
+    """Two DDP processes; SIGUSR1 reaches rank 1 alone. Saving from inside the handler (Lightning's
+    auto_requeue) would meet rank 0 in a different collective and hang; here both stop after the same batch."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("SLURM_JOB_ID", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "simmim_swinv2.pretrain", *ARGS, "trainer=ddp", "trainer.devices=2",
+         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "+callbacks.signal._target_=_callbacks.SignalAt",
+         "+callbacks.signal.step=4", "+callbacks.signal.rank=1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "a signal on another rank received; saving" in out, out[-3000:]
+    assert [p.name for p in run.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]
+    assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 5
+    assert not (run / "checkpoints" / "epoch0002-step0000012.ckpt").exists()  # it did stop
