@@ -43,32 +43,49 @@ def losses(run_dir) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
 
 
-def test_signal_saves_requeues_stops_and_the_resumed_run_matches(tmp_path, scontrol, caplog):
+@pytest.fixture(scope="module")
+def shard_data(tmp_path_factory) -> list[str]:
+    """48 images in 3 shards: 6 batches of 8 per epoch, more than the 4 trained."""
+    from test_data_utils import write_class_folder
+
+    from simmim_swinv2.data.sharding import make_shards
+
+    root = tmp_path_factory.mktemp("shards")
+    write_class_folder(root / "images", [24, 24], size=(72, 64))
+    make_shards(root / "images", root / "tars", samples_per_shard=16, progress=False)
+    return ["data=webdataset", f"data.urls=[{','.join(sorted(str(p) for p in (root / 'tars').glob('*.tar')))}]"]
+
+
+@pytest.mark.parametrize("source, step", [("digits", 5), ("shards", 6)])
+def test_signal_saves_requeues_stops_and_the_resumed_run_matches(source, step, tmp_path, scontrol, caplog, request):
+    """Stopped mid-epoch 1 (2 or 3 of its 4 batches done; with 2 loader workers, so the shard workers skip
+    unequal numbers of batches), the resumed run's later losses equal an uninterrupted run's."""
     caplog.set_level("INFO")
-    ref = pretrain(compose_config("pretrain", tmp_path / "ref", ARGS))
+    args = [*ARGS, "num_workers=2", *(request.getfixturevalue("shard_data") if source == "shards" else [])]
+    ref = pretrain(compose_config("pretrain", tmp_path / "ref", args))
     run = tmp_path / "run"
-    signalled = [*ARGS, "num_workers=2", "+callbacks.signal._target_=_callbacks.SignalAt", "+callbacks.signal.step=5"]
+    signalled = [*args, "+callbacks.signal._target_=_callbacks.SignalAt", f"+callbacks.signal.step={step}"]
     with pytest.raises(Preempted) as stop:
         pretrain(compose_config("pretrain", run, signalled))
     assert stop.value.code == 0
     ckpt = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 6  # signalled as step 5 began, saved when that batch ended
+    assert ckpt["global_step"] == step + 1  # signalled as the step began, saved when that batch ended
     assert scontrol.read_text().split() == ["requeue", "4242"]
     assert "SIGUSR1 received; saving" in caplog.text and "requeued SLURM job 4242" in caplog.text
     assert not (run / "checkpoints" / "last.ckpt").is_file() or torch.load(
-        run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] < 6
+        run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] <= step
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler restored after the run
 
     caplog.clear()
-    resumed = pretrain(compose_config("pretrain", run, [*ARGS, "num_workers=2"]))  # what the requeued job runs
+    resumed = pretrain(compose_config("pretrain", run, args))  # what the requeued job runs
     assert "dataloader is not resumable" not in caplog.text
     assert f"resuming from {run / 'hpc_ckpt_1.ckpt'}" in caplog.text
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 12
     expected, got = losses(tmp_path / "ref"), losses(run)
     assert sorted(expected) == list(range(12))
-    for step in range(6, 12):  # trained after the resume, mid-epoch 1 onwards
-        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    for s in range(step + 1, 12):  # trained after the resume, mid-epoch 1 onwards
+        assert got[s] == pytest.approx(expected[s], rel=1e-6, abs=1e-7), s
     assert resumed["train/loss_epoch"] == pytest.approx(ref["train/loss_epoch"], rel=1e-6)
 
 

@@ -29,9 +29,10 @@ def _batches_done(trainer) -> int:
 
 
 class _ResumableLoader(DataLoader):
-    """A map-style loader that resumes mid-epoch where training stopped (its sampler skips the batches done,
-    `_batches_done`). Lightning warns that mid-epoch resumes are unreliable unless the loader has
-    `state_dict` / `load_state_dict`; its position lives in the loop's progress instead, so these hold nothing."""
+    """A loader that resumes mid-epoch where training stopped: its sampler (map-style) or its dataset (shards)
+    leaves out the batches done (`_batches_done`). Lightning warns that mid-epoch resumes are unreliable unless
+    the loader has `state_dict` / `load_state_dict`; the position lives in the loop's progress instead, so these
+    hold nothing."""
 
     def state_dict(self) -> dict:
         return {}
@@ -40,19 +41,24 @@ class _ResumableLoader(DataLoader):
         pass
 
 
-class _EpochLoader(DataLoader):
-    """DataLoader that tells an iterable dataset the epoch before each pass (Lightning only tells samplers),
-    and reseeds its generator from (seed, epoch), so the workers' random streams, and so the augmentations,
-    are the same for an epoch whether or not the run was resumed."""
+class _EpochLoader(_ResumableLoader):
+    """DataLoader that tells an iterable dataset the epoch (Lightning only tells samplers) and the batches of
+    it already done before each pass, and reseeds its generator from (seed, epoch), so the workers' random
+    streams are the same for an epoch whether or not the run was resumed."""
 
     epoch_fn: Callable[[], int] | None = None
+    skip_fn: Callable[[], int] | None = None
     seed: int = 0
     _passes = 0
 
     def __iter__(self):
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._passes
         self._passes += 1
-        self.dataset.set_epoch(epoch)
+        skip = self.skip_fn() if self.skip_fn is not None else 0
+        if skip:
+            self.dataset.set_epoch(epoch, skip_batches=skip)
+        else:
+            self.dataset.set_epoch(epoch)
         if self.generator is not None:
             self.generator.manual_seed(sample_seed(self.seed, epoch, 0))
         return super().__iter__()
@@ -147,6 +153,8 @@ class SimMIMDataModule(L.LightningDataModule):
         loader.seed = self.seed
         if trainer is not None:
             loader.epoch_fn = lambda: _epoch(trainer)
+            if train:
+                loader.skip_fn = lambda: _batches_done(trainer)
         return loader
 
     def _has_trainer(self) -> bool:

@@ -63,18 +63,23 @@ class PerSampleSeed(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         if self.fixed_epoch is not None:
             epoch = self.fixed_epoch
-        seed = sample_seed(self.seed, epoch, index)
-        if get_worker_info() is not None:  # a loader worker's RNGs serve the data alone: nothing to restore
+        return seeded(sample_seed(self.seed, epoch, index), self.dataset.__getitem__, index)
+
+
+def seeded(seed: int, fn, *args):
+    """`fn(*args)` with torch's CPU generator, NumPy and `random` seeded from `seed`. In a loader worker, whose
+    RNGs serve the data alone, nothing is restored; in the main process the previous states come back after."""
+    if get_worker_info() is not None:
+        _seed_cpu_rngs(seed)
+        return fn(*args)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
             _seed_cpu_rngs(seed)
-            return self.dataset[index]
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                _seed_cpu_rngs(seed)
-                return self.dataset[index]
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+            return fn(*args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _seed_cpu_rngs(seed: int) -> None:

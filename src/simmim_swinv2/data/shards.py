@@ -28,6 +28,7 @@ that cannot be opened or read raises :class:`ShardError` naming it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from webdataset.tariterators import base_plus_ext, tarfile_samples
 
 from .decode import apply_transform
 from .faults import BadSampleTracker, TooManyBadSamples
+from .seeding import sample_seed, seeded
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -194,6 +196,7 @@ class ShardDataset(IterableDataset):
         self.num_classes = num_classes
         self.epoch = 0
         self._iterations = 0
+        self._skip_batches = 0
         self._sizes: list[int] | None = None
 
     @property
@@ -202,10 +205,12 @@ class ShardDataset(IterableDataset):
             self._sizes = shard_sizes(self.shards)
         return self._sizes
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the next iteration (later iterations of this copy count up from it)."""
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Use ``epoch`` for the next iteration (later iterations of this copy count up from it); that next
+        iteration leaves out the rank's first ``skip_batches`` batches (a mid-epoch resume: already trained on)."""
         self.epoch = epoch
         self._iterations = 0
+        self._skip_batches = skip_batches
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch."""
@@ -241,41 +246,58 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch + self._iterations
         self._iterations += 1
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        # A resumed pass leaves out the first `done` batches. The DataLoader takes batches from its workers in
+        # turn, starting with worker 0, and an uninterrupted pass would go on with worker `done % workers`: so
+        # worker w plays worker (w + done) % workers here, which has ceil((done - that) / workers) batches done.
+        done, self._skip_batches = self._skip_batches, 0
+        worker = (worker + done) % workers
+        skip = max(0, -(-(done - worker) // workers)) * (self.batch_size or 1)
         rng = random.Random(f"{self.seed}/{epoch}")  # same on every rank and worker
         order = list(range(len(self.shards)))
         if self.shuffle:
             rng.shuffle(order)
         if self.samples_per_epoch is None:
             units = plan_epoch(self.sizes, world, workers, order, self.drop_last, self.batch_size)
-            mine = next(iter(wds.split_by_worker(wds.split_by_node(iter(units)))))
+            mine = units[worker * world + rank]
             target = sum(stop - start for _, start, stop in mine)
             stream = self._read(mine)
         else:
             counts = _worker_counts(self.samples_per_epoch // world, workers, self.batch_size)
             target = counts[worker]
-            stream = self._stream(order, world * workers, random.Random(f"{self.seed}/{epoch}/{rank}/{worker}"))
+            rng_stream = random.Random(f"{self.seed}/{epoch}/{rank}/{worker}")
+            stream = self._stream(order, (rank, world, worker, workers), rng_stream)
         local_rng = random.Random(f"{self.seed}/{epoch}/{rank}/{worker}/samples")
         if self.shuffle_buffer > 1:
             stream = _shuffled(stream, self.shuffle_buffer, local_rng)
-        yield from self._emit(stream, target, local_rng)
+        seeds = (sample_seed(self.seed, epoch, (n * world + rank) * workers + worker) for n in itertools.count())
+        yield from self._emit(stream, target, local_rng, seeds, skip)
 
-    def _stream(self, order: list[int], readers: int, rng: random.Random) -> Iterator[dict]:
+    def _stream(self, order: list[int], where: tuple[int, int, int, int], rng: random.Random) -> Iterator[dict]:
+        rank, world, worker, workers = where
         shards = [(s, 0, 1 << 62) for s in order]  # whole shards; sizes not needed
-        if len(shards) >= readers:
-            shards = list(wds.split_by_worker(wds.split_by_node(iter(shards))))
+        if len(shards) >= world * workers:  # as webdataset's split_by_node, then split_by_worker
+            shards = shards[rank::world][worker::workers]
         while True:
             yield from self._read(shards)
             rng.shuffle(shards)
 
-    def _emit(self, stream: Iterator[dict], target: int, rng: random.Random) -> Iterator[tuple]:
-        """Yield exactly ``target`` decoded samples, replacing bad ones by re-augmented good ones."""
+    def _emit(self, stream: Iterator[dict], target: int, rng: random.Random, seeds: Iterator[int],
+              skip: int = 0) -> Iterator[tuple]:
+        """Yield exactly ``target`` decoded samples, replacing bad ones by re-augmented good ones. Each sample's
+        augmentation draws from its own seed (``seeds``, by position), so the first ``skip`` are passed over
+        undecoded and what follows is what an uninterrupted pass yields (exactly so if none of the skipped
+        samples was corrupt)."""
         recent: list[dict] = []
         produced = 0
         for sample in stream:
             if produced >= target:
                 break
+            seed = next(seeds)
+            if produced < skip:
+                produced += 1
+                continue
             try:
-                out = self._decode(sample)
+                out = seeded(seed, self._decode, sample)
             except Exception as err:  # noqa: BLE001 - counted, logged, replaced below
                 self.tracker.bad(f"{sample.get('__url__')}:{sample.get('__key__')}", err)
                 continue
@@ -289,7 +311,7 @@ class ShardDataset(IterableDataset):
                     f"no decodable sample in this worker's part of {len(self.shards)} shards "
                     f"(first: {self.shards[0]}); check the shards"
                 )
-            yield self._decode(rng.choice(recent))
+            yield seeded(next(seeds), self._decode, rng.choice(recent))
             produced += 1
 
 
