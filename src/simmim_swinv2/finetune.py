@@ -29,7 +29,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
 
     aug = cfg.augment
     train_tf = build_finetune_transform(cfg.img_size, auto_augment=aug.auto_augment, color_jitter=aug.color_jitter,
-                                        re_prob=aug.re_prob)
+                                        re_prob=aug.re_prob, scale=aug.scale, hflip=aug.hflip)
     val_tf = build_eval_transform(cfg.img_size, crop_pct=aug.crop_pct)
     train, val = runtime.build_datasets(cfg.data, train_tf, val_tf)
 

@@ -24,8 +24,10 @@ def _batches_done(trainer) -> int:
     after resuming from a mid-epoch checkpoint (a preemption's `hpc_ckpt`). Read from the loop's restored
     progress, which counts what was trained on; a count kept in the loader would be ahead by Lightning's
     prefetched batch."""
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-    return done if 0 < done < trainer.num_training_batches else 0
+    epochs = trainer.fit_loop.epoch_progress.current
+    if epochs.started <= epochs.processed:  # at the start of an epoch (or resuming from the end of one)
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 class _ResumableLoader(DataLoader):

@@ -107,14 +107,19 @@ def build_finetune_transform(
     color_jitter: float = 0.4,
     re_prob: float = 0.25,
     interpolation: str = "bicubic",
+    scale: tuple[float, float] = (0.08, 1.0),
+    hflip: float = 0.5,
 ) -> T.Compose:
-    """Fine-tune train transform (timm): RandomResizedCrop, flip, RandAugment, jitter, random erasing.
+    """Fine-tune train transform (timm): RandomResizedCrop (area fraction ``scale``), horizontal flip (with
+    probability ``hflip``), RandAugment, jitter, random erasing.
 
     Input: RGB PIL image. Output: float ``(3, S, S)`` normalised with ImageNet mean/std.
     """
     transform = create_transform(
         input_size=input_size,
         is_training=True,
+        scale=tuple(scale),
+        hflip=hflip,
         auto_augment=auto_augment,
         color_jitter=color_jitter,
         re_prob=re_prob,
