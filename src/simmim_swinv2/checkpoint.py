@@ -1,6 +1,6 @@
 """Checkpoints of our own runs: atomic writes, and finding the checkpoint to resume from.
 
-(Weights from other systems — transformers, official, timm — are `convert.py`'s.)
+(Weights from other systems — transformers, official, timm — are `convert`'s.)
 """
 
 from __future__ import annotations

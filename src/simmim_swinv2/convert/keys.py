@@ -1,31 +1,15 @@
-"""Weights in and out: transformers' Swinv2 directories, official SwinV2 / SimMIM checkpoints, timm state dicts.
-
-    from simmim_swinv2 import convert
-    model = convert.from_transformers("path/to/hf_dir")   # classifier / SimMIM / encoder, per the checkpoint
-    convert.to_transformers(model, "path/to/out_dir")     # config.json + model.safetensors
-    model = convert.from_official("simmim_pretrain.pth", window_size=12)
-    model = convert.from_timm("swinv2_tiny.safetensors", window_size=8, img_size=256)
-
-Reading needs neither transformers nor timm's hub: configs are JSON, weights safetensors (or a pickle loaded
-with `weights_only=True`). Our module names follow timm, so the maps below are the whole difference:
-transformers splits q/k/v into three Linears and puts a stage's patch merging at the *end* of the stage
-(`encoder.layers.{s}.downsample`), where timm and we open stage s+1 with it (`layers.{s+1}.downsample`).
-"""
+"""Key and config maps between our SwinV2 and transformers' / the official / timm's: pure functions on dicts.
+Our module names follow timm, so these are the whole difference: transformers splits q/k/v into three Linears
+and puts a stage's patch merging at the *end* of the stage (`encoder.layers.{s}.downsample`), where timm and we
+open stage s+1 with it (`layers.{s+1}.downsample`); the official code names the bias MLP `rpe_mlp`."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .data.processor import ImageProcessor
-from .models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
-
-Model = SwinV2Encoder | SimMIM | SwinV2Classifier
+from ..models import SwinV2Config
 
 _HF_ACT = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu",
            "silu": "silu", "swish": "silu"}
@@ -208,97 +192,6 @@ def _split(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    result = module.load_state_dict(sd, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith(_BUFFERS)]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{what}: missing keys {missing[:8]}, unexpected keys {result.unexpected_keys[:8]}")
-
-
-# --------------------------------------------------------------------------------------------- transformers
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def from_transformers(path: str | Path, **config_overrides) -> Model:
-    """Load a directory written by transformers' `save_pretrained` for `Swinv2Model`,
-    `Swinv2ForMaskedImageModeling` or `Swinv2ForImageClassification`."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: give a directory written by save_pretrained")
-    hf = json.loads(config_file.read_text())
-    weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
-    if weights is None:
-        raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path} (sharded checkpoints: "
-                                "load and save_pretrained them once with max_shard_size large enough)")
-    sd = _read_weights(weights)
-    prefixed = any(k.startswith("swinv2.") for k in sd)
-    enc_sd = encoder_from_transformers(_split(sd, "swinv2.") if prefixed else sd)
-    cfg = config_from_transformers(hf, use_mask_token="mask_token" in enc_sd, **config_overrides)
-    encoder = SwinV2Encoder(cfg)
-    _load_strict(encoder, enc_sd, f"{path} (encoder)")
-    if "classifier.weight" in sd:
-        id2label = {int(k): v for k, v in hf.get("id2label", {}).items()} or None
-        model = SwinV2Classifier(encoder, sd["classifier.weight"].shape[0], id2label=id2label)
-        model.head.load_state_dict({"weight": sd["classifier.weight"], "bias": sd["classifier.bias"]})
-        return model
-    if "decoder.0.weight" in sd:
-        model = SimMIM(encoder)
-        model.decoder.load_state_dict(_split(sd, "decoder."))
-        return model
-    return encoder
-
-
-def to_transformers(model: Model, out_dir: str | Path) -> Path:
-    """Write `config.json` + `model.safetensors` that transformers' `Swinv2*.from_pretrained` loads with no
-    missing or unexpected keys: a classifier → `Swinv2ForImageClassification`, SimMIM →
-    `Swinv2ForMaskedImageModeling`, an encoder → `Swinv2Model`."""
-    out_dir = Path(out_dir)
-    encoder = model if isinstance(model, SwinV2Encoder) else model.encoder
-    architecture = {SwinV2Classifier: "Swinv2ForImageClassification", SimMIM: "Swinv2ForMaskedImageModeling",
-                    SwinV2Encoder: "Swinv2Model"}[type(model)]
-    id2label = model.id2label if isinstance(model, SwinV2Classifier) else None
-    config = config_to_transformers(encoder.cfg, architecture, id2label)  # refuses what it cannot express
-    enc_sd = encoder_to_transformers(encoder.state_dict())
-    if isinstance(model, SwinV2Classifier):
-        sd = {f"swinv2.{k}": v for k, v in enc_sd.items()}
-        sd.update({f"classifier.{k}": v for k, v in model.head.state_dict().items()})
-    elif isinstance(model, SimMIM):
-        if encoder.cfg.img_size[0] != encoder.cfg.img_size[1]:
-            raise ValueError("transformers' Swinv2ForMaskedImageModeling handles square images only; "
-                             "export the encoder (convert.to_transformers(model.encoder, ...)) instead")
-        sd = {f"swinv2.{k}": v for k, v in enc_sd.items()}
-        sd.update({f"decoder.{k}": v for k, v in model.decoder.state_dict().items()})
-    else:  # transformers' Swinv2Model is built without a mask token
-        sd = {k: v for k, v in enc_sd.items() if k != "embeddings.mask_token"}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(out_dir / "model.safetensors"),
-              metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    ImageProcessor(encoder.cfg.img_size).save(out_dir)  # AutoImageProcessor / pipeline(...) load it as is
-    return out_dir
-
-
-# ------------------------------------------------------------------------------------- official and timm
-def _unwrap(obj: dict) -> dict[str, torch.Tensor]:
-    for key in ("model", "state_dict", "module"):
-        if isinstance(obj.get(key), dict):
-            return _unwrap(obj[key])
-    return obj
-
-
-def _read_any(source: str | Path | dict) -> dict[str, torch.Tensor]:
-    if isinstance(source, dict):
-        return _unwrap(source)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    return _unwrap(_read_weights(path))
-
-
 def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
     """A config from an encoder state dict's shapes (our/timm names); `window_size` comes from the
     position-index buffer when present, else from `overrides` (it has no weight of its own)."""
@@ -332,22 +225,6 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
     return SwinV2Config(**kwargs)
 
 
-def _build(enc_sd: dict, head: dict | None, decoder: dict | None, what: str, **overrides) -> Model:
-    cfg = infer_config(enc_sd, **overrides)
-    enc_sd = {k: v for k, v in enc_sd.items() if not k.endswith(_BUFFERS)}  # rebuilt, not loaded
-    encoder = SwinV2Encoder(cfg)
-    _load_strict(encoder, enc_sd, what)
-    if decoder:
-        model = SimMIM(encoder)
-        model.decoder.load_state_dict(decoder)
-        return model
-    if head:
-        model = SwinV2Classifier(encoder, head["weight"].shape[0])
-        model.head.load_state_dict(head)
-        return model
-    return encoder
-
-
 def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
     """An official SwinV2 / SimMIM state dict → (encoder, head, decoder) state dicts in our names: SimMIM's
     `encoder.`/`decoder.` prefixes split off, `rpe_mlp` renamed, patch merging moved from the end of stage s to
@@ -374,97 +251,3 @@ def timm_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """A timm SwinTransformerV2 state dict → (encoder, head) state dicts in our names."""
     head = {k[len("head.fc."):]: v for k, v in sd.items() if k.startswith("head.fc.")}
     return {k: v for k, v in sd.items() if not k.startswith("head.")}, head
-
-
-def from_official(source: str | Path | dict, **config_overrides) -> Model:
-    """An official SwinV2 (microsoft/Swin-Transformer) or SimMIM (microsoft/SimMIM) checkpoint: weights
-    under `model`, SimMIM's encoder under `encoder.`, older `rpe_mlp` names, patch merging at stage end;
-    position buffers are rebuilt, not loaded."""
-    enc_sd, head, decoder = official_to_ours(_read_any(source))
-    return _build(enc_sd, head, decoder, "official checkpoint", **config_overrides)
-
-
-def from_timm(source: str | Path | dict, **config_overrides) -> Model:
-    """A timm `SwinTransformerV2` state dict (our module names; head under `head.fc`)."""
-    enc_sd, head = timm_to_ours(_read_any(source))
-    return _build(enc_sd, head, None, "timm state dict", **config_overrides)
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m simmim_swinv2.convert",
-        description="Convert SwinV2 / SimMIM weights between transformers, official, timm and our format.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    to_hf = sub.add_parser("to-transformers", help="official / timm / transformers weights → a transformers dir")
-    to_hf.add_argument("source", help="checkpoint file or transformers directory")
-    to_hf.add_argument("out_dir")
-    to_hf.add_argument("--format", choices=("auto", "transformers", "official", "timm"), default="auto")
-    to_hf.add_argument("--window-size", type=int, help="window size, for checkpoints that do not record it")
-    to_hf.add_argument("--img-size", type=int, help="image size the windows are sized for")
-    to_hf.add_argument("--encoder-only", action="store_true", help="drop decoder/head, write a Swinv2Model")
-    from_hf = sub.add_parser("from-transformers", help="a transformers dir → our safetensors + config.json")
-    from_hf.add_argument("source")
-    from_hf.add_argument("out_file", help="output .safetensors (its config lands beside it as .json)")
-    args = parser.parse_args(argv)
-
-    if args.command == "from-transformers":
-        model = from_transformers(args.source)
-        save_model(model, args.out_file)
-        print(f"wrote {args.out_file} ({type(model).__name__}, {_count(model) / 1e6:.1f}M parameters)")
-        return
-    overrides = {k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v}
-    fmt = args.format
-    if fmt == "auto":
-        fmt = "transformers" if Path(args.source).is_dir() else _guess_format(_read_any(args.source))
-    loader = {"transformers": from_transformers, "official": from_official, "timm": from_timm}[fmt]
-    model = loader(args.source, **overrides)
-    if args.encoder_only and not isinstance(model, SwinV2Encoder):
-        model = model.encoder
-    to_transformers(model, args.out_dir)
-    print(f"wrote {args.out_dir} ({type(model).__name__} from {fmt} weights, {_count(model) / 1e6:.1f}M parameters)")
-
-
-def _guess_format(sd: dict) -> str:
-    if any(k.startswith(("encoder.", "layers.0.downsample")) or "rpe_mlp" in k for k in sd):
-        return "official"
-    return "timm"
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def save_model(model: Model, path: str | Path) -> None:
-    """Our own export: `<path>` safetensors of the model's state dict + `<path>.json` with what rebuilds it."""
-    path = Path(path)
-    encoder = model if isinstance(model, SwinV2Encoder) else model.encoder
-    meta: dict = {"kind": type(model).__name__, "config": encoder.cfg.to_dict()}
-    if isinstance(model, SwinV2Classifier):
-        meta["id2label"] = model.id2label
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(_BUFFERS)}
-    save_file(sd, str(path), metadata={"format": "pt"})
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
-
-
-def load_model(path: str | Path) -> Model:
-    """Inverse of `save_model`."""
-    path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    cfg = SwinV2Config.from_dict(meta["config"])
-    sd = load_file(str(path))
-    encoder = SwinV2Encoder(cfg)
-    if meta["kind"] == "SwinV2Classifier":
-        model: Model = SwinV2Classifier(encoder, sd["head.weight"].shape[0],
-                                        id2label={int(k): v for k, v in meta["id2label"].items()})
-    elif meta["kind"] == "SimMIM":
-        model = SimMIM(encoder)
-    else:
-        model = encoder
-    _load_strict(model, sd, str(path))
-    return model
-
-
-if __name__ == "__main__":
-    main()
