@@ -106,3 +106,31 @@ def test_zero_train_save_resume_consolidate(trainer_cfg, tmp_path):
     check_zero_resume(ckpt, 2)
     with pytest.raises(RuntimeError, match="of 2 processes, this run has 1.*simmim_swinv2.consolidate"):
         check_zero_resume(ckpt, 1)
+
+
+def test_zero_preemption_resume_and_finetune(tmp_path):
+    """ZeRO-2 on two processes: SIGUSR1 on rank 1 alone mid-epoch -> both ranks write one sharded hpc_ckpt
+    directory and stop; the next start resumes from it and finishes; fine-tuning under ZeRO-2 (layer-decay
+    parameter groups) starts from that run directory."""
+    from simmim_swinv2.checkpoint import find_resume_checkpoint, is_zero_checkpoint
+
+    run = tmp_path / "run"
+    out = _run(run, "deepspeed_zero2", "+callbacks.signal._target_=_callbacks.SignalAt", "+callbacks.signal.step=3",
+               "+callbacks.signal.rank=1")
+    assert "Preemption: a signal on another rank received; saving" in out, out[-3000:]
+    hpc = run / "hpc_ckpt_1.ckpt"
+    assert is_zero_checkpoint(hpc) and find_resume_checkpoint(run) == hpc
+    assert len(_losses(run)) < 6  # stopped early
+
+    out = _run(run, "deepspeed_zero2")
+    assert f"resuming from {hpc}" in out
+    with open(run / "metrics.csv") as f:
+        steps = {int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
+    assert steps == set(range(6))  # every step trained once, the resumed ones included
+
+    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "DS_ACCELERATOR": "cpu"}
+    result = run_cli("simmim_swinv2.finetune", *FAST, "trainer=deepspeed_zero2", *CPU, f"pretrained={run}",
+                     "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'ft'}", env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    assert "validation: top-1" in result.stdout and "CPUDeepSpeedStrategy" in out

@@ -68,6 +68,7 @@ def test_signal_saves_requeues_stops_and_the_resumed_run_matches(source, step, t
     with pytest.raises(Preempted) as stop:
         pretrain(compose_config("pretrain", run, signalled))
     assert stop.value.code == 0
+    assert max(losses(run)) == step  # the last step trained (and saved) was logged before the stop
     ckpt = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == step + 1  # signalled as the step began, saved when that batch ended
     assert scontrol.read_text().split() == ["requeue", "4242"]

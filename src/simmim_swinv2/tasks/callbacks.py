@@ -151,6 +151,7 @@ class Preemption(L.Callback):
         self.saved: Path | None = None
         self._previous: dict[signal.Signals, object] = {}
         self._last_step = -1
+        self._stop = False
 
     def _handler(self, signum, frame) -> None:  # no I/O, no collectives: just the flag
         self.received = signal.Signals(signum)
@@ -193,7 +194,14 @@ class Preemption(L.Callback):
         if trainer.is_global_zero and not requeued:
             rank_zero_info(f"Preemption: stopped at step {trainer.global_step}; run the same command again to "
                            "resume from the checkpoint (resume=auto)")
-        raise Preempted(0)
+        self._stop = True  # once Lightning has logged this step's metrics: at the next hook below
+
+    def _stop_now(self, *_) -> None:
+        if self._stop:
+            raise Preempted(0)
+
+    # the first of these after the save, on every rank alike; before validation and the epoch-end checkpoint
+    on_train_batch_start = on_validation_start = on_train_epoch_end = on_train_end = _stop_now
 
     @staticmethod
     def _next_path(trainer) -> Path:
