@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import compose_config
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from simmim_swinv2.models import SwinV2Config
 from simmim_swinv2.runtime import CONFIG_DIR, ConfigError, build_loggers, check_pretrain_config
@@ -137,3 +138,18 @@ def test_default_pretrain_is_the_cpu_quickstart(tmp_path):
     assert cfg.trainer.accelerator == "cpu" and cfg.model.variant == "debug"
     assert cfg.data.train._target_.endswith("build_digits")
     assert "csv" in cfg.logger and cfg.resume == "auto"
+
+
+def test_finetune_augmentation_is_the_official_recipe_unless_the_data_suggests_its_own(tmp_path):
+    official = {"auto_augment": "rand-m9-mstd0.5-inc1", "color_jitter": 0.4, "re_prob": 0.25, "scale": [0.08, 1.0],
+                "hflip": 0.5, "crop_pct": 0.875}
+
+    def augment(*overrides):
+        return OmegaConf.to_container(compose_config("finetune", tmp_path, list(overrides)).augment, resolve=True)
+
+    assert augment("data=folder") == official
+    assert augment() == {**official, "auto_augment": None, "re_prob": 0.0, "scale": [0.35, 1.0], "hflip": 0.0}  # digits
+    assert augment("augment.hflip=0.25")["hflip"] == 0.25  # the command line beats the data's suggestion
+    for name in options("experiment"):
+        if name.startswith("simmim_finetune"):  # the recipes keep the official augmentation on any data
+            assert augment(f"experiment={name}") == official, name
