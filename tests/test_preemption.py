@@ -100,6 +100,12 @@ def test_without_slurm_it_saves_and_stops_without_requeueing(tmp_path, monkeypat
     assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 2
     assert "run the same command again to resume" in caplog.text and "requeued" not in caplog.text
 
+    again = [*signalled[:-1], "+callbacks.signal.step=3"]  # resumed, then stopped again at its last step
+    with pytest.raises(Preempted):
+        pretrain(compose_config("pretrain", tmp_path, again))
+    assert [p.name for p in tmp_path.glob("hpc_ckpt_*")] == ["hpc_ckpt_2.ckpt"]  # the superseded one is gone
+    assert torch.load(tmp_path / "hpc_ckpt_2.ckpt", weights_only=True)["global_step"] == 4
+
 
 @pytest.mark.parametrize("kwargs, message", [({"requeue": "sometimes"}, "requeue='sometimes'"),
                                              ({"signals": ["SIGNOPE"]}, "unknown signal"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -189,7 +190,10 @@ class Preemption(L.Callback):
         rank_zero_info(f"Preemption: {name} received; saving {path} at step {trainer.global_step}")
         trainer.save_checkpoint(path)  # every rank: collectives inside, and ZeRO shards from each rank
         self.saved = Path(path)
-        requeued = self._requeue() if trainer.is_global_zero else False
+        requeued = False
+        if trainer.is_global_zero:
+            self._remove_older(Path(path))
+            requeued = self._requeue()
         trainer.strategy.barrier("Preemption")
         if trainer.is_global_zero and not requeued:
             rank_zero_info(f"Preemption: stopped at step {trainer.global_step}; run the same command again to "
@@ -204,10 +208,19 @@ class Preemption(L.Callback):
     on_train_batch_start = on_validation_start = on_train_epoch_end = on_train_end = _stop_now
 
     @staticmethod
-    def _next_path(trainer) -> Path:
+    def _numbered(root: Path) -> dict[int, Path]:
+        return {int(m.group(1)): p for p in root.glob("hpc_ckpt_*.ckpt")
+                if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))}
+
+    def _next_path(self, trainer) -> Path:
         root = Path(trainer.default_root_dir)
-        taken = [int(m.group(1)) for p in root.glob("hpc_ckpt_*.ckpt") if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
-        return root / f"hpc_ckpt_{max(taken, default=0) + 1}.ckpt"
+        return root / f"hpc_ckpt_{max(self._numbered(root), default=0) + 1}.ckpt"
+
+    def _remove_older(self, path: Path) -> None:
+        """Earlier preemption checkpoints are superseded by this one (and at billions of parameters, large)."""
+        for number, old in self._numbered(path.parent).items():
+            if old != path and number < int(path.stem.rsplit("_", 1)[1]):
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
 
     @staticmethod
     def _job() -> str | None:
