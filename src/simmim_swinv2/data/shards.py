@@ -40,6 +40,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 from webdataset.tariterators import base_plus_ext, tarfile_samples
 
+from . import tar
 from .decode import apply_transform
 from .faults import BadSampleTracker, TooManyBadSamples
 from .seeding import sample_seed, seeded
@@ -223,17 +224,27 @@ class ShardDataset(IterableDataset):
     def _read(self, pieces: Sequence[tuple[int, int, int]]) -> Iterator[dict]:
         for shard_index, start, stop in pieces:
             url = self.shards[shard_index]
-            samples = tarfile_samples(iter([{"url": url}]))
-            position = 0
             try:
-                for sample in samples:
-                    if position >= stop:
-                        break
-                    if position >= start:
-                        yield sample
-                    position += 1
+                yield from self._samples(url, start, stop)
             except (OSError, tarfile.TarError, ValueError) as err:
                 raise ShardError(f"cannot read shard {url}: {err}; check it or re-create it with make_shards.py") from err
+
+    @staticmethod
+    def _samples(url: str, start: int, stop: int) -> Iterator[dict]:
+        """Samples start … stop - 1 of a shard: a local uncompressed tar through `tar.samples` (earlier samples
+        passed over by seeking), anything else (compressed, pipe:, http…) through webdataset."""
+        path = url.removeprefix("file:")
+        if os.path.isfile(path):
+            with open(path, "rb", buffering=1 << 16) as f:
+                if tar.is_plain_tar(f.read(tar.BLOCK)):
+                    f.seek(0)
+                    yield from tar.samples(f, url, start, stop, seekable=True)
+                    return
+        for position, sample in enumerate(tarfile_samples(iter([{"url": url}]))):
+            if position >= stop:
+                break
+            if position >= start:
+                yield sample
 
     def _decode(self, sample: dict) -> tuple:
         image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
