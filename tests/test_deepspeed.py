@@ -44,6 +44,34 @@ class FinalFP32Weights(Callback):
             torch.save(sd, self.path)
 
 
+class TrainingState(Callback):
+    """Test-only: every rank joins in gathering the fp32 master weights (and, with `moments`, the Adam moments;
+    DeepSpeed 0.19 links those of a second parameter group only after a universal load) when training starts
+    (after a resume restored them) or ends; rank 0 saves them, with the step, to `path`."""
+
+    def __init__(self, path: str, when: str = "end", moments: bool = False) -> None:
+        self.path, self.when, self.moments = path, when, moments
+
+    def dump(self, trainer, pl_module) -> None:
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        state = {"step": torch.tensor(trainer.global_step)}
+        for name, p in pl_module.model.named_parameters():
+            state[name] = safe_get_full_fp32_param(p).detach().cpu().clone()
+            for key in ("exp_avg", "exp_avg_sq") if self.moments else ():
+                state[f"{name}/{key}"] = safe_get_full_optimizer_state(p, key).detach().cpu().clone()
+        if trainer.is_global_zero:
+            torch.save(state, self.path)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.when == "start":
+            self.dump(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.when == "end":
+            self.dump(trainer, pl_module)
+
+
 def _run(run_dir: Path, trainer_cfg: str, *extra: str):
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "DS_ACCELERATOR": "cpu"}
     result = run_cli("simmim_swinv2.pretrain", *FAST, f"trainer={trainer_cfg}", *CPU, *extra,
@@ -134,3 +162,59 @@ def test_zero_preemption_resume_and_finetune(tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert "validation: top-1" in result.stdout and "CPUDeepSpeedStrategy" in out
+
+
+def test_reshard_resumes_on_another_world_size_with_the_same_state(tmp_path):
+    """Two processes train an epoch; `simmim_swinv2.reshard` makes the run's checkpoint universal; one process
+    resumes it (resume=auto) and starts from exactly the fp32 weights and Adam moments the two ended with."""
+    from simmim_swinv2.checkpoint import find_resume_checkpoint, is_universal_checkpoint
+
+    run, trainer_cfg = tmp_path / "run", "deepspeed_zero2"
+    _run(run, trainer_cfg, "trainer.max_epochs=1", "+callbacks.state._target_=test_deepspeed.TrainingState",
+         f"+callbacks.state.path={tmp_path / 'end.pt'}")
+    result = run_cli("simmim_swinv2.reshard", str(run), env={"DS_ACCELERATOR": "cpu"})  # the command, 2 workers
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    universal = run / "checkpoints" / "last-universal.ckpt"
+    assert f"-> {universal}" in result.stdout and is_universal_checkpoint(universal)
+    assert find_resume_checkpoint(run) == universal  # the newest: resume=auto takes it
+
+    out = _run(run, trainer_cfg, "trainer.devices=1", "trainer.max_epochs=2",
+               "+callbacks.state._target_=test_deepspeed.TrainingState", f"+callbacks.state.path={tmp_path / 'start.pt'}",
+               "+callbacks.state.when=start", "+callbacks.state.moments=true")
+    assert f"resuming from {universal}" in out and "8 per device x 1 devices" in out
+    end, start = (torch.load(tmp_path / f, weights_only=True) for f in ("end.pt", "start.pt"))
+    assert int(end["step"]) == int(start["step"]) == 3
+    for name in end:  # the fp32 master weights the two processes ended with
+        torch.testing.assert_close(start[name], end[name], rtol=0, atol=0, msg=name)
+    tag = universal / (universal / "latest_universal").read_text()
+    for key, value in start.items():  # the Adam moments DeepSpeed's converter took out of the two shards
+        if "/" in key:
+            name, moment = key.split("/")
+            saved = torch.load(tag / "zero" / f"model.{name}" / f"{moment}.pt", weights_only=False)["param"]
+            torch.testing.assert_close(value, saved.view_as(value), rtol=0, atol=0, msg=key)
+    assert sum("/" in k for k in start) == 2 * (len(start) - 1) // 3  # every parameter has both moments
+    assert all(start[k].abs().sum() > 0 for k in start if k.endswith("exp_avg_sq"))  # real optimizer state
+    assert len(_losses(run)) == 6  # and it trained on: 3 steps on two processes, 3 on one
+
+
+def test_reshard_refuses_what_it_cannot_convert_or_load_correctly(tmp_path):
+    """Not a checkpoint; a ZeRO-3 checkpoint (DeepSpeed's ZeRO-3 universal loader would give every parameter group
+    the first group's weight decay and LR scale); a universal checkpoint resumed under ZeRO-3 or without DeepSpeed."""
+    from conftest import compose_config
+
+    from simmim_swinv2.reshard import to_universal
+    from simmim_swinv2.runtime import ConfigError, build_trainer
+
+    with pytest.raises(FileNotFoundError, match="neither a ZeRO checkpoint"):
+        to_universal(tmp_path)
+    run = tmp_path / "z3"
+    _run(run, "deepspeed_zero3", "trainer.max_epochs=1", "trainer.limit_train_batches=1")
+    with pytest.raises(ValueError, match="ZeRO-3 checkpoint: DeepSpeed's ZeRO-3 universal loader gives every"):
+        to_universal(run)
+    fake = tmp_path / "u.ckpt"
+    (fake / "checkpoint" / "zero").mkdir(parents=True)
+    (fake / "checkpoint" / "mp_rank_00_model_states.pt").touch()
+    (fake / "latest_universal").write_text("checkpoint")
+    for trainer, match in [("deepspeed_zero3", "under ZeRO-3 is refused"), ("cpu", "with a DeepSpeed trainer")]:
+        with pytest.raises(ConfigError, match=match):
+            build_trainer(compose_config("pretrain", tmp_path / "x", [f"trainer={trainer}"]), resume=str(fake))

@@ -51,6 +51,17 @@ def is_zero_checkpoint(path: str | Path) -> bool:
     return any(tag.glob("*model_states.pt")) and any(tag.glob("*optim_states.pt"))
 
 
+def is_universal_checkpoint(path: str | Path) -> bool:
+    """A DeepSpeed universal checkpoint directory (`simmim_swinv2.reshard` writes them): `latest_universal` names
+    a folder with the model states and one `zero/<parameter>/` folder per parameter; loads on any world size."""
+    path = Path(path)
+    latest = path / "latest_universal"
+    if not (path.is_dir() and latest.is_file()):
+        return False
+    tag = path / latest.read_text().strip()
+    return any(tag.glob("*model_states.pt")) and (tag / "zero").is_dir()
+
+
 def zero_checkpoint_world_size(path: str | Path) -> int | None:
     """How many data-parallel processes wrote a ZeRO checkpoint directory (None for anything else)."""
     if not is_zero_checkpoint(path):
@@ -63,19 +74,24 @@ def zero_checkpoint_world_size(path: str | Path) -> int | None:
 
 def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run directory: `checkpoints/last.ckpt` if present, else the most
-    recently written `checkpoints/*.ckpt` — unless a SLURM requeue (SIGUSR1) saved a newer `hpc_ckpt_<n>.ckpt`
-    in the run directory itself. Temporary files of an interrupted save are never picked. A checkpoint is a file,
-    or, under DeepSpeed, a directory (`is_zero_checkpoint`)."""
+    recently written `checkpoints/*.ckpt` — unless a resharded universal copy (`simmim_swinv2.reshard`) in
+    `checkpoints/`, or a preemption's `hpc_ckpt_<n>.ckpt` in the run directory itself, is newer. Temporary files
+    of an interrupted save are never picked. A checkpoint is a file, or, under DeepSpeed, a directory
+    (`is_zero_checkpoint`, `is_universal_checkpoint`)."""
     run_dir = Path(run_dir)
 
     def complete(p: Path) -> bool:
-        return p.is_file() or is_zero_checkpoint(p)
+        return p.is_file() or is_zero_checkpoint(p) or is_universal_checkpoint(p)
 
     def written(p: Path) -> float:
-        return (p / "latest").stat().st_mtime if p.is_dir() else p.stat().st_mtime
+        if p.is_dir():
+            return max((p / n).stat().st_mtime for n in ("latest", "latest_universal") if (p / n).is_file())
+        return p.stat().st_mtime
 
     last = run_dir / "checkpoints" / "last.ckpt"
-    regular = [last] if complete(last) else [p for p in run_dir.glob("checkpoints/*.ckpt") if complete(p)]
+    regular = [p for p in run_dir.glob("checkpoints/*.ckpt") if complete(p)]
+    if complete(last):  # last.ckpt, unless a universal copy (simmim_swinv2.reshard) is newer
+        regular = [last, *(p for p in regular if is_universal_checkpoint(p))]
     best = max(regular, key=written) if regular else None
     hpc = [p for p in run_dir.glob("hpc_ckpt_*.ckpt") if complete(p)]
     if hpc and (best is None or max(map(written, hpc)) > written(best)):

@@ -49,9 +49,9 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
         extra.append(EMAWeightAveraging(decay=cfg.ema))
-    trainer = runtime.build_trainer(cfg, callbacks=extra)
-    trainer.fit(task, datamodule=runtime.build_datamodule(cfg, train, val),
-                ckpt_path=runtime.resume_path(cfg, run_dir))
+    ckpt = runtime.resume_path(cfg, run_dir)
+    trainer = runtime.build_trainer(cfg, callbacks=extra, resume=ckpt)
+    trainer.fit(task, datamodule=runtime.build_datamodule(cfg, train, val), ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if "val/top1" in metrics:
         print(f"validation: top-1 {metrics['val/top1']:.4f}, top-5 {metrics['val/top5']:.4f} "

@@ -32,9 +32,9 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
                                norm_target_window=cfg.norm_target_window)
     optimizer, schedule = runtime.specs(cfg)
     task = PretrainTask(model, optimizer, schedule, batch_size=cfg.batch_size, compile=cfg.compile)
-    trainer = runtime.build_trainer(cfg)
-    trainer.fit(task, datamodule=runtime.build_datamodule(cfg, train, val),
-                ckpt_path=runtime.resume_path(cfg, run_dir))
+    ckpt = runtime.resume_path(cfg, run_dir)
+    trainer = runtime.build_trainer(cfg, resume=ckpt)
+    trainer.fit(task, datamodule=runtime.build_datamodule(cfg, train, val), ckpt_path=ckpt)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

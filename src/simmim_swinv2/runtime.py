@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import AtomicCheckpointIO, find_resume_checkpoint
+from .checkpoint import AtomicCheckpointIO, find_resume_checkpoint, is_universal_checkpoint
 from .data import SimMIMDataModule
 from .tasks.callbacks import RNGState
 
@@ -91,7 +91,24 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list | None = None, resume: str | None = None) -> L.Trainer:
+    """The Trainer of `cfg.trainer`, with our callbacks and plugins. `resume`: the checkpoint `fit` will resume
+    from; a universal one (`simmim_swinv2.reshard`) turns on DeepSpeed's `load_universal`."""
+    trainer_cfg = cfg.trainer
+    deepspeed = "deepspeed" in str(trainer_cfg.get("strategy", "")).lower()
+    if resume is not None and is_universal_checkpoint(resume):
+        if not deepspeed:
+            raise ConfigError(f"{resume} is a DeepSpeed universal checkpoint: resume it with a DeepSpeed trainer "
+                              "(trainer=deepspeed_zero1/2/3)")
+        trainer_cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
+        ds_config = trainer_cfg["strategy"].setdefault("config", {})
+        if ds_config.get("zero_optimization", {}).get("stage") == 3:
+            from .reshard import STAGE3_PROBLEM
+
+            raise ConfigError(f"resuming the universal checkpoint {resume} under ZeRO-3 is refused: {STAGE3_PROBLEM}. "
+                              "Resume it with trainer=deepspeed_zero2 (or deepspeed_zero1)")
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+        trainer_cfg = OmegaConf.create(trainer_cfg)
     loggers = build_loggers(cfg)
     nodes = (cfg.get("callbacks") or {}).values()
     callbacks = [instantiate(c) for c in nodes if c is not None and "_target_" in c] + (callbacks or [])
@@ -99,7 +116,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(RNGState())
     plugins = []
-    if "deepspeed" not in str(cfg.trainer.get("strategy", "")).lower():
+    if not deepspeed:
         plugins.append(AtomicCheckpointIO())
     else:  # DeepSpeed writes its own sharded checkpoints (no CheckpointIO); check the world size on resume
         from .strategies import ZeroResumeGuard
@@ -107,7 +124,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
         callbacks.append(ZeroResumeGuard())
     if SLURMEnvironment.detect():  # under srun; SIGUSR1 (sbatch --signal) is the Preemption callback's, whose
         plugins.append(SLURMEnvironment(auto_requeue=False))  # save is collective-safe (Lightning's is not)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
 def resume_path(cfg: DictConfig, run_dir: str | Path) -> str | None:

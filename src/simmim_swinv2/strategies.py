@@ -85,6 +85,7 @@ def check_zero_resume(checkpoint_path, world_size: int) -> None:
         raise RuntimeError(
             f"{checkpoint_path} is a ZeRO checkpoint of {saved} processes, this run has {world_size}: DeepSpeed "
             "cannot re-partition the optimizer state onto another world size. Resume with the original number "
-            f"of devices x nodes ({saved}), or consolidate it (python -m simmim_swinv2.consolidate "
-            f"{checkpoint_path} weights.safetensors) and start a new run from the weights (resume=never; "
-            "optimizer state and schedule start afresh).")
+            f"of devices x nodes ({saved}); or, for ZeRO-1/2, make it universal (python -m simmim_swinv2.reshard "
+            f"{checkpoint_path}) and start again (resume=auto picks it); or consolidate it (python -m "
+            f"simmim_swinv2.consolidate {checkpoint_path} weights.safetensors) and start a new run from the "
+            "weights (resume=never; optimizer state and schedule start afresh).")
