@@ -167,7 +167,7 @@ def test_zero_preemption_resume_and_finetune(tmp_path):
 def test_reshard_resumes_on_another_world_size_with_the_same_state(tmp_path):
     """Two processes train an epoch; `simmim_swinv2.reshard` makes the run's checkpoint universal; one process
     resumes it (resume=auto) and starts from exactly the fp32 weights and Adam moments the two ended with."""
-    from simmim_swinv2.checkpoint import find_resume_checkpoint, is_universal_checkpoint
+    from simmim_swinv2.checkpoint import find_resume_checkpoint, is_universal_checkpoint, zero_checkpoint_world_size
 
     run, trainer_cfg = tmp_path / "run", "deepspeed_zero2"
     _run(run, trainer_cfg, "trainer.max_epochs=1", "+callbacks.state._target_=test_deepspeed.TrainingState",
@@ -195,6 +195,9 @@ def test_reshard_resumes_on_another_world_size_with_the_same_state(tmp_path):
     assert sum("/" in k for k in start) == 2 * (len(start) - 1) // 3  # every parameter has both moments
     assert all(start[k].abs().sum() > 0 for k in start if k.endswith("exp_avg_sq"))  # real optimizer state
     assert len(_losses(run)) == 6  # and it trained on: 3 steps on two processes, 3 on one
+    # last.ckpt/, written again by one process, holds one process's shards (the stale second one is gone)
+    assert zero_checkpoint_world_size(run / "checkpoints" / "last.ckpt") == 1
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith((".partial", ".old"))]
 
 
 def test_reshard_refuses_what_it_cannot_convert_or_load_correctly(tmp_path):

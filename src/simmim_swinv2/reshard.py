@@ -5,11 +5,12 @@ checkpoint (one file per parameter for the fp32 weights and each optimizer state
     python -m simmim_swinv2.reshard CKPT_DIR OUT_DIR       # a given checkpoint, a given place
 
 ZeRO-1 and ZeRO-2 checkpoints only (`STAGE3_PROBLEM` says why not ZeRO-3). Then start the run again with the
-new number of devices: `resume=auto` picks the universal checkpoint when it is
-the newest in the run directory (or give it: `resume=OUT_DIR`), and the DeepSpeed config gets `load_universal`
-by itself. Weights, Adam moments, step, schedule, loop position and RNG state all carry over. DeepSpeed's own
-converter (`deepspeed.checkpoint.ds_to_universal`) does the work; this lays its output out as Lightning loads
-it (`latest_universal` naming the folder) and runs on one CPU process.
+new number of devices: `resume=auto` picks the universal checkpoint when it is the newest in the run directory
+(or give it: `resume=OUT_DIR`), and the DeepSpeed config gets `load_universal` by itself. Weights, Adam moments,
+step, schedule and RNG state carry over. From an end-of-epoch checkpoint the data go on exactly; from a
+mid-epoch one (a preemption's) the rest of that epoch is dealt out for the new world size, so a few of its
+samples repeat or are left out. DeepSpeed's own converter (`deepspeed.checkpoint.ds_to_universal`) does the
+work; this lays its output out as Lightning loads it (`latest_universal` naming the folder).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def to_universal(source: str | Path, out: str | Path | None = None, workers: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m simmim_swinv2.reshard", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="ZeRO checkpoint directory (*.ckpt/) or run directory")
     parser.add_argument("out", nargs="?", help="output directory (default: <checkpoint>-universal.ckpt beside it)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),

@@ -1,6 +1,6 @@
 """DeepSpeed glue: a CPU variant of Lightning's `DeepSpeedStrategy` (tests and CPU smoke runs only; GPUs use the
-stock strategy from `conf/trainer/deepspeed_*.yaml`) and a guard that names the fix when a ZeRO checkpoint cannot
-be resumed on the current world size.
+stock strategy from `conf/trainer/deepspeed_*.yaml`), and a guard around ZeRO checkpoint I/O: saves swapped in
+whole, loads checked against the world size (naming the fix).
 
 CPU use: `trainer=deepspeed_zero2 trainer.accelerator=cpu trainer.devices=2
 trainer.strategy._target_=simmim_swinv2.strategies.CPUDeepSpeedStrategy`.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 from lightning.fabric.utilities.seed import reset_seed
@@ -61,21 +62,44 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
 
 
 class ZeroResumeGuard(Callback):
-    """Before DeepSpeed loads a sharded checkpoint, check that it was written by as many data-parallel ranks as
-    this run has: DeepSpeed cannot re-partition ZeRO optimizer state (`ZeRORuntimeException: ... Automatic
-    adjustment of ZeRO's optimizer state partitioning with a new world size is not currently supported`)."""
+    """Wraps the DeepSpeed strategy's checkpoint I/O.
+
+    Load: check first that a sharded checkpoint was written by as many data-parallel ranks as this run has:
+    DeepSpeed cannot re-partition ZeRO optimizer state (`ZeRORuntimeException: ... Automatic adjustment of ZeRO's
+    optimizer state partitioning with a new world size is not currently supported`); the error names the fixes.
+
+    Save: every rank writes into `<path>.partial/`, then rank 0 swaps it in for `<path>/`. DeepSpeed writes into
+    an existing directory without clearing it, so `last.ckpt/` saved again by fewer ranks would keep the old
+    ranks' shards, which consolidation and conversion then read as part of it; and a save killed halfway would
+    leave a half-new checkpoint under the old name."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         strategy = trainer.strategy
         if not isinstance(strategy, DeepSpeedStrategy) or getattr(strategy, "_zero_guarded", False):
             return
-        load = strategy.load_checkpoint
+        load, save = strategy.load_checkpoint, strategy.save_checkpoint
 
         def guarded_load(checkpoint_path, *args, **kwargs):
             check_zero_resume(checkpoint_path, trainer.world_size)
             return load(checkpoint_path, *args, **kwargs)
 
-        strategy.load_checkpoint = guarded_load
+        def swapped_save(checkpoint, filepath, *args, **kwargs):
+            final = Path(strategy.broadcast(str(filepath)))  # rank 0's path, as the strategy itself does
+            partial, old = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
+            if strategy.is_global_zero:
+                shutil.rmtree(partial, ignore_errors=True)
+            strategy.barrier("zero_save_start")
+            save(checkpoint, str(partial), *args, **kwargs)  # every rank: its shards
+            strategy.barrier("zero_save_written")
+            if strategy.is_global_zero:
+                shutil.rmtree(old, ignore_errors=True)
+                if final.exists():
+                    final.rename(old)
+                partial.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            strategy.barrier("zero_save_swapped")
+
+        strategy.load_checkpoint, strategy.save_checkpoint = guarded_load, swapped_save
         strategy._zero_guarded = True
 
 
