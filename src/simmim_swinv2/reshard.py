@@ -8,8 +8,8 @@ ZeRO-1 and ZeRO-2 checkpoints only (`STAGE3_PROBLEM` says why not ZeRO-3). Then 
 new number of devices: `resume=auto` picks the universal checkpoint when it is the newest in the run directory
 (or give it: `resume=OUT_DIR`), and the DeepSpeed config gets `load_universal` by itself. Weights, Adam moments,
 step, schedule and RNG state carry over. From an end-of-epoch checkpoint the data go on exactly; from a
-mid-epoch one (a preemption's) the rest of that epoch is dealt out for the new world size, so a few of its
-samples repeat or are left out. DeepSpeed's own converter (`deepspeed.checkpoint.ds_to_universal`) does the
+mid-epoch one (a preemption's) the new world skips as many batches per process as the old one trained, so
+until that epoch ends some samples repeat and others are left out. DeepSpeed's own converter (`deepspeed.checkpoint.ds_to_universal`) does the
 work; this lays its output out as Lightning loads it (`latest_universal` naming the folder).
 """
 
