@@ -51,6 +51,29 @@ def is_zero_checkpoint(path: str | Path) -> bool:
     return any(tag.glob("*model_states.pt")) and any(tag.glob("*optim_states.pt"))
 
 
+def zero_checkpoint(source: str | Path) -> Path:
+    """`source` if it is a ZeRO checkpoint directory, else the newest checkpoint of the run directory `source`
+    when that is one."""
+    source = Path(source)
+    if is_zero_checkpoint(source):
+        return source
+    found = find_resume_checkpoint(source)
+    if found is None or not is_zero_checkpoint(found):
+        raise FileNotFoundError(f"{source}: neither a ZeRO checkpoint directory nor a run directory whose newest "
+                                f"checkpoint is one (newest: {found})")
+    return found
+
+
+def zero_model_states(ckpt_dir: str | Path) -> dict:
+    """The model-states file of a ZeRO checkpoint directory (every rank's copy holds Lightning's client state and
+    DeepSpeed's config). DeepSpeed pickles non-tensor state into it (config objects, NumPy RNG): a full
+    unpickle, memory-mapped — for checkpoints of one's own runs."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
+    states = sorted(tag.glob("*model_states.pt"))[0]
+    return torch.load(states, map_location="cpu", weights_only=False, mmap=True)
+
+
 def is_universal_checkpoint(path: str | Path) -> bool:
     """A DeepSpeed universal checkpoint directory (`simmim_swinv2.reshard` writes them): `latest_universal` names
     a folder with the model states and one `zero/<parameter>/` folder per parameter; loads on any world size."""

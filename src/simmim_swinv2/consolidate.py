@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import find_resume_checkpoint, is_zero_checkpoint
+from .checkpoint import is_zero_checkpoint, zero_checkpoint, zero_model_states
 
 # Lightning wraps the LightningModule (`_forward_module.`), our tasks hold the network as `model.`.
 _PREFIXES = ("_forward_module.", "module.", "model.")
@@ -39,11 +39,7 @@ def zero_state_dict(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
                                 "naming a folder of *model_states.pt / *optim_states.pt)")
     sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir))
     sd = {_strip(k): v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    tag = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
-    states = sorted(tag.glob("*model_states.pt"))[0]  # every rank's copy holds Lightning's client state
-    # Our own file, written by DeepSpeed with pickled non-tensor state (numpy RNG, config): a full unpickle.
-    client = torch.load(states, map_location="cpu", weights_only=False, mmap=True)
-    return sd, client.get("simmim_swinv2")
+    return sd, zero_model_states(ckpt_dir).get("simmim_swinv2")
 
 
 def consolidate(source: str | Path, out: str | Path, full: bool = False) -> Path:
@@ -52,13 +48,7 @@ def consolidate(source: str | Path, out: str | Path, full: bool = False) -> Path
     from . import convert
     from .checkpoint import load_model
 
-    source = Path(source)
-    if not is_zero_checkpoint(source):
-        found = find_resume_checkpoint(source)
-        if found is None or not is_zero_checkpoint(found):
-            raise FileNotFoundError(f"{source}: neither a ZeRO checkpoint directory nor a run directory with one "
-                                    "in checkpoints/")
-        source = found
+    source = zero_checkpoint(source)
     model = load_model(source)
     if not full:
         model = getattr(model, "encoder", model)

@@ -9,8 +9,9 @@ new number of devices: `resume=auto` picks the universal checkpoint when it is t
 (or give it: `resume=OUT_DIR`), and the DeepSpeed config gets `load_universal` by itself. Weights, Adam moments,
 step, schedule and RNG state carry over. From an end-of-epoch checkpoint the data go on exactly; from a
 mid-epoch one (a preemption's) the new world skips as many batches per process as the old one trained, so
-until that epoch ends some samples repeat and others are left out. DeepSpeed's own converter (`deepspeed.checkpoint.ds_to_universal`) does the
-work; this lays its output out as Lightning loads it (`latest_universal` naming the folder).
+until that epoch ends some samples repeat and others are left out. DeepSpeed's own converter
+(`deepspeed.checkpoint.ds_to_universal`) does the work; this lays its output out as Lightning loads it
+(`latest_universal` naming the folder).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import shutil
 from argparse import Namespace
 from pathlib import Path
 
-from .checkpoint import find_resume_checkpoint, is_universal_checkpoint, is_zero_checkpoint
+from .checkpoint import is_universal_checkpoint, zero_checkpoint, zero_model_states
 
 # deepspeed/runtime/zero/stage3.py, load_hp_checkpoint_state_from_checkpoint_dir_stage3 (DeepSpeed 0.19.8)
 STAGE3_PROBLEM = ("DeepSpeed's ZeRO-3 universal loader gives every optimizer parameter group the first group's "
@@ -31,13 +32,7 @@ STAGE3_PROBLEM = ("DeepSpeed's ZeRO-3 universal loader gives every optimizer par
 
 def zero_stage(ckpt_dir: str | Path) -> int:
     """The ZeRO stage a checkpoint directory was written with (from the DeepSpeed config it records)."""
-    import torch
-
-    ckpt_dir = Path(ckpt_dir)
-    tag = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
-    states = sorted(tag.glob("*model_states.pt"))[0]
-    # DeepSpeed's own pickle of our run (it records the config as an object): a full unpickle, memory-mapped.
-    config = torch.load(states, map_location="cpu", weights_only=False, mmap=True)["ds_config"]
+    config = zero_model_states(ckpt_dir)["ds_config"]
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
@@ -48,13 +43,7 @@ def to_universal(source: str | Path, out: str | Path | None = None, workers: int
     line), as a fork of one already running torch threads can deadlock."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-    source = Path(source)
-    if not is_zero_checkpoint(source):
-        found = find_resume_checkpoint(source)
-        if found is None or not is_zero_checkpoint(found):
-            raise FileNotFoundError(f"{source}: neither a ZeRO checkpoint directory nor a run directory with one "
-                                    "(a universal checkpoint needs no resharding)")
-        source = found
+    source = zero_checkpoint(source)  # (a universal checkpoint needs no resharding)
     stage = zero_stage(source)
     if stage == 3:
         raise ValueError(f"{source} is a ZeRO-3 checkpoint: {STAGE3_PROBLEM}. Resume it on its original number of "
