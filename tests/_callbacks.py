@@ -35,3 +35,18 @@ class SignalAt(L.Callback):
         if not self.sent and trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             self.sent = True
             os.kill(os.getpid(), signal.Signals[self.signal])
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process when a batch starts at optimizer step `step`: an out-of-memory kill, a node that
+    dies, a scheduler past its grace time. Nothing runs after it: no handler, no save."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

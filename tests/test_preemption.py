@@ -88,6 +88,7 @@ def test_signal_saves_requeues_stops_and_the_resumed_run_matches(source, step, t
     for s in range(step + 1, 12):  # trained after the resume, mid-epoch 1 onwards
         assert got[s] == pytest.approx(expected[s], rel=1e-6, abs=1e-7), s
     assert resumed["train/loss_epoch"] == pytest.approx(ref["train/loss_epoch"], rel=1e-6)
+    assert not (run / "hpc_ckpt_1.ckpt").exists()  # superseded by the checkpoints written after it
 
 
 def test_without_slurm_it_saves_and_stops_without_requeueing(tmp_path, monkeypatch, caplog):
@@ -98,7 +99,7 @@ def test_without_slurm_it_saves_and_stops_without_requeueing(tmp_path, monkeypat
     with pytest.raises(Preempted):
         pretrain(compose_config("pretrain", tmp_path, signalled))
     assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 2
-    assert "run the same command again to resume" in caplog.text and "requeued" not in caplog.text
+    assert "the same command resumes from the checkpoint" in caplog.text and "requeued" not in caplog.text
 
     again = [*signalled[:-1], "+callbacks.signal.step=3"]  # resumed, then stopped again at its last step
     with pytest.raises(Preempted):
@@ -129,7 +130,68 @@ def test_signal_on_one_rank_only_stops_both_ranks_at_one_checkpoint(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
-    assert "a signal on another rank received; saving" in out, out[-3000:]
+    assert "SIGUSR1 (on another rank) received; saving" in out, out[-3000:]
     assert [p.name for p in run.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]
     assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 5
     assert not (run / "checkpoints" / "epoch0002-step0000012.ckpt").exists()  # it did stop
+
+
+def _pretrain_process(run: Path, *overrides: str, log: Path, extra_env=None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+           **(extra_env or {})}
+    with open(log, "w") as out:  # a file, not a pipe: a full pipe would block the run
+        return subprocess.Popen([sys.executable, "-m", "simmim_swinv2.pretrain", *overrides, f"hydra.run.dir={run}"],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_saves_does_not_requeue_exits_143_and_the_run_resumes(tmp_path, scontrol):
+    """What SLURM preemption, `scancel` and Kubernetes send: a real SIGTERM to a real training process, from
+    another process, mid-run. It saves once, does not requeue (the scheduler's call, even inside a SLURM job), and
+    exits with 143 (128 + SIGTERM: a run to restart, not a finished one); the same command then resumes from the
+    save and trains every remaining step once."""
+    import time
+
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    args = [*ARGS, "trainer.max_epochs=25"]  # 100 steps: the signal comes long before the end
+    proc = _pretrain_process(run, *args, log=log, extra_env={"SLURM_JOB_ID": "4242"})
+    deadline = time.monotonic() + 300
+    while "Preemption: on SIGUSR1" not in log.read_text():  # handlers installed: training has started
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    print(f"SIGTERM to exit: {time.monotonic() - sent:.2f} s")
+    out = log.read_text()
+    assert "SIGTERM received; saving" in out and "requeued" not in out
+    assert not scontrol.exists()  # scontrol never ran
+    saved = torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"]
+    assert 0 < saved < 100
+
+    proc = _pretrain_process(run, *args, log=log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert f"resuming from {run / 'hpc_ckpt_1.ckpt'}" in log.read_text()
+    assert sorted(losses(run)) == list(range(100))  # every step trained; the resumed ones from `saved` on
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 100
+    assert not (run / "hpc_ckpt_1.ckpt").exists()  # superseded by the later checkpoints
+
+
+@pytest.mark.slow
+def test_sigterm_on_rank_0_only_stops_both_ddp_ranks_at_one_checkpoint(tmp_path):
+    """Kubernetes signals the container's first process: under Lightning's launcher that is rank 0 alone. Both
+    ranks still save one checkpoint together and exit with 143."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("SLURM_JOB_ID", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "simmim_swinv2.pretrain", *ARGS, "trainer=ddp", "trainer.devices=2",
+         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "+callbacks.signal._target_=_callbacks.SignalAt",
+         "+callbacks.signal.step=4", "+callbacks.signal.rank=0", "+callbacks.signal.signal=SIGTERM"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "SIGTERM received; saving" in out, out[-3000:]
+    assert [p.name for p in run.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]
+    assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 5

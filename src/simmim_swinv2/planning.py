@@ -62,6 +62,23 @@ class Strategy:
 
 
 @dataclass(frozen=True)
+class CheckpointPlan:
+    """Disk taken by a run's checkpoints under the retention of `conf/callbacks/default.yaml`."""
+
+    bytes_each: float
+    bytes_per_param: int
+    kept: tuple[tuple[str, int], ...]  # (what, how many) at the end of the run, at most
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n in self.kept)
+
+    @property
+    def total_bytes(self) -> float:
+        return self.count * self.bytes_each
+
+
+@dataclass(frozen=True)
 class Plan:
     params: int
     largest_block_params: int
@@ -75,6 +92,7 @@ class Plan:
     grad_checkpointing: bool
     act_bytes_per_sample: float
     gpu_memory_bytes: float | None = None
+    checkpoint: CheckpointPlan | None = None
 
     @property
     def world_size(self) -> int:
@@ -211,6 +229,42 @@ def detect_gpu_memory(cfg) -> float | None:
     return float(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
 
 
+def checkpoint_bytes_per_param(precision, strategy: Strategy) -> int:
+    """Bytes per parameter of one checkpoint with AdamW. Lightning's (DDP, one device): the fp32 weights (AMP keeps
+    them fp32) + the two fp32 moments, 4 + 8 = 12 (half weights and moments under 16-true / bf16-true: 2 + 4 = 6).
+    DeepSpeed's: the half-precision module weights + the fp32 master weights and moments, 2 + 4 + 8 = 14."""
+    if strategy.name == "DeepSpeedStrategy" or "deepspeed" in strategy.name.lower():
+        return 14
+    return 6 if precision_kind(precision) == "half" else 12
+
+
+def checkpoint_plan(cfg, params: int, precision, strategy: Strategy) -> CheckpointPlan | None:
+    """What the checkpoint callbacks of `cfg.callbacks` keep, at most, by the end of `trainer.max_epochs`."""
+    callbacks = cfg.get("callbacks") or {}
+    per_param = checkpoint_bytes_per_param(precision, strategy)
+    epochs = int(cfg.trainer.get("max_epochs") or 1)
+    kept: list[tuple[str, int]] = []
+    for name, node in callbacks.items():
+        target = str((node or {}).get("_target_", ""))
+        if not target.endswith(("ModelCheckpoint", "WallClockCheckpoint")):
+            continue
+        wall_clock = target.endswith("WallClockCheckpoint")  # last.ckpt only
+        top_k, every = int(node.get("save_top_k", 0 if wall_clock else 1)), node.get("every_n_epochs") or 0
+        if top_k != 0 and every:
+            n = epochs // int(every) if top_k < 0 else min(top_k, epochs // int(every))
+            label = (f"every {every} epochs" if top_k < 0 else
+                     f"best {top_k}" if node.get("monitor") not in (None, "step") else f"newest {top_k}")
+            if n:
+                kept.append((f"{label} ({name})", n))
+        if node.get("save_last", wall_clock) and not any(what.startswith("last.ckpt") for what, _ in kept):
+            kept.append(("last.ckpt", 1))
+    if not kept:
+        return None
+    if callbacks.get("preemption") is not None:
+        kept.append(("preemption save (hpc_ckpt)", 1))
+    return CheckpointPlan(bytes_each=float(per_param * params), bytes_per_param=per_param, kept=tuple(kept))
+
+
 def make_plan(cfg, **changes) -> Plan:
     """The plan of a composed pretrain config; `changes` replace Plan fields (what-if questions)."""
     from hydra.utils import instantiate
@@ -220,13 +274,15 @@ def make_plan(cfg, **changes) -> Plan:
         mcfg = mcfg.replace(grad_checkpointing=bool(changes["grad_checkpointing"]))
     params, largest = count_parameters(mcfg)
     t = cfg.trainer
+    strategy, precision = parse_strategy(t.get("strategy")), str(t.get("precision", "32-true"))
     plan = Plan(params=params, largest_block_params=largest, batch_size=int(cfg.batch_size),
                 devices=visible_devices(t), nodes=int(t.get("num_nodes", 1)),
                 accumulate=int(t.get("accumulate_grad_batches", 1)), base_lr=float(cfg.optim.base_lr),
-                precision=str(t.get("precision", "32-true")), strategy=parse_strategy(t.get("strategy")),
+                precision=precision, strategy=strategy,
                 grad_checkpointing=any(mcfg.grad_checkpointing),
                 act_bytes_per_sample=activation_bytes_per_sample(mcfg, t.get("precision", "32-true")),
-                gpu_memory_bytes=detect_gpu_memory(cfg))
+                gpu_memory_bytes=detect_gpu_memory(cfg),
+                checkpoint=checkpoint_plan(cfg, params, precision, strategy))
     rest = {k: v for k, v in changes.items() if k != "grad_checkpointing"}
     if "precision" in rest and "act_bytes_per_sample" not in rest:
         rest["act_bytes_per_sample"] = activation_bytes_per_sample(mcfg, rest["precision"])
@@ -318,6 +374,11 @@ def format_plan(plan: Plan) -> str:
         ("GPU memory", gib(plan.gpu_memory_bytes) if plan.gpu_memory_bytes else "unknown"),
         ("fits", fits),
     ]
+    if plan.checkpoint is not None:
+        c = plan.checkpoint
+        rows += [("checkpoint size", f"{gib(c.bytes_each)} ({c.bytes_per_param} B/param: weights + AdamW moments)"),
+                 ("checkpoints kept", ", ".join(f"{what}: {n}" for what, n in c.kept) + f" = {c.count} at most"),
+                 ("checkpoint disk", f"{gib(c.total_bytes)} (+ one more while a save is written)")]
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"| {'item'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|",
                       *(f"| {k.ljust(width)} | {v} |" for k, v in rows)])

@@ -93,7 +93,9 @@ class ZeroResumeGuard(Callback):
             strategy.barrier("zero_save_written")
             if strategy.is_global_zero:
                 shutil.rmtree(old, ignore_errors=True)
-                if final.exists():
+                if final.is_symlink():  # last.ckpt linked to an epoch checkpoint (save_last: link)
+                    final.unlink()
+                elif final.exists():
                     final.rename(old)
                 partial.rename(final)
                 shutil.rmtree(old, ignore_errors=True)

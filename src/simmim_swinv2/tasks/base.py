@@ -89,11 +89,16 @@ class TrainTask(L.LightningModule):
             self.model, name=name, base_lr=spec.base_lr * self.lr_factor, weight_decay=spec.weight_decay,
             betas=tuple(spec.betas), eps=spec.eps, layer_decay=spec.layer_decay)
         total, per_epoch = self._optimizer_steps()
+        warmup = round(sched.warmup_epochs * per_epoch)
+        if warmup > total:  # a short run (trainer.max_steps=3, a smoke test): warm up over the whole run
+            rank_zero_info(f"warmup of {sched.warmup_epochs:g} epochs ({warmup} steps) is longer than the run "
+                           f"({total} steps): clamped to {total} steps")
+            warmup = total
         schedule = optim.build_scheduler(
-            opt, name=sched.name, total_steps=total, warmup_steps=round(sched.warmup_epochs * per_epoch),
+            opt, name=sched.name, total_steps=total, warmup_steps=warmup,
             warmup_lr=sched.warmup_lr * self.lr_factor, min_lr=sched.min_lr * self.lr_factor,
             milestones=[round(m * per_epoch) for m in sched.milestones], gamma=sched.gamma)
-        self._steps = (total, per_epoch)
+        self._steps = (total, per_epoch, warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
 
     def _optimizer_steps(self) -> tuple[int, float]:
@@ -121,7 +126,7 @@ class TrainTask(L.LightningModule):
         self._register_zero3_external_params()
         n_params = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total, per_epoch = getattr(self, "_steps", (0, 0))
+        total, per_epoch, warmup = getattr(self, "_steps", (0, 0, 0))
         t = self.trainer
         rank_zero_info(
             f"[{type(self).__name__}] {type(self.model).__name__}: {n_params / 1e6:.2f}M parameters "
@@ -129,7 +134,7 @@ class TrainTask(L.LightningModule):
             f"  global batch {self.global_batch} = {self.batch_size} per device x {t.world_size} devices "
             f"x {t.accumulate_grad_batches} accumulation\n"
             f"  lr {self.optimizer_spec.base_lr * self.lr_factor:.3e} = base {self.optimizer_spec.base_lr:.3e} "
-            f"x {self.global_batch}/512; warmup {self.schedule_spec.warmup_epochs} epochs from "
+            f"x {self.global_batch}/512; warmup {warmup} steps ({self.schedule_spec.warmup_epochs:g} epochs) from "
             f"{self.schedule_spec.warmup_lr * self.lr_factor:.3e}, {self.schedule_spec.name} to "
             f"{self.schedule_spec.min_lr * self.lr_factor:.3e}\n"
             f"  {total} optimizer steps ({per_epoch:.1f} per epoch), precision {t.precision}, "

@@ -1,5 +1,5 @@
-"""Callbacks: SimMIM reconstruction pictures, RNG state carried in checkpoints, and preemption (save, requeue,
-exit) that is safe with many ranks."""
+"""Callbacks: SimMIM reconstruction pictures, wall-clock checkpoints inside long epochs, RNG state carried in
+checkpoints, and preemption (save, requeue, exit) that is safe with many ranks."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import shutil
 import signal
 import subprocess
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchvision.utils import make_grid, save_image
 
@@ -92,6 +94,20 @@ class ReconstructionImages(L.Callback):
         return make_grid(tiles, nrow=4, padding=2, pad_value=1.0)
 
 
+class WallClockCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` that rewrites `last.ckpt` every `train_time_interval` of training, inside epochs (an
+    ImageNet-22K epoch is hours), and nothing else: Lightning's also saves `last.ckpt` when training ends, which the
+    epoch checkpoint already links to its newest file — a second full copy (40 GB at SwinV2-G) for nothing. A
+    mid-epoch save resumes at the next batch, as a preemption save does (`SimMIMDataModule`)."""
+
+    def __init__(self, dirpath: str, train_time_interval: timedelta | None, **kwargs) -> None:
+        kwargs = {"save_top_k": 0, "save_last": True, "enable_version_counter": False, **kwargs}
+        super().__init__(dirpath=dirpath, train_time_interval=train_time_interval, **kwargs)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        pass
+
+
 class RNGState(L.Callback):
     """Saves the Python, NumPy, torch and CUDA random states in each checkpoint and restores them on resume,
     so a resumed run draws the same numbers (dropout, drop path) as an uninterrupted one. Stored as tensors and
@@ -119,40 +135,57 @@ class RNGState(L.Callback):
 
 
 class Preempted(SystemExit):
-    """Raised on every rank at the same step once a preemption checkpoint is saved: the run stops there (exit
-    status 0), and `resume=auto` continues from the checkpoint."""
+    """Raised on every rank at the same step once a preemption checkpoint is saved: the run stops there, and
+    `resume=auto` continues from the checkpoint. Exit status 0 after a signal that asks for a requeue (SIGUSR1:
+    the run goes on in the requeued job, or `kill -USR1` asked for a clean stop); 128 + the signal's number
+    otherwise (SIGTERM: 143), so that whoever is ending the job — a Kubernetes Job, torchrun, a workflow
+    engine — sees an unfinished run to restart, not a completed one."""
 
 
 class Preemption(L.Callback):
-    """On `signals` (default SIGUSR1: what `sbatch --signal=SIGUSR1@120` sends 120 s before the time limit, or
-    `kill -USR1`), save `<run dir>/hpc_ckpt_<n>.ckpt`, run `scontrol requeue $SLURM_JOB_ID` when under SLURM,
-    and stop. The requeued job (same id, same run dir) resumes from the checkpoint with `resume=auto`.
+    """On any of `signals`, save `<run dir>/hpc_ckpt_<n>.ckpt` after the current optimizer step, then stop; after a
+    signal in `requeue_on` also run `scontrol requeue $SLURM_JOB_ID` when under SLURM. The next start (the requeued
+    job, or the same command again: same run dir) resumes from the checkpoint with `resume=auto`, mid-epoch.
 
-    Unlike Lightning's `SLURMEnvironment(auto_requeue=True)`, which saves inside the signal handler, the handler
-    here only raises a flag. Ranks get the signal at different moments — one inside the gradient all-reduce,
-    another already past it — and a save, whose barrier is a collective, started from a handler then meets a
-    different collective on the other rank and the job hangs until SLURM kills it, unsaved. Here all ranks
-    agree after an optimizer step (`reduce_boolean_decision`, one scalar all-reduce every `check_every_n_steps`
-    steps) and save together; the data loader then resumes at the next batch (`SimMIMDataModule`)."""
+    - SIGUSR1 (`requeue_on` by default): what `sbatch --signal=SIGUSR1@120` sends 120 s before the time limit, or
+      `kill -USR1`. The job is requeued; exit status 0.
+    - SIGTERM: how SLURM preemption (`PreemptMode=REQUEUE`: SIGTERM, SIGKILL after `GraceTime`), `scancel`, a time
+      limit without `--signal` (SIGKILL after `KillWait`) and Kubernetes (SIGKILL after
+      `terminationGracePeriodSeconds`) stop a job. Saved, not requeued: requeueing is the scheduler's call
+      (`PreemptMode=REQUEUE` requeues the job itself; `scancel` means stop). Exit status 143.
 
-    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGUSR1",), requeue: bool | str = "auto",
-                 check_every_n_steps: int = 1) -> None:
+    Unlike Lightning's `SLURMEnvironment(auto_requeue=True)`, which saves inside the signal handler (and Lightning's
+    SIGTERM handler, which broadcasts from inside it), the handler here only raises a flag. Ranks get the signal at
+    different moments — one inside the gradient all-reduce, another already past it — and a save, whose barrier
+    is a collective, started from a handler then meets a different collective on the other rank and the job hangs
+    until it is killed, unsaved. Here all ranks agree after an optimizer step (one scalar all-reduce every
+    `check_every_n_steps` steps) and save together; the data loader then resumes at the next batch
+    (`SimMIMDataModule`). A signal that arrives during validation is acted on after the next training step."""
+
+    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGUSR1", "SIGTERM"), requeue: bool | str = "auto",
+                 check_every_n_steps: int = 1, requeue_on: tuple[str, ...] | list[str] = ("SIGUSR1",)) -> None:
         if requeue not in (True, False, "auto"):
             raise ValueError(f"requeue={requeue!r}: use auto (requeue when under SLURM), true or false")
         if check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps={check_every_n_steps} must be >= 1")
-        try:
-            self.signals = [signal.Signals[name] if isinstance(name, str) else signal.Signals(name)
-                            for name in signals]
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"signals={list(signals)}: unknown signal {err}; use names like SIGUSR1") from None
+        self.signals = self._parse(signals, "signals")
+        self.requeue_on = self._parse(requeue_on, "requeue_on")
         self.requeue = requeue
         self.check_every_n_steps = check_every_n_steps
         self.received: signal.Signals | None = None
         self.saved: Path | None = None
         self._previous: dict[signal.Signals, object] = {}
         self._last_step = -1
-        self._stop = False
+        self._stop: int | None = None  # the exit status, once saved
+        self._start_step = 0
+        self._superseded: list[Path] = []
+
+    @staticmethod
+    def _parse(names, what: str) -> list[signal.Signals]:
+        try:
+            return [signal.Signals[n] if isinstance(n, str) else signal.Signals(n) for n in names]
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{what}={list(names)}: unknown signal {err}; use names like SIGUSR1, SIGTERM") from None
 
     def _handler(self, signum, frame) -> None:  # no I/O, no collectives: just the flag
         self.received = signal.Signals(signum)
@@ -164,8 +197,14 @@ class Preemption(L.Callback):
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handler)
         job = self._job()
-        then = f"requeue SLURM job {job}" if job and self.requeue is not False else "stop"
-        rank_zero_info(f"Preemption: on {', '.join(s.name for s in self.signals)}: save hpc_ckpt_<n>.ckpt, {then}")
+        actions = []
+        for sig in self.signals:
+            then = f"requeue SLURM job {job}" if sig in self.requeue_on and job and self.requeue is not False else "stop"
+            actions.append(f"{sig.name}: save hpc_ckpt_<n>.ckpt, {then}")
+        rank_zero_info(f"Preemption: on {'; '.join(actions)}")
+        self._start_step = trainer.global_step
+        # a preemption save this run resumed from is superseded by the first regular checkpoint written after it
+        self._superseded = list(self._numbered(Path(trainer.default_root_dir)).values()) if trainer.is_global_zero else []
 
     def teardown(self, trainer, pl_module, stage) -> None:
         self._restore()
@@ -178,14 +217,31 @@ class Preemption(L.Callback):
             signal.signal(sig, previous)
         self._previous = {}
 
+    def _agreed_signal(self, trainer) -> signal.Signals | None:
+        """The signal every rank acts on: one scalar all-reduce (max), so a signal that reached any rank counts,
+        and a terminating one (not in `requeue_on`) wins over a requeue request."""
+        code = 0
+        if self.received is not None:
+            code = int(self.received) + (0 if self.received in self.requeue_on else 1000)
+        if trainer.world_size > 1:
+            tensor = torch.tensor(code, device=trainer.strategy.root_device)
+            code = int(trainer.strategy.reduce(tensor, reduce_op="max"))
+        return signal.Signals(code % 1000) if code else None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._superseded and any(getattr(cb, "_last_global_step_saved", 0) > self._start_step
+                                    for cb in trainer.checkpoint_callbacks):
+            for old in self._superseded:  # rank 0 only (see on_train_start)
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            self._superseded = []
         step = trainer.global_step  # the same on every rank
         if step == self._last_step or step % self.check_every_n_steps:
             return  # mid gradient accumulation (nothing to save that resumes exactly), or not this step
         self._last_step = step
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        sig = self._agreed_signal(trainer)
+        if sig is None:
             return
-        name = self.received.name if self.received is not None else "a signal on another rank"
+        name = sig.name if sig == self.received else f"{sig.name} (on another rank)"
         path = trainer.strategy.broadcast(str(self._next_path(trainer)) if trainer.is_global_zero else None, src=0)
         rank_zero_info(f"Preemption: {name} received; saving {path} at step {trainer.global_step}")
         trainer.save_checkpoint(path)  # every rank: collectives inside, and ZeRO shards from each rank
@@ -193,16 +249,16 @@ class Preemption(L.Callback):
         requeued = False
         if trainer.is_global_zero:
             self._remove_older(Path(path))
-            requeued = self._requeue()
+            requeued = sig in self.requeue_on and self._requeue()
         trainer.strategy.barrier("Preemption")
         if trainer.is_global_zero and not requeued:
-            rank_zero_info(f"Preemption: stopped at step {trainer.global_step}; run the same command again to "
-                           "resume from the checkpoint (resume=auto)")
-        self._stop = True  # once Lightning has logged this step's metrics: at the next hook below
+            rank_zero_info(f"Preemption: stopped at step {trainer.global_step} ({sig.name}); the same command "
+                           "resumes from the checkpoint (resume=auto)")
+        self._stop = 0 if sig in self.requeue_on else 128 + int(sig)  # at the next hook, once Lightning logged the step
 
     def _stop_now(self, *_) -> None:
-        if self._stop:
-            raise Preempted(0)
+        if self._stop is not None:
+            raise Preempted(self._stop)
 
     # the first of these after the save, on every rank alike; before validation and the epoch-end checkpoint
     on_train_batch_start = on_validation_start = on_train_epoch_end = on_train_end = _stop_now
