@@ -4,7 +4,8 @@
 #   sbatch --nodes=4 slurm/pretrain.sh experiment=simmim_pretrain__swinv2_base__img192_window6__800ep data=imagenet1k
 # Every argument is a Hydra override, passed through. 120 s before --time runs out SLURM sends SIGUSR1:
 # every rank saves <run dir>/hpc_ckpt_<n>.ckpt after the current step and the job is requeued (callbacks.preemption); the requeued job (same job id, so the
-# same run dir) resumes from it (resume=auto). Adapt partition/account/modules: slurm/README.md.
+# same run dir) resumes from it (resume=auto). SIGTERM (preemption, scancel) saves the same way and exits without
+# requeueing: slurm/README.md says how each way of stopping a job reaches it, and how to adapt partition/account/modules.
 #SBATCH --job-name=simmim-pretrain
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8          # = GPUs per node: one process per GPU

@@ -145,7 +145,7 @@ def test_zero_preemption_resume_and_finetune(tmp_path):
     run = tmp_path / "run"
     out = _run(run, "deepspeed_zero2", "+callbacks.signal._target_=_callbacks.SignalAt", "+callbacks.signal.step=3",
                "+callbacks.signal.rank=1")
-    assert "Preemption: a signal on another rank received; saving" in out, out[-3000:]
+    assert "Preemption: SIGUSR1 (on another rank) received; saving" in out, out[-3000:]
     hpc = run / "hpc_ckpt_1.ckpt"
     assert is_zero_checkpoint(hpc) and find_resume_checkpoint(run) == hpc
     assert len(_losses(run)) < 6  # stopped early

@@ -32,10 +32,10 @@ def _slurm_reason() -> str | None:
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_slurm_reason() is not None, reason=str(_slurm_reason()))]
 
 
-def sbatch(tmp_path, *overrides, wait=False) -> str:
+def sbatch(tmp_path, *overrides, wait=False, env=None) -> str:
     (tmp_path / "logs").mkdir(exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "SIMMIM_OUTPUT_ROOT": str(tmp_path), "WANDB_MODE": "offline"}
+           "SIMMIM_OUTPUT_ROOT": str(tmp_path), "WANDB_MODE": "offline", **(env or {})}
     cmd = ["sbatch", "--parsable", *LOCAL, f"--output={tmp_path}/logs/%x-%j.out", *(["--wait"] if wait else []),
            "slurm/pretrain.sh", "debug=fast", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
            *overrides]
@@ -74,14 +74,42 @@ def test_sigusr1_saves_requeues_and_resumes(tmp_path):
         time.sleep(1)
     text = log.read_text()  # --open-mode=append: both runs of the job in one log
     assert job_state(job) == "COMPLETED", text[-3000:]
-    hpc = sorted(run.glob("hpc_ckpt_*.ckpt"))
-    assert hpc, text[-3000:]
-    assert "Preemption: SIGUSR1 received; saving" in text and "Preemption: requeued SLURM job" in text, text[-3000:]
+    saved = re.search(r"Preemption: SIGUSR1 received; saving (\S+) at step (\d+)", text)
+    assert saved and "Preemption: requeued SLURM job" in text, text[-3000:]
     assert "(restart 1)" in text, text[-3000:]
-    assert f"resuming from {hpc[-1]}" in text, text[-3000:]
+    assert f"resuming from {saved[1]}" in text, text[-3000:]
+    assert not Path(saved[1]).exists()  # superseded (removed) once the resumed job wrote its own checkpoints
+    assert 60 <= int(saved[2]) < 180  # saved mid-run, after the first epoch
     import torch
 
-    saved_step = torch.load(hpc[-1], map_location="cpu", weights_only=False)["global_step"]
-    assert 60 <= saved_step < 180  # saved mid-run, after the first epoch
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 180 and last["epoch"] == 2  # 3 epochs of 60 steps, finished
+
+
+def test_scancel_sigterm_saves_within_killwait_without_requeue_and_a_resubmission_resumes(tmp_path):
+    """`scancel` (like preemption) sends SIGTERM, then SIGKILL after KillWait (30 s here): both ranks save in time,
+    the job ends CANCELLED and is not requeued; resubmitted with the same run dir, it resumes from that save."""
+    run = tmp_path / "run"
+    args = ["trainer.max_epochs=2", "trainer.limit_train_batches=40", "trainer.log_every_n_steps=5"]
+    job = sbatch(tmp_path, *args, env={"SIMMIM_RUN_DIR": str(run)})
+    log = tmp_path / "logs" / f"simmim-pretrain-{job}.out"
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "last.ckpt").exists():  # after epoch 0, before the end
+        assert time.time() < deadline and job_state(job) in ("PENDING", "RUNNING"), log.read_text()[-3000:]
+        time.sleep(0.5)
+    subprocess.run(["scancel", job], check=True)
+    deadline = time.time() + 120
+    while job_state(job) not in ("CANCELLED", "COMPLETED", "FAILED", "GONE"):
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    text = log.read_text()
+    saved = re.search(r"Preemption: SIGTERM received; saving (\S+) at step (\d+)", text)
+    assert saved and Path(saved[1]).is_file(), text[-3000:]
+    assert "requeued" not in text and job_state(job) in ("CANCELLED", "GONE"), text[-3000:]
+
+    again = sbatch(tmp_path, *args, wait=True, env={"SIMMIM_RUN_DIR": str(run)})
+    text = (tmp_path / "logs" / f"simmim-pretrain-{again}.out").read_text()
+    assert f"resuming from {saved[1]}" in text, text[-3000:]
+    import torch
+
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 80
