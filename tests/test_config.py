@@ -42,9 +42,11 @@ def test_every_experiment_composes(name, experiment, tmp_path):
 
 
 def test_recipes_carry_the_reference_numbers(tmp_path):
-    """REFERENCE.md: SwinV2-B SimMIM 800 ep (window 12, drop path 0.1, normalised target, base LR 1e-4,
-    warmup 10 ep from 5e-7, x0.1 at 700) and its fine-tune (224 px / window 14 from window 12, layer decay 0.75,
-    base LR 1.25e-3, warmup 20, mixup 0.8, cutmix 1.0, smoothing 0.1)."""
+    """microsoft/Swin-Transformer configs/simmim/simmim_pretrain__swinv2_base__img192_window12__800ep.yaml (window
+    12, drop path 0.1, normalised target, base LR 1e-4, warmup 10 ep from 5e-7, x0.1 at 700) and
+    simmim_finetune__swinv2_base__img224_window14__800ep.yaml (224 px / window 14 from window 12, layer decay 0.75,
+    base LR 1.25e-3, warmup 20; mixup 0.8, cutmix 1.0, smoothing 0.1 from config.py). Every variant's recipe:
+    tests/test_recipes.py."""
     pre = compose_config("pretrain", tmp_path, ["experiment=simmim_pretrain__swinv2_base__img192_window12__800ep"])
     assert (pre.img_size, pre.model.window_size, pre.model.drop_path_rate, pre.norm_target) == (192, 12, 0.1, True)
     assert (pre.optim.base_lr, pre.scheduler.warmup_lr, pre.scheduler.name, list(pre.scheduler.milestones)) == (
