@@ -16,7 +16,8 @@ def test_giant_brings_zero3_checkpointing_bf16_and_command_line_wins(tmp_path):
     assert planning.parse_strategy(cfg.trainer.strategy).stage == 3 and cfg.trainer.precision == "bf16-mixed"
     assert cfg.model.grad_checkpointing is True
     assert compose_config("pretrain", tmp_path, [*GIANT, "trainer=cpu"]).trainer.accelerator == "cpu"
-    assert compose_config("pretrain", tmp_path, ["model=swinv2_base"]).trainer.accelerator == "cpu"
+    assert compose_config("pretrain", tmp_path, ["model=swinv2_base"]).trainer.accelerator == "gpu"  # real models: GPUs
+    assert compose_config("pretrain", tmp_path, []).trainer.accelerator == "cpu"  # the quickstart
 
 
 def test_giant_plan_params_and_zero3_divides_by_eight(tmp_path):
