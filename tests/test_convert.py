@@ -208,8 +208,9 @@ def test_official_checkpoint_from_another_window_exports_with_its_pretrained_win
     ref, ckpt = _official_reference(case)
     img, window, pretrained = OFFICIAL_CASES[case]
     torch.save(ckpt, tmp_path / "official.pth")
-    convert.main(["to-transformers", str(tmp_path / "official.pth"), str(tmp_path / "hf"), "--img-size", str(img)])
+    convert.main(["to-transformers", str(tmp_path / "official.pth"), str(tmp_path / "hf")])
     theirs = _loaded(transformers.Swinv2ForImageClassification, tmp_path / "hf")
+    assert theirs.config.image_size == img  # read from the shift masks' shapes
     windows = [min(img // 4 // 2**s, window) for s in range(4)]
     normalised = [p or w for p, w in zip(theirs.config.pretrained_window_sizes, windows)]
     assert normalised == [p or w for p, w in zip(pretrained, windows)], theirs.config.pretrained_window_sizes

@@ -5,6 +5,7 @@ open stage s+1 with it (`layers.{s+1}.downsample`); the official code names the 
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -194,9 +195,9 @@ def _split(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
 
 def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
     """A config from an encoder state dict's shapes (our/timm names); `window_size` comes from the
-    position-index buffer when present, else from `overrides` (it has no weight of its own), and
-    `pretrained_window_sizes` from the `relative_coords_table` buffers when present (see
-    `recorded_pretrained_windows`; an override that disagrees with them is refused)."""
+    position-index buffer when present, else from `overrides` (it has no weight of its own), `img_size` from
+    the shift masks (`attn_mask`) when present, and `pretrained_window_sizes` from the `relative_coords_table`
+    buffers when present (see `recorded_pretrained_windows`; an override that disagrees with them is refused)."""
     proj = sd["patch_embed.proj.weight"]
     depths: dict[int, int] = {}
     heads: dict[int, int] = {}
@@ -223,6 +224,8 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
                              "pass window_size=… (and img_size=…, pretrained_window_sizes=… if it was "
                              "fine-tuned from another window)")
         kwargs["window_size"] = tuple(windows)
+    if "img_size" not in overrides and (size := _img_size_from_masks(sd, kwargs["patch_size"])):
+        kwargs["img_size"] = size
     kwargs.update(overrides)
     cfg = SwinV2Config(**kwargs)
     recorded = recorded_pretrained_windows(sd)
@@ -242,6 +245,18 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
                 f"offsets are normalised by window {recorded[bad[0]]}). Leave pretrained_window_sizes out (it is "
                 f"read from the checkpoint) or pass {list(wanted)}")
     return cfg.replace(pretrained_window_sizes=wanted)
+
+
+def _img_size_from_masks(sd: dict[str, torch.Tensor], patch: int) -> int | None:
+    """The (square) image size an official checkpoint was built for, from a shifted block's `attn_mask`
+    `(windows, N, N)`, N = window²: stage s is `window * sqrt(windows)` tokens high, the image that times
+    `patch * 2**s`. None without masks (every stage one window) or for non-square maps."""
+    for key, mask in sd.items():
+        if (m := re.match(r"^layers\.(\d+)\.blocks\.\d+\.attn_mask$", key)) and mask.ndim == 3:
+            per_side, window = math.isqrt(mask.shape[0]), math.isqrt(mask.shape[-1])
+            if per_side**2 == mask.shape[0] and window**2 == mask.shape[-1]:
+                return per_side * window * patch * 2 ** int(m[1])
+    return None
 
 
 def coords_table(window: tuple[int, int], pretrained: int) -> torch.Tensor:
@@ -294,8 +309,8 @@ def recorded_pretrained_windows(sd: dict[str, torch.Tensor]) -> dict[int, int]:
 def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
     """An official SwinV2 / SimMIM state dict → (encoder, head, decoder) state dicts in our names: SimMIM's
     `encoder.`/`decoder.` prefixes split off, `rpe_mlp` renamed, patch merging moved from the end of stage s to
-    the start of stage s+1. Position buffers stay in the encoder dict (they tell the window size and the
-    pretrained window sizes)."""
+    the start of stage s+1. Position buffers and shift masks stay in the encoder dict (they tell the window
+    size, the pretrained window sizes and the image size; `infer_config`)."""
     if any(k.startswith("encoder.") for k in sd):
         decoder, sd = _split(sd, "decoder."), _split(sd, "encoder.")
     else:
@@ -307,7 +322,7 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
             head[key[len("head."):]] = value
         elif m := _MERGE_RE.match(key):
             enc_sd[f"layers.{int(m[1]) + 1}.downsample.{m[2]}"] = value
-        elif not key.endswith("attn_mask"):
+        else:
             enc_sd[key] = value
     if "absolute_pos_embed" in enc_sd:
         raise ValueError("checkpoints with an absolute position embedding (ape=True) are not supported")
