@@ -20,7 +20,7 @@ from PIL import Image
 from test_train import run_cli
 
 from simmim_swinv2 import convert
-from simmim_swinv2.checkpoint import load_model
+from simmim_swinv2.checkpoint import find_resume_checkpoint, load_model
 from simmim_swinv2.data import build_digits, build_folder, build_webdataset
 from simmim_swinv2.data.sharding import make_shards
 from simmim_swinv2.finetune import class_names, finetune
@@ -176,8 +176,9 @@ def test_pretrain_finetune_export_pipeline_command_lines(tmp_path):
 
 @pytest.mark.slow
 def test_zero_checkpoint_directory_exports(tmp_path, capsys):
-    """ZeRO-2, one CPU process: the sharded `last.ckpt/` directory (and its run) export to transformers with the
-    outputs of the same weights through `load_model` (DeepSpeed's fp32 consolidation)."""
+    """ZeRO-2, one CPU process: the sharded `last.ckpt/` directory (and its run, also once resharded to a universal
+    checkpoint, which is then the newest) export to transformers with the outputs of the same weights through
+    `load_model` (DeepSpeed's fp32 consolidation)."""
     run = tmp_path / "run"
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "DS_ACCELERATOR": "cpu"}
     _ok(run_cli("simmim_swinv2.pretrain", *ONE_STEP, "trainer=deepspeed_zero2", "trainer.accelerator=cpu",
@@ -187,7 +188,11 @@ def test_zero_checkpoint_directory_exports(tmp_path, capsys):
     assert ckpt.is_dir()  # sharded: a directory
     ours = load_model(ckpt)
     assert isinstance(ours, SimMIM)
-    for source in (ckpt, run):
+    for source in (ckpt, run, "resharded"):
+        if source == "resharded":
+            _ok(run_cli("simmim_swinv2.reshard", str(run), env={"DS_ACCELERATOR": "cpu"}))
+            assert find_resume_checkpoint(run).name == "last-universal.ckpt"
+            source = run
         convert.main(["to-transformers", str(source), str(tmp_path / "hf")])
         assert "SimMIM from our checkpoint" in capsys.readouterr().out
         _mim_equal(transformers.Swinv2ForMaskedImageModeling.from_pretrained(tmp_path / "hf"), ours)

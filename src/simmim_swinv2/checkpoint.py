@@ -151,13 +151,13 @@ def weights_format(source: str | Path) -> str:
     if path.suffix == ".ckpt" or (path.suffix == ".safetensors" and path.with_suffix(".json").is_file()):
         return "ours"
     try:
-        sd = convert._read_any(path)
+        keys = convert._weight_keys(path)
     except Exception as err:  # not a pickle / safetensors at all, or one that needs a full unpickle
         raise ValueError(f"cannot read {path} as weights ({type(err).__name__}: {err}); expected {EXPECTED}") from err
-    fmt = convert._guess_format(sd)
+    fmt = convert._guess_format(keys)
     if fmt is None:
         raise ValueError(f"{path} holds no SwinV2 weights we know (no patch_embed.proj.weight, no SimMIM `encoder.` "
-                         f"keys; first keys: {list(sd)[:5]}); expected {EXPECTED}")
+                         f"keys; first keys: {keys[:5]}); expected {EXPECTED}")
     return fmt
 
 

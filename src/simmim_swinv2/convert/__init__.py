@@ -129,6 +129,20 @@ def _read_any(source: str | Path | dict) -> dict[str, torch.Tensor]:
     return _unwrap(_read_weights(path))
 
 
+def _weight_keys(path: Path) -> list[str]:
+    """The key names of a weights file, unwrapped as `_read_any` unwraps it, without reading its tensors."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (pre-zip) pickle cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    return list(_unwrap(obj))
+
+
 def _build(enc_sd: dict, head: dict | None, decoder: dict | None, what: str, **overrides) -> Model:
     cfg = infer_config(enc_sd, **overrides)
     enc_sd = {k: v for k, v in enc_sd.items() if not k.endswith(_BUFFERS)}  # rebuilt, not loaded
@@ -162,7 +176,7 @@ def from_timm(source: str | Path | dict, **config_overrides) -> Model:
     return _build(enc_sd, head, None, "timm state dict", **config_overrides)
 
 
-def _guess_format(sd: dict) -> str | None:
+def _guess_format(sd: dict | list[str]) -> str | None:
     """`official` (SimMIM's `encoder.` prefix, `rpe_mlp`, patch merging at a stage's end), `timm` (our names), or
     None for a state dict that is no SwinV2."""
     if any(k.startswith(("encoder.", "layers.0.downsample")) or "rpe_mlp" in k for k in sd):
