@@ -228,7 +228,10 @@ def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
     from .convert.keys import _effective_windows, recorded_pretrained_windows
 
     cfg = getattr(encoder, "cfg", None)
-    recorded = recorded_pretrained_windows(sd)
+    try:
+        recorded = recorded_pretrained_windows(sd)
+    except ValueError as err:  # the tables are rebuilt anyway: say so, do not stop the fine-tune
+        return f"note: {err}"
     if cfg is None or not recorded:
         return None
     windows = _effective_windows(cfg)

@@ -1,5 +1,6 @@
 """Weights in and out: transformers' Swinv2 directories, official SwinV2 / SimMIM checkpoints, timm state dicts,
-and our own safetensors export.
+and our own safetensors export. (Our runs and checkpoints, and the choice among all these formats, are
+`checkpoint.load_model`'s; `python -m simmim_swinv2.convert to-transformers RUN_DIR OUT` goes through it.)
 
     from simmim_swinv2 import convert
     model = convert.from_transformers("path/to/hf_dir")   # classifier / SimMIM / encoder, per the checkpoint
