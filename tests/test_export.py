@@ -163,7 +163,7 @@ def test_pretrain_finetune_export_pipeline_command_lines(tmp_path):
     assert f"wrote {out} (SwinV2Classifier from our checkpoint" in printed and "labels 0, 1, 2, 3, 4, …" in printed
     images = _photos(tmp_path / "imgs", 2, seed=7, size=(50, 37)) + _photos(tmp_path / "imgs", 1, 8, (90, 120), "big")
     result = json.loads(_ok(run_cli("simmim_swinv2.predict", f"checkpoint={ft}", f"images=[{tmp_path / 'imgs'}]",
-                                    "top_k=3", "output=json")))
+                                    "top_k=3", "output=json", f"hydra.run.dir={tmp_path / 'pred'}")))  # its log
     expected = {r["image"]: r["predictions"] for r in result["results"]}
     assert len(expected) == 3 and not result["skipped"]
     pipe = transformers.pipeline("image-classification", model=str(out), device="cpu")
