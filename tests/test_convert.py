@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -147,3 +148,113 @@ def test_cli_converts_an_official_checkpoint(tmp_path, capsys):
                        ours(x, mask).reconstruction) < TOL
     convert.main(["from-transformers", str(tmp_path / "hf"), str(tmp_path / "ours.safetensors")])
     assert isinstance(convert.load_model(tmp_path / "ours.safetensors"), SimMIM)
+
+
+# ------------------------------------------------- official checkpoints fine-tuned from another window
+# (img_size, window, pretrained_window_sizes) of official-layout checkpoints; patch 4, so stages are img/4 … img/32.
+OFFICIAL_CASES = {
+    "16_from_12": (128, 16, (12, 12, 12, 6)),  # as window12to16_192to256: windows 16, 16, 8, 4 (two clamp)
+    "24_from_12": (192, 24, (12, 12, 12, 6)),  # as window12to24_192to384: windows 24, 24, 12, 6
+    "12_from_0": (96, 12, (0, 0, 0, 0)),  # windows 12, 12, 6, 3: each normalised by its own clamped window
+    "8_from_0": (64, 8, (0, 0, 0, 0)),
+    "12_from_6_clamped": (96, 12, (6, 6, 6, 3)),  # the last two clamp to their pretrained window: as 0 there
+}
+
+
+def _official_table(window: tuple[int, int], pretrained: int) -> torch.Tensor:
+    """`relative_coords_table` as microsoft/Swin-Transformer models/swin_transformer_v2.py (`WindowAttention`)
+    builds it, written out here, apart from convert.keys: offsets over (pretrained - 1), or (window - 1) when
+    pretrained is 0, times 8, then sign * log2(|x| + 1) / log2(8)."""
+    h = torch.arange(-(window[0] - 1), window[0], dtype=torch.float32)
+    w = torch.arange(-(window[1] - 1), window[1], dtype=torch.float32)
+    table = torch.stack(torch.meshgrid([h, w], indexing="ij")).permute(1, 2, 0).contiguous().unsqueeze(0)
+    table[..., 0] /= (pretrained if pretrained > 0 else window[0]) - 1
+    table[..., 1] /= (pretrained if pretrained > 0 else window[1]) - 1
+    table *= 8
+    return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+
+
+def _official_reference(case: str):
+    """timm's SwinTransformerV2 (its module names are the official code's) with random weights, and its state
+    dict as the official code saves it: `{'model': …}`, patch merging at the end of a stage, `head.`, and the
+    buffers the official model registers — `relative_coords_table` (built the official way; the reference runs
+    on the very same tables), `relative_position_index`, `attn_mask`."""
+    timm = pytest.importorskip("timm")
+    from timm.models.swin_transformer_v2 import WindowAttention
+
+    img, window, pretrained = OFFICIAL_CASES[case]
+    ref = timm.models.swin_transformer_v2.SwinTransformerV2(
+        img_size=img, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=window,
+        pretrained_window_sizes=pretrained, num_classes=5, drop_path_rate=0.0)
+    randomize_(ref, max_logit_scale=4.5)
+    sd = {}
+    for key, value in ref.state_dict().items():
+        if m := re.match(r"^layers\.(\d+)\.downsample\.(.+)$", key):
+            key = f"layers.{int(m[1]) - 1}.downsample.{m[2]}"
+        sd[key.replace("head.fc.", "head.")] = value
+    for name, module in ref.named_modules():
+        if isinstance(module, WindowAttention):
+            table = _official_table(module.window_size, module.pretrained_window_size[0])
+            torch.testing.assert_close(module.relative_coords_table, table, rtol=0, atol=1e-6)
+            sd[f"{name}.relative_coords_table"] = table
+            sd[f"{name}.relative_position_index"] = module.relative_position_index
+        elif getattr(module, "attn_mask", None) is not None:
+            sd[f"{name}.attn_mask"] = module.attn_mask
+    return ref, {"model": sd}
+
+
+@pytest.mark.parametrize("case", OFFICIAL_CASES)
+def test_official_checkpoint_from_another_window_exports_with_its_pretrained_windows(case, tmp_path):
+    ref, ckpt = _official_reference(case)
+    img, window, pretrained = OFFICIAL_CASES[case]
+    torch.save(ckpt, tmp_path / "official.pth")
+    convert.main(["to-transformers", str(tmp_path / "official.pth"), str(tmp_path / "hf")])
+    theirs = _loaded(transformers.Swinv2ForImageClassification, tmp_path / "hf")
+    assert theirs.config.image_size == img  # read from the shift masks' shapes
+    windows = [min(img // 4 // 2**s, window) for s in range(4)]
+    normalised = [p or w for p, w in zip(theirs.config.pretrained_window_sizes, windows)]
+    assert normalised == [p or w for p, w in zip(pretrained, windows)], theirs.config.pretrained_window_sizes
+    x = torch.randn(2, 3, img, img)
+    with torch.no_grad():
+        expected = ref.eval()(x)
+        torch.testing.assert_close(theirs(x).logits, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+        if normalised != windows:  # the tables matter here: without them the same weights answer otherwise
+            sd = {k: v for k, v in ckpt["model"].items() if not k.endswith("relative_coords_table")}
+            blind = convert.from_official(sd, img_size=img).eval()
+            assert rel_err(blind(x).logits, expected) > 1e-3
+
+
+def test_a_pretrained_window_override_that_disagrees_with_the_tables_is_refused():
+    _, ckpt = _official_reference("16_from_12")
+    assert convert.from_official(ckpt, img_size=128).encoder.cfg.pretrained_window_sizes == (12, 12, 12, 6)
+    assert convert.from_official(ckpt, img_size=128, pretrained_window_sizes=(12, 12, 12, 6))  # agrees: fine
+    with pytest.raises(ValueError, match=r"pretrained_window_sizes=\[0, 0, 0, 0\] disagrees with the checkpoint: "
+                                         r"its relative_coords_table buffers record \[12, 12, 12, 6\] at windows "
+                                         r"\[16, 16, 8, 4\].*Leave pretrained_window_sizes out"):
+        convert.from_official(ckpt, img_size=128, pretrained_window_sizes=0)
+    _, ckpt = _official_reference("12_from_6_clamped")  # 6 at a clamped 6 is 0: either spelling is accepted
+    assert convert.from_official(ckpt, img_size=96).encoder.cfg.pretrained_window_sizes == (6, 6, 0, 0)
+    assert convert.from_official(ckpt, img_size=96, pretrained_window_sizes=(6, 6, 6, 3))
+    broken = {k: v * 1.1 if k.endswith("layers.1.blocks.1.attn.relative_coords_table") else v
+              for k, v in ckpt["model"].items()}
+    with pytest.raises(ValueError, match="layers.1.blocks.1.attn.relative_coords_table .* not the table of a 12x12"):
+        convert.from_official(broken, img_size=96)
+
+
+def test_finetuning_from_an_official_checkpoint_notes_other_pretrained_windows(tmp_path, capsys):
+    """`finetune pretrained=official.pth`: the fine-tune config's pretrained_window_sizes decides (the new windows
+    are set on purpose); the summary says when the checkpoint's tables were normalised for other windows."""
+    from simmim_swinv2.checkpoint import load_pretrained_encoder
+
+    _, ckpt = _official_reference("8_from_0")  # 64 px, windows 8, 8, 4, 2, each its own normaliser
+    torch.save(ckpt, tmp_path / "official.pth")
+    cfg = swinv2_config("debug", embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), img_size=128,
+                        window_size=16)  # windows 16, 16, 8, 4
+    load_pretrained_encoder(SwinV2Encoder(cfg.replace(pretrained_window_sizes=(8, 8, 4, 2))), tmp_path / "official.pth")
+    assert "note:" not in capsys.readouterr().out
+    report = load_pretrained_encoder(SwinV2Encoder(cfg), tmp_path / "official.pth")
+    out = capsys.readouterr().out
+    assert report == {"missing": [], "unexpected": [], "shape_mismatch": []}
+    assert ("note: the source's position tables normalise offsets by windows [8, 8, 4, 2], this model by "
+            "[16, 16, 8, 4] (pretrained_window_sizes=[0, 0, 0, 0]); to keep the source's position bias set "
+            "model.pretrained_window_sizes=[8, 8, 4, 2]") in out

@@ -123,63 +123,136 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------------- pretrained weights
-def _from_lightning(path: Path) -> dict:
-    if path.is_dir():  # a ZeRO checkpoint: consolidated in memory
-        from .consolidate import zero_state_dict
-
-        return zero_state_dict(path)[0]
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    sd = ckpt.get("state_dict", ckpt)
-    return {k.removeprefix("model."): v for k, v in sd.items()}
+EXPECTED = ("a run directory of ours (checkpoints/*.ckpt), a Lightning .ckpt, a DeepSpeed ZeRO checkpoint directory "
+            "(*.ckpt/ with a `latest` file), our .safetensors with its .json (convert.save_model), a transformers "
+            "directory (config.json), or an official SwinV2 / SimMIM or timm state dict (.pth/.pt/.bin/.safetensors)")
+FORMATS = ("ours", "transformers", "official", "timm")
 
 
-def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
-    """Encoder weights (our module names, no prefix) from anything we or the peers save, and what it was:
-
-    - a run directory of ours (its newest checkpoint) or a Lightning `.ckpt` (pretraining or fine-tuning);
-    - our exported `.safetensors` (convert.save_model), or a bare encoder state dict in safetensors;
-    - a transformers `save_pretrained` directory (Swinv2Model / ForMaskedImageModeling / ForImageClassification);
-    - an official SimMIM / Swin-Transformer checkpoint or a timm state dict (`.pth`/`.pt`/`.bin`).
-
-    Decoder and head weights are left out; pickles load with `weights_only=True`."""
+def weights_format(source: str | Path) -> str:
+    """What `source` is, one of `FORMATS`; ours are recognised first: `ours` — a run directory, a Lightning
+    `.ckpt`, a ZeRO checkpoint directory, or `convert.save_model`'s `.safetensors` + `.json`; `transformers` — a
+    `save_pretrained` directory; `official` / `timm` — any other weights file, told apart by its key names
+    (read with `weights_only=True`). Anything else is refused with the list of what is expected."""
     from . import convert
 
     path = Path(source)
     if is_zero_checkpoint(path):
-        sd, kind = _from_lightning(path), "DeepSpeed ZeRO checkpoint (consolidated)"
-    elif path.is_dir():
+        return "ours"
+    if path.is_dir():
         if (path / "config.json").is_file():
-            model = convert.from_transformers(path)
-            encoder = model if isinstance(model, convert.SwinV2Encoder) else model.encoder
-            return encoder.state_dict(), "transformers directory"
-        ckpt = find_resume_checkpoint(path)
-        if ckpt is None:
-            raise FileNotFoundError(f"{path} is a directory with neither config.json (transformers) nor "
-                                    "checkpoints/*.ckpt (a run of ours)")
-        sd, kind = _from_lightning(ckpt), f"run directory ({ckpt.name})"
-    elif not path.is_file():
-        raise FileNotFoundError(f"pretrained weights {path} not found")
+            return "transformers"
+        if find_resume_checkpoint(path) is not None:
+            return "ours"
+        raise FileNotFoundError(f"{path} is a directory with neither checkpoints/*.ckpt (a run of ours), a `latest` "
+                                f"file (a ZeRO checkpoint) nor config.json (transformers); expected {EXPECTED}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; expected {EXPECTED}")
+    if path.suffix == ".ckpt" or (path.suffix == ".safetensors" and path.with_suffix(".json").is_file()):
+        return "ours"
+    try:
+        keys = convert._weight_keys(path)
+    except Exception as err:  # not a pickle / safetensors at all, or one that needs a full unpickle
+        raise ValueError(f"cannot read {path} as weights ({type(err).__name__}: {err}); expected {EXPECTED}") from err
+    fmt = convert._guess_format(keys)
+    if fmt is None:
+        raise ValueError(f"{path} holds no SwinV2 weights we know (no patch_embed.proj.weight, no SimMIM `encoder.` "
+                         f"keys; first keys: {keys[:5]}); expected {EXPECTED}")
+    return fmt
+
+
+def _run_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint of a run directory to read weights from: the newest (`find_resume_checkpoint`), but for a
+    resharded universal copy (`simmim_swinv2.reshard`) the checkpoint it was made from, which holds the same
+    weights in a form `load_model` reads."""
+    found = find_resume_checkpoint(run_dir)
+    if found is not None and is_universal_checkpoint(found):
+        plain = [p for p in run_dir.glob("checkpoints/*.ckpt") if p.is_file() or is_zero_checkpoint(p)]
+        found = max(plain, key=lambda p: p.stat().st_mtime) if plain else None
+    if found is None:
+        raise FileNotFoundError(f"no checkpoints/*.ckpt in run directory {run_dir}")
+    return found
+
+
+def _from_lightning(path: Path) -> tuple[dict, dict | None]:
+    """(state dict in our module names, the `simmim_swinv2` model description) of a Lightning checkpoint."""
+    if path.is_dir():  # a ZeRO checkpoint: consolidated in memory
+        from .consolidate import zero_state_dict
+
+        return zero_state_dict(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    sd = ckpt.get("state_dict", ckpt)
+    if any(k.startswith("model.") for k in sd):  # our tasks hold the network as `model`
+        sd = {k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")}
+    return sd, ckpt.get("simmim_swinv2")
+
+
+def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
+    """Encoder weights (our module names, no prefix) from anything `weights_format` accepts, and what it was:
+    a run directory of ours (its newest checkpoint), a Lightning `.ckpt` or ZeRO directory (pretraining or
+    fine-tuning), our `.safetensors`, a transformers directory, an official SimMIM / Swin-Transformer checkpoint
+    or a timm state dict. Decoder and head weights are left out; pickles load with `weights_only=True`. Official
+    checkpoints keep their `relative_coords_table` buffers (`load_pretrained_encoder` reads them)."""
+    from . import convert
+
+    path = Path(source)
+    fmt = weights_format(path)
+    if fmt == "transformers":
+        model = convert.from_transformers(path)
+        encoder = model if isinstance(model, convert.SwinV2Encoder) else model.encoder
+        return encoder.state_dict(), "transformers directory"
+    if fmt == "official":
+        return convert.official_to_ours(convert._read_any(path))[0], "official checkpoint"
+    if fmt == "timm":
+        return convert.timm_to_ours(convert._read_any(path))[0], "timm state dict"
+    if is_zero_checkpoint(path):
+        sd, kind = _from_lightning(path)[0], "DeepSpeed ZeRO checkpoint (consolidated)"
+    elif path.is_dir():
+        ckpt = _run_checkpoint(path)
+        sd, kind = _from_lightning(ckpt)[0], f"run directory ({ckpt.name})"
     elif path.suffix == ".ckpt":
-        sd, kind = _from_lightning(path), "Lightning checkpoint"
-    elif path.suffix == ".safetensors":
+        sd, kind = _from_lightning(path)[0], "Lightning checkpoint"
+    else:
         from safetensors.torch import load_file
 
         sd, kind = load_file(str(path)), "safetensors"
-    else:
-        raw = convert._read_any(path)
-        if convert._guess_format(raw) == "official":
-            return convert.official_to_ours(raw)[0], "official checkpoint"
-        return convert.timm_to_ours(raw)[0], "timm state dict"
     if any(k.startswith("encoder.") for k in sd):
         sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
     return sd, kind
 
 
+def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
+    """A line for the load summary when the source's position tables (official checkpoints save them) were
+    normalised for other windows than `encoder` normalises by (`pretrained_window_sizes`, else its own clamped
+    windows): a new window size then changes the position bias unless the config names the old window."""
+    from .convert.keys import _effective_windows, recorded_pretrained_windows
+
+    cfg = getattr(encoder, "cfg", None)
+    try:
+        recorded = recorded_pretrained_windows(sd)
+    except ValueError as err:  # the tables are rebuilt anyway: say so, do not stop the fine-tune
+        return f"note: {err}"
+    if cfg is None or not recorded:
+        return None
+    windows = _effective_windows(cfg)
+    ours = [p or w for p, w in zip(cfg.pretrained_window_sizes, windows)]
+    if all(ours[s] == w for s, w in recorded.items() if s < len(ours)):
+        return None
+    suggest = [p if s not in recorded else 0 if recorded[s] == w else recorded[s]
+               for s, (p, w) in enumerate(zip(cfg.pretrained_window_sizes, windows))]
+    return (f"note: the source's position tables normalise offsets by windows "
+            f"{[recorded.get(s, '-') for s in range(len(ours))]}, this model by {ours} "
+            f"(pretrained_window_sizes={list(cfg.pretrained_window_sizes)}); to keep the source's position bias "
+            f"set model.pretrained_window_sizes={suggest}")
+
+
 def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dict[str, list[str]]:
     """Load pretrained weights into `encoder`, reporting what did not fit. The mask token is pretraining-only;
     window-dependent buffers are rebuilt for this encoder's windows, so a new window size works as long as the
-    config's `pretrained_window_sizes` names the old one."""
+    config's `pretrained_window_sizes` names the old one (the summary notes when an official source's tables say
+    otherwise: the config decides, since a fine-tune at a new window sets it on purpose)."""
     sd, kind = encoder_state_dict(source)
+    note = _pretrained_window_note(encoder, sd)
     own = encoder.state_dict()
     skipped_shape = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     sd = {k: v for k, v in sd.items() if k not in skipped_shape and not k.endswith(_REBUILT)}
@@ -194,40 +267,43 @@ def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dic
                          f"variant? unexpected keys: {list(result.unexpected_keys)[:5]}")
     log.info("loaded %d encoder tensors from %s (%s); missing %s, unexpected %s, shape mismatch %s",
              loaded, source, kind, missing, report["unexpected"], skipped_shape)
+    if note:
+        log.warning(note)
     print(f"pretrained: {loaded} tensors from {source} ({kind}); missing {len(missing)}, unexpected "
           f"{len(report['unexpected'])}, shape mismatch {len(skipped_shape)}"
           + (f"\n  missing: {missing}" if missing else "")
           + (f"\n  unexpected: {report['unexpected']}" if report["unexpected"] else "")
-          + (f"\n  shape mismatch (left at init): {skipped_shape}" if skipped_shape else ""))
+          + (f"\n  shape mismatch (left at init): {skipped_shape}" if skipped_shape else "")
+          + (f"\n  {note}" if note else ""))
     return report
 
 
-def load_model(source: str | Path):
-    """A whole model (classifier, SimMIM or encoder) from a checkpoint of ours (Lightning `.ckpt` file, ZeRO
-    `.ckpt` directory, or a run directory), our safetensors export, or a transformers directory."""
+def load_model(source: str | Path, format: str = "auto", **config_overrides):
+    """A whole model (classifier, SimMIM or encoder) from anything `weights_format` accepts (`format` names it
+    instead of detecting it). Ours — a run directory (its newest checkpoint), a Lightning `.ckpt`, a ZeRO `.ckpt/`
+    directory, `convert.save_model`'s safetensors — are rebuilt from the model description our tasks save in
+    them; transformers directories, official and timm checkpoints go through `convert.from_*`, with
+    `config_overrides` (e.g. `window_size`, `img_size`) for what those files do not record."""
     from . import convert
     from .models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
 
     path = Path(source)
-    if path.is_dir() and (path / "config.json").is_file():
-        return convert.from_transformers(path)
+    fmt = weights_format(path) if format == "auto" else format
+    if fmt not in FORMATS:
+        raise ValueError(f"format={format!r}: use auto or one of {FORMATS}")
+    if fmt != "ours":
+        return {"transformers": convert.from_transformers, "official": convert.from_official,
+                "timm": convert.from_timm}[fmt](path, **config_overrides)
+    if config_overrides:
+        raise ValueError(f"{path} is a checkpoint of ours and records its own config; {sorted(config_overrides)} "
+                         "apply to official / timm / transformers weights only")
     if path.suffix == ".safetensors":
         return convert.load_model(path)
     if path.is_dir() and not is_zero_checkpoint(path):
-        found = find_resume_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoints/*.ckpt in run directory {path}")
-        path = found
-    if is_zero_checkpoint(path):
-        from .consolidate import zero_state_dict
-
-        sd, meta = zero_state_dict(path)
-    elif not path.is_file():
+        path = _run_checkpoint(path)
+    if not (path.is_file() or is_zero_checkpoint(path)):
         raise FileNotFoundError(f"checkpoint {path} not found")
-    else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        meta = ckpt.get("simmim_swinv2")
-        sd = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    sd, meta = _from_lightning(path)
     if meta is None:
         raise ValueError(f"{path} carries no model description (not written by simmim_swinv2's tasks); "
                          "for other weights use simmim_swinv2.convert")

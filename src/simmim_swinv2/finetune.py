@@ -1,11 +1,15 @@
 """Fine-tuning: `python -m simmim_swinv2.finetune pretrained=PATH [overrides]`.
 
 PATH is anything we or the peers save (see conf/finetune.yaml); the decoder is dropped, window changes go
-through `model.pretrained_window_sizes`, and missing/unexpected keys are reported. Prints validation
-top-1/top-5 at the end.
+through `model.pretrained_window_sizes`, and missing/unexpected keys are reported. The classifier's labels
+(`id2label`, exported to transformers and printed by `predict`) are the data set's class names. Prints
+validation top-1/top-5 at the end.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import hydra
 from lightning.pytorch import seed_everything
@@ -16,6 +20,24 @@ from .checkpoint import load_pretrained_encoder
 from .data import build_eval_transform, build_finetune_transform, build_mixup
 from .models import SwinV2Classifier, SwinV2Encoder
 from .tasks import FinetuneTask
+
+
+def class_names(dataset) -> list[str] | None:
+    """The data set's class names, index = label, or None when it has none: `classes` (digits: "0" … "9";
+    folders: the class folder names), else, for WebDataset shards, the `classes.json` list that
+    scripts/make_shards.py writes beside them (one file for all shards: folders whose files disagree are refused)."""
+    classes = getattr(dataset, "classes", None)
+    if classes:
+        return [str(c) for c in classes]
+    shards = getattr(dataset, "shards", None) or []
+    found: dict[Path, list[str]] = {}
+    for folder in {Path(str(url).removeprefix("file:")).parent for url in shards}:
+        if (folder / "classes.json").is_file():
+            found[folder] = [str(c) for c in json.loads((folder / "classes.json").read_text())]
+    if len({tuple(v) for v in found.values()}) > 1:
+        raise runtime.ConfigError(f"the shards' classes.json files disagree: {sorted(map(str, found))}; "
+                                  "make the shards of one data set with one scripts/make_shards.py run")
+    return next(iter(found.values()), None)
 
 
 def finetune(cfg: DictConfig) -> dict[str, float]:
@@ -36,7 +58,12 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     encoder = SwinV2Encoder(model_cfg)
     if cfg.pretrained:
         load_pretrained_encoder(encoder, cfg.pretrained)
-    id2label = getattr(train, "id2label", None)
+    names = class_names(train)
+    if names is not None and len(names) != cfg.num_classes:
+        raise runtime.ConfigError(f"the data set names {len(names)} classes ({', '.join(names[:5])}"
+                                  f"{', …' if len(names) > 5 else ''}) but num_classes={cfg.num_classes}: "
+                                  f"set num_classes={len(names)}")
+    id2label = dict(enumerate(names)) if names is not None else None
     model = SwinV2Classifier(encoder, cfg.num_classes, id2label=id2label,
                              label_smoothing=cfg.mixup.label_smoothing)
     mix = cfg.mixup

@@ -1,10 +1,11 @@
 """Weights in and out: transformers' Swinv2 directories, official SwinV2 / SimMIM checkpoints, timm state dicts,
-and our own safetensors export.
+and our own safetensors export. (Our runs and checkpoints, and the choice among all these formats, are
+`checkpoint.load_model`'s; `python -m simmim_swinv2.convert to-transformers RUN_DIR OUT` goes through it.)
 
     from simmim_swinv2 import convert
     model = convert.from_transformers("path/to/hf_dir")   # classifier / SimMIM / encoder, per the checkpoint
     convert.to_transformers(model, "path/to/out_dir")     # config.json + model.safetensors
-    model = convert.from_official("simmim_pretrain.pth", window_size=12)
+    model = convert.from_official("swinv2_base_window12to16.pth", img_size=256)  # windows read from the buffers
     model = convert.from_timm("swinv2_tiny.safetensors", window_size=8, img_size=256)
 
 Reading needs neither transformers nor timm's hub: configs are JSON, weights safetensors (or a pickle loaded
@@ -31,6 +32,7 @@ from .keys import (
     encoder_to_transformers,
     infer_config,
     official_to_ours,
+    recorded_pretrained_windows,
     timm_to_ours,
 )
 
@@ -128,6 +130,20 @@ def _read_any(source: str | Path | dict) -> dict[str, torch.Tensor]:
     return _unwrap(_read_weights(path))
 
 
+def _weight_keys(path: Path) -> list[str]:
+    """The key names of a weights file, unwrapped as `_read_any` unwraps it, without reading its tensors."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (pre-zip) pickle cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    return list(_unwrap(obj))
+
+
 def _build(enc_sd: dict, head: dict | None, decoder: dict | None, what: str, **overrides) -> Model:
     cfg = infer_config(enc_sd, **overrides)
     enc_sd = {k: v for k, v in enc_sd.items() if not k.endswith(_BUFFERS)}  # rebuilt, not loaded
@@ -146,8 +162,11 @@ def _build(enc_sd: dict, head: dict | None, decoder: dict | None, what: str, **o
 
 def from_official(source: str | Path | dict, **config_overrides) -> Model:
     """An official SwinV2 (microsoft/Swin-Transformer) or SimMIM (microsoft/SimMIM) checkpoint: weights
-    under `model`, SimMIM's encoder under `encoder.`, older `rpe_mlp` names, patch merging at stage end;
-    position buffers are rebuilt, not loaded."""
+    under `model`, SimMIM's encoder under `encoder.`, older `rpe_mlp` names, patch merging at stage end.
+    Position buffers are rebuilt, not loaded, but read first: `relative_position_index` gives the (clamped)
+    window of each stage, `relative_coords_table` the pretrained window it was fine-tuned from (e.g.
+    `swinv2_base_patch4_window12to16_192to256_22kto1k_ft`: 12, 12, 12, 6); a `pretrained_window_sizes` override
+    that disagrees with the tables is refused."""
     enc_sd, head, decoder = official_to_ours(_read_any(source))
     return _build(enc_sd, head, decoder, "official checkpoint", **config_overrides)
 
@@ -158,10 +177,12 @@ def from_timm(source: str | Path | dict, **config_overrides) -> Model:
     return _build(enc_sd, head, None, "timm state dict", **config_overrides)
 
 
-def _guess_format(sd: dict) -> str:
+def _guess_format(sd: dict | list[str]) -> str | None:
+    """`official` (SimMIM's `encoder.` prefix, `rpe_mlp`, patch merging at a stage's end), `timm` (our names), or
+    None for a state dict that is no SwinV2."""
     if any(k.startswith(("encoder.", "layers.0.downsample")) or "rpe_mlp" in k for k in sd):
         return "official"
-    return "timm"
+    return "timm" if "patch_embed.proj.weight" in sd else None
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -208,4 +229,5 @@ def main(argv: list[str] | None = None) -> None:
 
 __all__ = ["Model", "config_from_transformers", "config_to_transformers", "encoder_from_transformers",
            "encoder_to_transformers", "from_official", "from_timm", "from_transformers", "infer_config", "load_model",
-           "main", "official_to_ours", "save_model", "timm_to_ours", "to_transformers"]
+           "main", "official_to_ours", "recorded_pretrained_windows", "save_model", "timm_to_ours",
+           "to_transformers"]

@@ -1,25 +1,33 @@
-"""`python -m simmim_swinv2.convert`: weights between transformers, official, timm and our format."""
+"""`python -m simmim_swinv2.convert`: weights between our runs, transformers, official, timm and our format.
+
+    python -m simmim_swinv2.convert to-transformers outputs/finetune/<run> hf_export/   # our run -> transformers
+    python -m simmim_swinv2.convert to-transformers swinv2_tiny_patch4_window8_256.pth hf/ --img-size 256
+    python -m simmim_swinv2.convert from-transformers hf_export/ model.safetensors
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..models import SwinV2Encoder
-from . import _count, _guess_format, _read_any, from_official, from_timm, from_transformers, save_model, to_transformers
+from ..checkpoint import EXPECTED, FORMATS, load_model, weights_format
+from ..models import SwinV2Classifier, SwinV2Encoder
+from . import _count, from_transformers, save_model, to_transformers
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m simmim_swinv2.convert",
-        description="Convert SwinV2 / SimMIM weights between transformers, official, timm and our format.")
+        description="Convert SwinV2 / SimMIM weights between our runs, transformers, official, timm and our format.")
     sub = parser.add_subparsers(dest="command", required=True)
-    to_hf = sub.add_parser("to-transformers", help="official / timm / transformers weights → a transformers dir")
-    to_hf.add_argument("source", help="checkpoint file or transformers directory")
+    to_hf = sub.add_parser("to-transformers", help="our run / checkpoint, official, timm or transformers weights → a "
+                                                   "transformers dir (config.json, model.safetensors, preprocessor)")
+    to_hf.add_argument("source", help=f"one of: {EXPECTED}")
     to_hf.add_argument("out_dir")
-    to_hf.add_argument("--format", choices=("auto", "transformers", "official", "timm"), default="auto")
+    to_hf.add_argument("--format", choices=("auto", *FORMATS), default="auto",
+                       help="auto: ours first (run dir, .ckpt, ZeRO dir, .safetensors + .json), then a transformers "
+                            "dir, then an official or timm state dict told apart by its key names")
     to_hf.add_argument("--window-size", type=int, help="window size, for checkpoints that do not record it")
-    to_hf.add_argument("--img-size", type=int, help="image size the windows are sized for")
+    to_hf.add_argument("--img-size", type=int, help="image size the windows are sized for (official / timm)")
     to_hf.add_argument("--encoder-only", action="store_true", help="drop decoder/head, write a Swinv2Model")
     from_hf = sub.add_parser("from-transformers", help="a transformers dir → our safetensors + config.json")
     from_hf.add_argument("source")
@@ -32,12 +40,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.out_file} ({type(model).__name__}, {_count(model) / 1e6:.1f}M parameters)")
         return
     overrides = {k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v}
-    fmt = args.format
-    if fmt == "auto":
-        fmt = "transformers" if Path(args.source).is_dir() else _guess_format(_read_any(args.source))
-    loader = {"transformers": from_transformers, "official": from_official, "timm": from_timm}[fmt]
-    model = loader(args.source, **overrides)
+    fmt = weights_format(args.source) if args.format == "auto" else args.format
+    model = load_model(args.source, format=fmt, **overrides)
     if args.encoder_only and not isinstance(model, SwinV2Encoder):
         model = model.encoder
     to_transformers(model, args.out_dir)
-    print(f"wrote {args.out_dir} ({type(model).__name__} from {fmt} weights, {_count(model) / 1e6:.1f}M parameters)")
+    labels = ""
+    if isinstance(model, SwinV2Classifier):
+        names = list(model.id2label.values())
+        labels = f", labels {', '.join(names[:5])}{', …' if len(names) > 5 else ''}"
+    what = "our checkpoint" if fmt == "ours" else f"{fmt} weights"
+    print(f"wrote {args.out_dir} ({type(model).__name__} from {what}, {_count(model) / 1e6:.1f}M parameters{labels})")

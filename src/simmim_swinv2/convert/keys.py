@@ -5,6 +5,7 @@ open stage s+1 with it (`layers.{s+1}.downsample`); the official code names the 
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -194,7 +195,9 @@ def _split(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
 
 def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
     """A config from an encoder state dict's shapes (our/timm names); `window_size` comes from the
-    position-index buffer when present, else from `overrides` (it has no weight of its own)."""
+    position-index buffer when present, else from `overrides` (it has no weight of its own), `img_size` from
+    the shift masks (`attn_mask`) when present, and `pretrained_window_sizes` from the `relative_coords_table`
+    buffers when present (see `recorded_pretrained_windows`; an override that disagrees with them is refused)."""
     proj = sd["patch_embed.proj.weight"]
     depths: dict[int, int] = {}
     heads: dict[int, int] = {}
@@ -221,14 +224,93 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
                              "pass window_size=… (and img_size=…, pretrained_window_sizes=… if it was "
                              "fine-tuned from another window)")
         kwargs["window_size"] = tuple(windows)
+    if "img_size" not in overrides and (size := _img_size_from_masks(sd, kwargs["patch_size"])):
+        kwargs["img_size"] = size
     kwargs.update(overrides)
-    return SwinV2Config(**kwargs)
+    cfg = SwinV2Config(**kwargs)
+    recorded = recorded_pretrained_windows(sd)
+    if not recorded:
+        return cfg
+    # The model normalises stage s's offsets by `pretrained or window` (its window clamped to the stage):
+    # with that equal to the recorded window the position bias is the checkpoint's, so 0 says it.
+    windows = _effective_windows(cfg)
+    wanted = tuple(p if s not in recorded else 0 if recorded[s] == w else recorded[s]
+                   for s, (p, w) in enumerate(zip(cfg.pretrained_window_sizes, windows)))
+    if "pretrained_window_sizes" in overrides:
+        bad = [s for s in recorded if (cfg.pretrained_window_sizes[s] or windows[s]) != recorded[s]]
+        if bad:
+            raise ValueError(
+                f"pretrained_window_sizes={list(cfg.pretrained_window_sizes)} disagrees with the checkpoint: its "
+                f"relative_coords_table buffers record {list(wanted)} at windows {windows} (stage {bad[0]}'s "
+                f"offsets are normalised by window {recorded[bad[0]]}). Leave pretrained_window_sizes out (it is "
+                f"read from the checkpoint) or pass {list(wanted)}")
+    return cfg.replace(pretrained_window_sizes=wanted)
+
+
+def _img_size_from_masks(sd: dict[str, torch.Tensor], patch: int) -> int | None:
+    """The (square) image size an official checkpoint was built for, from a shifted block's `attn_mask`
+    `(windows, N, N)`, N = window²: stage s is `window * sqrt(windows)` tokens high, the image that times
+    `patch * 2**s`. None without masks (every stage one window) or for non-square maps."""
+    for key, mask in sd.items():
+        if (m := re.match(r"^layers\.(\d+)\.blocks\.\d+\.attn_mask$", key)) and mask.ndim == 3:
+            per_side, window = math.isqrt(mask.shape[0]), math.isqrt(mask.shape[-1])
+            if per_side**2 == mask.shape[0] and window**2 == mask.shape[-1]:
+                return per_side * window * patch * 2 ** int(m[1])
+    return None
+
+
+def coords_table(window: tuple[int, int], pretrained: int) -> torch.Tensor:
+    """`(1, 2Wh-1, 2Ww-1, 2)` float64 relative coordinates of a window, as microsoft/Swin-Transformer
+    models/swin_transformer_v2.py (`WindowAttention`) builds its `relative_coords_table`: offsets divided by
+    `pretrained - 1` (by `window - 1` when `pretrained` is 0), times 8, then `sign(x) log2(|x| + 1) / log2(8)`."""
+    axes = [torch.arange(-(n - 1), n, dtype=torch.float64) for n in window]
+    table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    norm = torch.tensor([max((pretrained if pretrained > 0 else n) - 1, 1) for n in window], dtype=torch.float64)
+    table = table / norm * 8
+    return (torch.sign(table) * torch.log2(table.abs() + 1) / 3).unsqueeze(0)
+
+
+_TABLE_RE = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_coords_table$")
+
+
+def recorded_pretrained_windows(sd: dict[str, torch.Tensor]) -> dict[int, int]:
+    """`{stage: window}`: the window by which each stage's `relative_coords_table` buffers (official SwinV2
+    checkpoints save them) normalise position offsets — the pretrained window, or the stage's own (clamped)
+    window when the checkpoint was made with `pretrained_window_size=0`. Empty when there are no tables.
+
+    The largest entry m of a table (offset W-1 along its longer axis, W > 1) is log2(8 (W-1)/(P-1) + 1) / log2(8),
+    so P = 8 (W-1) / (8^m - 1) + 1; P is rounded and the whole table of every block checked against the one
+    `coords_table` builds for it. 1×1 windows carry no offset, hence nothing to read."""
+    tables: dict[int, dict[int, torch.Tensor]] = {}
+    for key, value in sd.items():
+        if m := _TABLE_RE.match(key):
+            tables.setdefault(int(m[1]), {})[int(m[2])] = value
+    out = {}
+    for stage, blocks in sorted(tables.items()):
+        first = blocks[min(blocks)]
+        size = tuple((n + 1) // 2 for n in first.shape[-3:-1])
+        axis = 0 if size[0] >= size[1] else 1
+        if size[axis] == 1:
+            continue
+        peak = float(first[..., axis].double().abs().max())
+        pretrained = round(8 * (size[axis] - 1) / max(8**peak - 1, 1e-12) + 1)
+        expected = coords_table(size, pretrained)
+        for block, table in sorted(blocks.items()):
+            atol = 1e-5 if table.dtype in (torch.float32, torch.float64) else 1e-2
+            if table.shape[-3:] != expected.shape[-3:] or not torch.allclose(
+                    table.double().reshape(expected.shape), expected, rtol=0, atol=atol):
+                raise ValueError(f"layers.{stage}.blocks.{block}.attn.relative_coords_table {tuple(table.shape)} is not "
+                                 f"the table of a {size[0]}x{size[1]} window for any pretrained window (nearest: "
+                                 f"{pretrained}); the checkpoint is damaged or not a SwinV2")
+        out[stage] = pretrained
+    return out
 
 
 def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
     """An official SwinV2 / SimMIM state dict → (encoder, head, decoder) state dicts in our names: SimMIM's
     `encoder.`/`decoder.` prefixes split off, `rpe_mlp` renamed, patch merging moved from the end of stage s to
-    the start of stage s+1. Position buffers stay in the encoder dict (they tell the window size)."""
+    the start of stage s+1. Position buffers and shift masks stay in the encoder dict (they tell the window
+    size, the pretrained window sizes and the image size; `infer_config`)."""
     if any(k.startswith("encoder.") for k in sd):
         decoder, sd = _split(sd, "decoder."), _split(sd, "encoder.")
     else:
@@ -240,7 +322,7 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
             head[key[len("head."):]] = value
         elif m := _MERGE_RE.match(key):
             enc_sd[f"layers.{int(m[1]) + 1}.downsample.{m[2]}"] = value
-        elif not key.endswith(("attn_mask", "relative_coords_table")):
+        else:
             enc_sd[key] = value
     if "absolute_pos_embed" in enc_sd:
         raise ValueError("checkpoints with an absolute position embedding (ape=True) are not supported")
