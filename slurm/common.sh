@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1                           # logs appear as they happen
 RUN_DIR="${SIMMIM_RUN_DIR:-${SIMMIM_OUTPUT_ROOT:-outputs}/slurm/${SLURM_JOB_NAME}_${SLURM_JOB_ID}}"
 
 # trainer=ddp (GPUs) unless a trainer is given (trainer=... on the command line or SIMMIM_TRAINER=...), or
-# the model config picks its own (conf/model/swinv2_{huge,giant}.yaml: ZeRO-3).
+# the model config picks its own (conf/model/swinv2_{tiny,small,base,large}.yaml: gpu, bf16; huge/giant: ZeRO-3).
 TRAINER_ARGS=()
 _trainer="${SIMMIM_TRAINER:-}"
 if [[ -z "$_trainer" ]] && ! printf '%s\n' "$@" | grep -q '^trainer='; then
