@@ -238,7 +238,7 @@ def test_shard_run_with_one_damaged_shard_finishes_and_names_it(damage, tmp_path
     run = tmp_path / "run"
     cfg = compose_config("pretrain", run, [*FAST, *LOADER, "data=webdataset", f"data.urls='{out}/{{000000..000007}}.tar'",
                                            "data.train.shuffle=false", "data.train.max_bad_fraction=0.1",
-                                           "+data.train.retry_backoff=0.01", "trainer.limit_train_batches=2"])
+                                           "data.train.retry_backoff=0.01", "trainer.limit_train_batches=2"])
     result = pretrain(cfg)
     assert 0 < count <= 19 and result["data/bad_samples"] == count
     assert epoch_metric(run, "data/bad_samples") == [count, count]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -40,7 +41,8 @@ def _remove(path: str, owner: int) -> None:
 
 
 def _clean(text: str) -> str:
-    return " ".join(str(text).split())  # one line, no tabs: a TSV field
+    """One line, no tabs (a TSV field), without object addresses (PIL names its BytesIO)."""
+    return " ".join(re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(text)).split())
 
 
 class BadSampleTracker:
@@ -135,11 +137,10 @@ class BadSampleTracker:
     def bad(self, where: str, err: BaseException | str, count: int = 1, tag: int | None = None) -> None:
         """Count ``count`` bad samples at ``where`` (a path, ``shard:key``, or a shard) and name them."""
         tag = self.tag if tag is None else tag
-        reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        reason = _clean(err if isinstance(err, str) else f"{type(err).__name__}: {err}")
         self._add(tag, count, count)
-        slot = self._slot()
-        with open(os.path.join(self.dir, f"{slot}.tsv"), "a", encoding="utf-8") as f:
-            f.write(f"{tag}\t{count}\t{_clean(where)}\t{_clean(reason)}\n")  # one write: lines never interleave
+        with open(os.path.join(self.dir, f"{self._slot()}.tsv"), "a", encoding="utf-8") as f:
+            f.write(f"{tag}\t{count}\t{_clean(where)}\t{reason}\n")  # one write: lines never interleave
         warned = self._warned[tag] = self._warned.get(tag, 0) + 1
         if warned <= WARN_PER_PASS:
             more = " (further ones of this pass: in the epoch summary)" if warned == WARN_PER_PASS else ""

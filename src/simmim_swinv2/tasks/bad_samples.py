@@ -135,11 +135,12 @@ class BadSampleMonitor(L.Callback):
 
     def _stop(self, trainer, split: str, tracker: BadSampleTracker, tag: int, seen: int, bad: int,
               total: int) -> None:
-        rows = self._gather(trainer, tracker.names(tag)[: self.max_listed])
+        mine = tracker.names(tag)[: self.max_listed]
+        rows = self._gather(trainer, mine)
         self._written.add((id(tracker), tag))
         if trainer.is_global_zero:
             self._write(trainer, split, rows)
-        last = "; ".join(f"{w} ({r})" for _, part in rows for w, _, r in part[-3:])
+        last = "; ".join(f"{w} ({r})" for _, part in rows or [(0, mine)] for w, _, r in part[-3:]) or "none here"
         fraction = tracker.max_bad_fraction
         raise TooManyBadSamples(
             f"{bad} samples of {split} epoch {trainer.current_epoch} could not be used (over all ranks and loader "
