@@ -18,7 +18,7 @@ import torch
 from conftest import FAST, compose_config
 from test_data_utils import Fingerprint, photo, write_class_folder, write_corrupt, write_tar
 
-from simmim_swinv2.data import FolderDataset, ShardDataset, SimMIMDataModule, TooManyBadSamples, tar
+from simmim_swinv2.data import FolderDataset, ShardDataset, ShardError, SimMIMDataModule, TooManyBadSamples, tar
 from simmim_swinv2.data.seeding import SeededSampler
 from simmim_swinv2.data.sharding import make_shards
 from simmim_swinv2.pretrain import pretrain
@@ -59,7 +59,8 @@ def shard_set(tmp_path: Path, shards: int = 8, per_shard: int = 24) -> Path:
 
 
 def corrupt_half(shard: Path) -> list[str]:
-    """Rewrite `shard` with every other sample's image damaged (truncated, or random bytes); returns their keys."""
+    """Rewrite `shard` with every other sample's image damaged (truncated, or its bytes reversed); returns their
+    keys."""
     with tarfile.open(shard) as f:
         members = [(m.name, f.extractfile(m).read()) for m in f if m.isreg()]
     samples: dict[str, dict] = {}
@@ -72,6 +73,18 @@ def corrupt_half(shard: Path) -> list[str]:
         samples[key]["jpg"] = jpg[: len(jpg) // 3] if i % 2 else bytes(reversed(jpg))
     write_tar(shard, list(samples.values()))
     return bad
+
+
+def complete_samples(shard: Path) -> int:
+    """Samples of a truncated shard that can still be read whole."""
+    count = 0
+    with open(shard, "rb") as f:
+        try:
+            for _ in tar.samples(f, str(shard)):
+                count += 1
+        except ValueError:  # cut inside a member
+            pass
+    return count
 
 
 # --- the tracker ------------------------------------------------------------------------------------
@@ -115,13 +128,7 @@ def test_unreadable_shard_part_is_retried_skipped_counted_and_named(tmp_path):
     shard = out / "000000.tar"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])  # truncated on the cluster file system
-    with open(shard, "rb") as f:
-        readable = 0
-        try:
-            for _ in tar.samples(f, str(shard)):
-                readable += 1
-        except ValueError:
-            pass
+    readable = complete_samples(shard)
     ds = ShardDataset(str(out / "{000000..000001}.tar"), Fingerprint(), shuffle=False, retry_backoff=0.01)
     items = list(ds)
     assert len(items) == 16  # the planned count, unread ones replaced by re-augmented good samples
@@ -146,6 +153,21 @@ def test_a_read_that_fails_mid_shard_resumes_at_the_sample_it_reached(tmp_path):
     ids += [x for x, _ in it]
     assert len(ids) == 8 and len(set(ids)) == 8
     assert ds.tracker.counts() == (8, 0) and ds.tracker.names() == []
+
+
+def test_streaming_skips_a_vanished_shard_and_counts_its_samples(tmp_path):
+    out = shard_set(tmp_path, shards=2, per_shard=8)
+    (out / "000001.tar").unlink()  # gone from the file system (sizes.json still lists it)
+    urls = str(out / "{000000..000001}.tar")
+    ds = ShardDataset(urls, Fingerprint(), samples_per_epoch=20, retry_backoff=0.01)
+    items = list(ds)
+    assert len(items) == 20 and len({x for x, _ in items}) == 8  # the readable shard, cycled
+    names = ds.tracker.names()
+    assert names and {(Path(w).name, n) for w, n, _ in names} == {("000001.tar", 8)}  # its size, from sizes.json
+    assert "FileNotFoundError" in names[0][2] and ds.tracker.counts()[1] == 8 * len(names)
+    (out / "000000.tar").unlink()
+    with pytest.raises(ShardError, match="none of the 2 shards could be read"):
+        list(ShardDataset(urls, Fingerprint(), samples_per_epoch=20, retry_backoff=0.01))
 
 
 def _jpeg(seed: int) -> bytes:
@@ -227,14 +249,7 @@ def test_shard_run_with_one_damaged_shard_finishes_and_names_it(damage, tmp_path
     else:
         data = shard.read_bytes()
         shard.write_bytes(data[: len(data) // 2])
-        with open(shard, "rb") as f:
-            readable = 0
-            try:
-                for _ in tar.samples(f, str(shard)):
-                    readable += 1
-            except ValueError:
-                pass
-        expected, count = {str(shard)}, 24 - readable
+        expected, count = {str(shard)}, 24 - complete_samples(shard)
     run = tmp_path / "run"
     cfg = compose_config("pretrain", run, [*FAST, *LOADER, "data=webdataset", f"data.urls='{out}/{{000000..000007}}.tar'",
                                            "data.train.shuffle=false", "data.train.max_bad_fraction=0.1",
