@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,27 +187,28 @@ def test_folder_unlabelled_tree_auto_and_empty(tmp_path):
 def test_folder_corrupt_file_is_skipped_counted_and_logged(tmp_path, caplog):
     write_class_folder(tmp_path, [3])
     write_corrupt(tmp_path / "class0" / "img000.jpg")  # first in sorted order
-    ds = FolderDataset(tmp_path, build_pretrain_transform(64, 16), max_bad_fraction=0.5, min_seen=2)
+    ds = FolderDataset(tmp_path, build_pretrain_transform(64, 16), max_bad_fraction=0.5)
     with caplog.at_level(logging.WARNING):
-        image, mask, label = ds[0]
+        image, mask, label = ds[0]  # replaced by img001
     assert image.shape == (3, 64, 64) and label == 0
-    assert ds.tracker.num_bad == 1 and ds.tracker.seen == 2
+    assert ds.tracker.counts() == (1, 1)  # (seen, bad): the replacement is no sample of its own
+    assert [(Path(w).name, n) for w, n, _ in ds.tracker.names()] == [("img000.jpg", 1)]
     assert "img000.jpg" in caplog.text
 
 
-def test_bad_fraction_error(tmp_path):
+def test_folder_never_judges_alone_and_gives_up_only_when_nothing_reads(tmp_path):
+    """Past max_bad_fraction a folder keeps going (the whole epoch is judged, by BadSampleMonitor); only when
+    no replacement can be read either does it stop, naming the folder."""
     write_class_folder(tmp_path, [4])
     for i in range(3):
         write_corrupt(tmp_path / "class0" / f"img00{i}.jpg")
-    ds = FolderDataset(tmp_path, max_bad_fraction=0.25, min_seen=3)
-    with pytest.raises(TooManyBadSamples, match="max_bad_fraction"):
+    ds = FolderDataset(tmp_path, max_bad_fraction=0.25)
+    assert [ds[i][1] for i in range(4)] == [0] * 4 and ds.tracker.counts() == (4, 3)
+    write_corrupt(tmp_path / "class0" / "img003.jpg")
+    with pytest.raises(TooManyBadSamples, match="seems unreadable"):
         ds[0]
-    tracker = BadSampleTracker(max_bad_fraction=0.1, min_seen=10)
-    for _ in range(9):
-        tracker.good()
-    tracker.bad("x", "reason")  # 1 of 10 = 10%: not above the limit
-    with pytest.raises(TooManyBadSamples):
-        tracker.bad("y", "reason")
+    with pytest.raises(ValueError, match="max_bad_fraction"):
+        BadSampleTracker(max_bad_fraction=1.5)
 
 
 # --- presets, synthetic, datamodule ----------------------------------------------------------------

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import AtomicCheckpointIO, find_resume_checkpoint, is_universal_checkpoint
 from .data import SimMIMDataModule
+from .tasks.bad_samples import BadSampleMonitor
 from .tasks.callbacks import RNGState
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -115,6 +116,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, resume: str | 
     if not loggers:  # nothing to monitor into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(RNGState())
+    if not any(isinstance(c, BadSampleMonitor) for c in callbacks):  # judging the data is never optional
+        callbacks.append(BadSampleMonitor())
     plugins = []
     if not deepspeed:
         plugins.append(AtomicCheckpointIO())

@@ -2,6 +2,11 @@
 
 Every source yields ``(*transform_outputs, label)``: ``(image, mask, label)`` with the SimMIM
 transform, ``(image, label)`` otherwise; ``label = -1`` when unlabelled. Masks: 1 = masked.
+
+Bad samples (undecodable images, unreadable shards) never stop a loader worker: folders and shards replace
+them (so every rank keeps its planned number of samples) and count and name them in their
+:class:`BadSampleTracker`, shared by all loader workers; ``tasks.bad_samples.BadSampleMonitor`` sums the counts
+over ranks per epoch, logs them and stops the run once they pass ``max_bad_fraction`` of an epoch.
 """
 
 from .datamodule import SimMIMDataModule

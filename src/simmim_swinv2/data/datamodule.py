@@ -46,7 +46,8 @@ class _ResumableLoader(DataLoader):
 class _EpochLoader(_ResumableLoader):
     """DataLoader that tells an iterable dataset the epoch (Lightning only tells samplers) and the batches of
     it already done before each pass, and reseeds its generator from (seed, epoch), so the workers' random
-    streams are the same for an epoch whether or not the run was resumed."""
+    streams are the same for an epoch whether or not the run was resumed. It also starts the pass on the
+    dataset's bad-sample tracker, before the workers get to it (map-style: `SeededSampler` does)."""
 
     epoch_fn: Callable[[], int] | None = None
     skip_fn: Callable[[], int] | None = None
@@ -63,6 +64,8 @@ class _EpochLoader(_ResumableLoader):
             self.dataset.set_epoch(epoch)
         if self.generator is not None:
             self.generator.manual_seed(sample_seed(self.seed, epoch, 0))
+        if (tracker := getattr(self.dataset, "tracker", None)) is not None:
+            tracker.start_pass()
         return super().__iter__()
 
 
@@ -84,6 +87,9 @@ class SimMIMDataModule(L.LightningDataModule):
     ``drop_last`` then drops each rank's last partial batch. Iterable ones (shards) split themselves
     over ranks and workers and get the trainer's epoch before every pass (persistent workers count
     on from it). ``tests/test_data_datamodule.py`` checks both, the latter in a real ``Trainer.fit``.
+
+    Each pass (train or validation) over a dataset with a ``tracker`` starts a new pass of its bad-sample
+    counts (:class:`~.faults.BadSampleTracker`), which the ``BadSampleMonitor`` callback reads.
     """
 
     def __init__(

@@ -1,51 +1,161 @@
-"""Bad-sample accounting: skip, count and log undecodable samples; stop when there are too many."""
+"""Bad-sample accounting shared by a dataset's copies: the main process and every DataLoader worker.
+
+A data set is judged as a whole, never by what one loader worker happens to see first: each process adds
+its counts to a shared-memory table and names its bad samples in a file of its own; the main process sums
+them for a pass over the data (an epoch), and :class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor`
+sums those over ranks, logs them and stops the run once they pass ``max_bad_fraction`` of an epoch.
+
+Passes are told apart by a tag that the main process draws when a pass starts (:meth:`start_pass`: the
+sampler does it for map-style data sets, the loader for iterable ones) and that reaches the workers with the
+work: in the sampler's keys (map-style) or read when the worker's iterator starts (iterable). So the counts
+of a pass are exactly those of its samples, with persistent workers too, and samples a worker still reads
+for an earlier, cut-short pass (``limit_train_batches``) never land in the next one.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
+import tempfile
+import weakref
+
+import torch
+from torch.utils.data import get_worker_info
 
 log = logging.getLogger(__name__)
 
+SLOTS = 257  # the main process + 256 loader workers (more share slots: the counts stay close, not exact)
+RING = 4  # passes kept per slot: a worker finishing a cut-short pass writes a cell the next pass does not read
+WARN_PER_PASS = 20  # bad samples each process logs one by one in a pass; the rest go to the epoch summary
+
 
 class TooManyBadSamples(RuntimeError):
-    """Raised when the fraction of undecodable samples passes ``max_bad_fraction``."""
+    """Raised when the undecodable samples of an epoch pass ``max_bad_fraction`` of it."""
+
+
+def _remove(path: str, owner: int) -> None:
+    if os.getpid() == owner:  # not from a forked worker that inherited the finalizer
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _clean(text: str) -> str:
+    """One line, no tabs (a TSV field), without object addresses (PIL names its BytesIO)."""
+    return " ".join(re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(text)).split())
 
 
 class BadSampleTracker:
-    """Counts good and bad samples seen by one process (one DataLoader worker).
+    """Counts the good and bad samples of each pass over a data set, in all of its processes.
 
-    ``bad(where, err)`` logs ``where`` (a file path, or ``shard.tar:key``) with the reason and
-    raises :class:`TooManyBadSamples` once at least ``min_seen`` samples were seen and more than
-    ``max_bad_fraction`` of them were bad. Set ``max_bad_fraction=1.0`` to never stop.
+    Created in the main process (with the data set, before any loader worker starts); its copies in the
+    workers, forked or spawned, write to the same shared ``(SLOTS, RING, 3)`` int64 table, one row of
+    cells per process (slot 0: the main process, slot ``1 + w``: worker ``w``), one cell per pass tag
+    (``tag % RING``) holding ``(tag, seen, bad)``. A cell has a single writer, so no locks. Bad samples
+    are also appended, ``tag  count  where  reason``, to ``<tmp dir>/<slot>.tsv``; the main process reads
+    them back (:meth:`names`).
+
+    ``where`` is a file path, ``shard.tar:key``, or a shard whose unread part counts ``count`` samples.
+    Nothing is raised here: the limit is ``max_bad_fraction`` of an epoch over all ranks, which only
+    :class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor` (in the main process of every rank) can see.
     """
 
-    def __init__(self, max_bad_fraction: float = 0.01, min_seen: int = 100) -> None:
+    def __init__(self, max_bad_fraction: float = 0.01) -> None:
         if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction={max_bad_fraction} must be within [0, 1]")
+            raise ValueError(f"max_bad_fraction={max_bad_fraction} must be within [0, 1] (1.0: never stop)")
         self.max_bad_fraction = max_bad_fraction
-        self.min_seen = min_seen
-        self.seen = 0
-        self.num_bad = 0
-        self.bad_samples: list[tuple[str, str]] = []  # (where, reason), the first 1000
+        self._cells = torch.zeros(SLOTS, RING, 3, dtype=torch.int64).share_memory_()
+        self._cells[..., 0] = -1
+        self._current = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.dir = tempfile.mkdtemp(prefix="simmim-bad-samples-")
+        weakref.finalize(self, _remove, self.dir, os.getpid())
+        self.tag = 0  # the pass this process's next samples belong to (PerSampleSeed sets it per sample)
+        self._local_state()
 
-    def good(self) -> None:
-        self.seen += 1
+    def _local_state(self) -> None:
+        self._view = None  # numpy view of the shared table, made in each process
+        self._warned: dict[int, int] = {}
+        self._offsets: dict[str, int] = {}
+        self._names: dict[int, list[tuple[str, int, str]]] = {}
 
-    def bad(self, where: str, err: BaseException | str) -> None:
-        self.seen += 1
-        self.num_bad += 1
-        reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
-        if len(self.bad_samples) < 1000:
-            self.bad_samples.append((where, reason))
-        log.warning("skipping bad sample %s (%s) [%d bad of %d seen]", where, reason, self.num_bad, self.seen)
-        self.check()
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for key in ("_view", "_warned", "_offsets", "_names"):
+            state.pop(key)
+        return state
 
-    def check(self) -> None:
-        if self.seen >= self.min_seen and self.num_bad > self.max_bad_fraction * self.seen:
-            recent = "; ".join(f"{w} ({r})" for w, r in self.bad_samples[-5:])
-            raise TooManyBadSamples(
-                f"{self.num_bad} of {self.seen} samples could not be used "
-                f"({self.num_bad / self.seen:.1%} > max_bad_fraction={self.max_bad_fraction:.1%}). "
-                f"Last ones: {recent}. Fix or remove these files (scripts/make_shards.py reports and "
-                "drops unreadable images), or raise max_bad_fraction if this is expected."
-            )
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local_state()
+
+    @property
+    def table(self):
+        if self._view is None:
+            self._view = self._cells.numpy()  # shares the memory: writes are seen by every process
+        return self._view
+
+    # -- the main process ------------------------------------------------------------------------
+    def start_pass(self) -> int:
+        """Begin a pass over the data (main process, before its workers get work); returns its tag."""
+        self.tag = int(self._current[0]) + 1
+        self._current[0] = self.tag
+        return self.tag
+
+    @property
+    def current_pass(self) -> int:
+        """The tag of the pass started last (0 before any)."""
+        return int(self._current[0])
+
+    def counts(self, tag: int | None = None) -> tuple[int, int]:
+        """``(seen, bad)`` of pass ``tag`` (default: the current one) over this process and its workers."""
+        tag = self.current_pass if tag is None else tag
+        cells = self.table[:, tag % RING]
+        mine = cells[:, 0] == tag
+        return int(cells[mine, 1].sum()), int(cells[mine, 2].sum())
+
+    def names(self, tag: int | None = None) -> list[tuple[str, int, str]]:
+        """``(where, count, reason)`` of the bad samples of pass ``tag`` so far, from every process."""
+        tag = self.current_pass if tag is None else tag
+        for entry in sorted(os.listdir(self.dir)) if os.path.isdir(self.dir) else []:
+            path = os.path.join(self.dir, entry)
+            with open(path, "rb") as f:
+                f.seek(self._offsets.get(path, 0))
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line still being written is read next time
+            self._offsets[path] = self._offsets.get(path, 0) + end
+            for line in data[:end].decode("utf-8", "replace").splitlines():
+                t, count, where, reason = line.split("\t", 3)
+                self._names.setdefault(int(t), []).append((where, int(count), reason))
+        for old in [t for t in self._names if t < tag - RING]:
+            del self._names[old]
+        return list(self._names.get(tag, []))
+
+    # -- any process -----------------------------------------------------------------------------
+    def good(self, tag: int | None = None) -> None:
+        self._add(self.tag if tag is None else tag, 1, 0)
+
+    def bad(self, where: str, err: BaseException | str, count: int = 1, tag: int | None = None) -> None:
+        """Count ``count`` bad samples at ``where`` (a path, ``shard:key``, or a shard) and name them."""
+        tag = self.tag if tag is None else tag
+        reason = _clean(err if isinstance(err, str) else f"{type(err).__name__}: {err}")
+        self._add(tag, count, count)
+        with open(os.path.join(self.dir, f"{self._slot()}.tsv"), "a", encoding="utf-8") as f:
+            f.write(f"{tag}\t{count}\t{_clean(where)}\t{reason}\n")  # one write: lines never interleave
+        warned = self._warned[tag] = self._warned.get(tag, 0) + 1
+        if warned <= WARN_PER_PASS:
+            more = " (further ones of this pass: in the epoch summary)" if warned == WARN_PER_PASS else ""
+            log.warning("skipping bad sample %s (%s)%s%s", where, reason,
+                        f" [{count} samples]" if count > 1 else "", more)
+
+    @staticmethod
+    def _slot() -> int:
+        info = get_worker_info()
+        return 0 if info is None else 1 + info.id % (SLOTS - 1)
+
+    def _add(self, tag: int, seen: int, bad: int) -> None:
+        cell = self.table[self._slot(), tag % RING]
+        if cell[0] != tag:  # this process's first sample of the pass: the cell held an older one
+            cell[1] = cell[2] = 0
+            cell[0] = tag
+        cell[1] += seen
+        cell[2] += bad

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,13 +58,17 @@ def scan_folder(root: str | Path, labelled: bool | None = None) -> tuple[list[tu
     return samples, classes
 
 
+_REPLACEMENT_TRIES = 64  # candidates tried in place of an unreadable image before giving up
+
+
 class FolderDataset(Dataset):
     """Map-style dataset over an image folder; item = transform outputs + label (-1 if unlabelled).
 
-    An unreadable image is logged with its path, counted, and replaced by the next readable one
-    (so batch shapes and per-rank counts stay fixed); past ``max_bad_fraction`` (after
-    ``min_seen`` samples) it raises :class:`~.faults.TooManyBadSamples`. Under DDP, use a
-    ``DistributedSampler`` (Lightning adds one): it pads by repeating so every rank gets the
+    An unreadable image is counted and named (its path) in ``self.tracker``
+    (:class:`~.faults.BadSampleTracker`) and replaced by the next readable one, so batch shapes and
+    per-rank counts stay fixed; the run stops once the bad images of an epoch, over all loader workers and
+    ranks, pass ``max_bad_fraction`` of it (:class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor`).
+    Under DDP, use a ``DistributedSampler`` (Lightning adds one): it pads by repeating so every rank gets the
     same number of batches, and reshuffles on ``set_epoch``.
     """
 
@@ -73,32 +78,44 @@ class FolderDataset(Dataset):
         transform: Callable | None = None,
         labelled: bool | None = None,
         max_bad_fraction: float = 0.01,
-        min_seen: int = 100,
     ) -> None:
         self.root = str(root)
         self.samples, self.classes = scan_folder(root, labelled)
         self.num_classes = len(self.classes)
         self.transform = transform
-        self.tracker = BadSampleTracker(max_bad_fraction, min_seen)
+        self.tracker = BadSampleTracker(max_bad_fraction)
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _load(self, index: int) -> tuple:
+        path, label = self.samples[index]
+        with open(path, "rb") as f:
+            data = f.read()
+        return apply_transform(self.transform, data, label)
+
     def __getitem__(self, index: int) -> tuple:
-        for attempt in range(min(len(self.samples), 50)):
-            path, label = self.samples[(index + attempt) % len(self.samples)]
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-                out = apply_transform(self.transform, data, label)
-            except Exception as err:  # noqa: BLE001 - any decode/transform failure is a bad sample
-                self.tracker.bad(path, err)
-                continue
+        try:
+            out = self._load(index)
+        except Exception as err:  # noqa: BLE001 - any read/decode/transform failure is a bad sample
+            self.tracker.bad(self.samples[index][0], err)
+        else:
             self.tracker.good()
             return out
+        # The replacement: the next readable image (a broken run of files is passed over by jumping ahead;
+        # random jumps under PerSampleSeed are the same in every run). Failed candidates are not counted
+        # here: each is counted once, when its own index comes.
+        n = len(self)
+        for attempt in range(1, _REPLACEMENT_TRIES + 1):
+            candidate = (index + attempt) % n if attempt <= 8 else random.randrange(n)
+            try:
+                return self._load(candidate)
+            except Exception:  # noqa: BLE001, S112 - try the next candidate
+                continue
         raise TooManyBadSamples(
-            f"50 consecutive unreadable images starting at {self.samples[index][0]} in {self.root}; "
-            "check the folder (scripts/make_shards.py lists unreadable files)"
+            f"{_REPLACEMENT_TRIES} images tried in place of the unreadable {self.samples[index][0]} could not be "
+            f"read either: most of {self.root} seems unreadable; check the folder (scripts/make_shards.py lists "
+            "unreadable files)"
         )
 
 
@@ -107,7 +124,6 @@ def build_folder(
     transform: Callable | None = None,
     labelled: bool | None = None,
     max_bad_fraction: float = 0.01,
-    min_seen: int = 100,
 ) -> FolderDataset:
     """Image-folder source (see :class:`FolderDataset`)."""
-    return FolderDataset(root, transform, labelled, max_bad_fraction, min_seen)
+    return FolderDataset(root, transform, labelled, max_bad_fraction)

@@ -36,7 +36,6 @@ def build_imagenet(
     samples_per_epoch: int | None = None,
     batch_size: int | None = None,
     max_bad_fraction: float = 0.01,
-    min_seen: int = 100,
 ) -> Dataset:
     """ImageNet from ``<root>/<split>``: ``*.tar`` shards → :class:`ShardDataset`, class folders →
     :class:`FolderDataset`. ``root`` defaults to ``$SIMMIM_IMAGENET1K_ROOT`` / ``$SIMMIM_IMAGENET22K_ROOT``.
@@ -59,9 +58,9 @@ def build_imagenet(
     if shards:
         return ShardDataset(
             shards, transform, shuffle=train, seed=seed, samples_per_epoch=samples_per_epoch if train else None,
-            batch_size=batch_size, max_bad_fraction=max_bad_fraction, min_seen=min_seen, num_classes=num_classes,
+            batch_size=batch_size, max_bad_fraction=max_bad_fraction, num_classes=num_classes,
         )
-    dataset = FolderDataset(folder, transform, labelled=True, max_bad_fraction=max_bad_fraction, min_seen=min_seen)
+    dataset = FolderDataset(folder, transform, labelled=True, max_bad_fraction=max_bad_fraction)
     if dataset.num_classes != num_classes:
         raise ValueError(
             f"{folder} has {dataset.num_classes} class folders but {variant} has {num_classes}; "

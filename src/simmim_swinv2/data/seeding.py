@@ -1,9 +1,11 @@
 """Randomness tied to (seed, epoch, sample), so a resumed run sees exactly the crops and masks an uninterrupted
 one does, whatever the number of loader workers and however often the loader was rebuilt.
 
-The sampler yields `(epoch, index)` pairs; the dataset wrapper seeds torch's CPU generator, NumPy and Python's
-`random` from them before each `__getitem__`. In the main process (no loader workers) it restores the previous
-states after, so nothing else's randomness moves; loader workers need no restoring.
+The sampler yields `(epoch, index, tag)`; the dataset wrapper seeds torch's CPU generator, NumPy and Python's
+`random` from `(seed, epoch, index)` before each `__getitem__`. In the main process (no loader workers) it
+restores the previous states after, so nothing else's randomness moves; loader workers need no restoring.
+`tag` names the pass over the data for the dataset's bad-sample tracker (`faults.BadSampleTracker`), which keeps
+the counts of each pass apart.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class SeededSampler(DistributedSampler):
     """`DistributedSampler` (shuffled from `seed + epoch`; each of `num_replicas` ranks gets `ceil(N / world)`
-    indices, padded by repeating at most `world - 1`) that yields `(epoch, index)`. Being a
-    `DistributedSampler`, Lightning keeps it under DDP and calls its `set_epoch` every epoch."""
+    indices, padded by repeating at most `world - 1`) that yields `(epoch, index, tag)`, `tag` being the pass
+    it starts on the dataset's bad-sample tracker (0 without one). Being a `DistributedSampler`, Lightning
+    keeps it under DDP and calls its `set_epoch` every epoch."""
 
     epoch_fn = None  # when set: the epoch is read at __iter__ time (see SimMIMDataModule)
     skip_fn = None  # when set: how many of this pass's first indices were already trained on (a mid-epoch resume)
@@ -39,12 +42,15 @@ class SeededSampler(DistributedSampler):
         epoch = self.epoch
         indices = super().__iter__()
         skip = self.skip_fn() if self.skip_fn is not None else 0
-        return ((epoch, i) for i in itertools.islice(indices, skip, None))
+        tracker = getattr(self.dataset, "tracker", None)
+        tag = tracker.start_pass() if tracker is not None else 0  # here, in the main process, once per pass
+        return ((epoch, i, tag) for i in itertools.islice(indices, skip, None))
 
 
 class PerSampleSeed(Dataset):
-    """Wraps a map-style dataset: item `(epoch, index)` is `dataset[index]` drawn with its own seed. A plain
-    index means epoch 0; `fixed_epoch` pins the epoch (validation: the same masks every time)."""
+    """Wraps a map-style dataset: item `(epoch, index[, tag])` is `dataset[index]` drawn with its own seed,
+    counted in pass `tag` of the dataset's bad-sample tracker. A plain index means epoch 0; `fixed_epoch` pins
+    the epoch (validation: the same masks every time)."""
 
     def __init__(self, dataset: Dataset, seed: int = 0, fixed_epoch: int | None = None) -> None:
         self.dataset = dataset
@@ -60,7 +66,9 @@ class PerSampleSeed(Dataset):
         return getattr(self.dataset, name)
 
     def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        epoch, index, *tag = key if isinstance(key, tuple) else (0, key)
+        if tag and (tracker := getattr(self.dataset, "tracker", None)) is not None:
+            tracker.tag = tag[0]
         if self.fixed_epoch is not None:
             epoch = self.fixed_epoch
         return seeded(sample_seed(self.seed, epoch, index), self.dataset.__getitem__, index)

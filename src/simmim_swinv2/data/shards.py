@@ -21,9 +21,12 @@ The pieces (exact) or shards (streaming) are handed out with ``wds.split_by_node
 ``wds.split_by_worker``, so rank and worker come from ``RANK``/``WORLD_SIZE`` (or the process
 group) and the DataLoader worker info, as everywhere in webdataset.
 
-Undecodable samples and samples without an image are skipped, logged as ``shard:key`` and
-counted; to keep counts equal, each is replaced by a re-augmented recent good sample. A shard
-that cannot be opened or read raises :class:`ShardError` naming it.
+Undecodable samples and samples without an image are skipped, counted and named (``shard:key``) in
+the dataset's :class:`~.faults.BadSampleTracker`; to keep counts equal, each is replaced by a
+re-augmented recent good sample. A shard that cannot be opened or read on (an ``OSError`` from a
+cluster file system, a truncated tar, fewer samples than ``sizes.json`` says) is retried from the
+sample it had reached (``read_attempts``, with a doubling back-off from ``retry_backoff`` seconds),
+then skipped: its unread samples count as bad, named by the shard, and are replaced likewise.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import math
 import os
 import random
 import tarfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import webdataset as wds
@@ -46,6 +50,7 @@ from .faults import BadSampleTracker, TooManyBadSamples
 from .seeding import sample_seed, seeded
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+_WHOLE = 1 << 62  # "to the end of the shard" (streaming reads whole shards; their sizes are not needed)
 
 
 class ShardError(RuntimeError):
@@ -167,7 +172,10 @@ class ShardDataset(IterableDataset):
         drop_last: exact mode: drop the last ``< world`` samples instead of padding by repeats.
         batch_size: the DataLoader batch size; lets ``len(DataLoader)`` match the batches exactly.
         shuffle_buffer: samples held (encoded) for shuffling within a worker.
-        max_bad_fraction, min_seen: see :class:`~.faults.BadSampleTracker`.
+        max_bad_fraction: the run stops once the bad samples of an epoch (over all ranks) pass this
+            fraction of it (:class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor` judges).
+        read_attempts: reads of a shard that fails before it is skipped; ``retry_backoff``: seconds before
+            the second, doubling after.
         num_classes: for presets / heads; not checked against the data.
     """
 
@@ -182,9 +190,12 @@ class ShardDataset(IterableDataset):
         batch_size: int | None = None,
         shuffle_buffer: int = 256,
         max_bad_fraction: float = 0.01,
-        min_seen: int = 100,
+        read_attempts: int = 3,
+        retry_backoff: float = 1.0,
         num_classes: int | None = None,
     ) -> None:
+        if read_attempts < 1:
+            raise ValueError(f"read_attempts={read_attempts} must be >= 1 (1: skip a failing shard at once)")
         self.shards = expand_shards(urls)
         self.transform = transform
         self.shuffle = shuffle
@@ -193,7 +204,9 @@ class ShardDataset(IterableDataset):
         self.drop_last = drop_last
         self.batch_size = batch_size
         self.shuffle_buffer = shuffle_buffer if shuffle else 0
-        self.tracker = BadSampleTracker(max_bad_fraction, min_seen)
+        self.tracker = BadSampleTracker(max_bad_fraction)
+        self.read_attempts = read_attempts
+        self.retry_backoff = retry_backoff
         self.num_classes = num_classes
         self.epoch = 0
         self._iterations = 0
@@ -222,12 +235,36 @@ class ShardDataset(IterableDataset):
         return total // world if self.drop_last else math.ceil(total / world)
 
     def _read(self, pieces: Sequence[tuple[int, int, int]]) -> Iterator[dict]:
+        """The samples of each piece ``(shard, start, stop)``. A read that fails is tried again from the sample
+        it had reached; after ``read_attempts`` the rest of the piece is given up and a marker takes its place:
+        ``{"__url__", "__bad__": reason, "__count__": samples not read}``."""
         for shard_index, start, stop in pieces:
-            url = self.shards[shard_index]
-            try:
-                yield from self._samples(url, start, stop)
-            except (OSError, tarfile.TarError, ValueError) as err:
-                raise ShardError(f"cannot read shard {url}: {err}; check it or re-create it with make_shards.py") from err
+            url, pos = self.shards[shard_index], start
+            for attempt in range(self.read_attempts):
+                try:
+                    for sample in self._samples(url, pos, stop):
+                        pos += 1
+                        yield sample
+                    if pos < stop < _WHOLE:
+                        raise ShardError(f"the shard ended after {pos} samples, {stop} expected (sizes.json or "
+                                         "its headers when the epoch was planned)")
+                    break
+                except (OSError, tarfile.TarError, ValueError, ShardError) as err:
+                    if attempt + 1 < self.read_attempts:
+                        time.sleep(self.retry_backoff * 2**attempt)
+                        continue
+                    unread = self._unread(shard_index, pos, stop)
+                    yield {"__url__": url, "__count__": unread, "__bad__": (
+                        f"unreadable after {self.read_attempts} attempts ({type(err).__name__}: {err}); "
+                        f"{unread} samples from #{pos} skipped; check the file or re-create it with make_shards.py")}
+
+    def _unread(self, shard_index: int, pos: int, stop: int) -> int:
+        if stop < _WHOLE:
+            return stop - pos
+        try:  # streaming: the shard's size, if sizes.json (or its headers) tells
+            return max(shard_sizes([self.shards[shard_index]])[0] - pos, 1)
+        except (OSError, ValueError, ShardError):
+            return 1
 
     @staticmethod
     def _samples(url: str, start: int, stop: int) -> Iterator[dict]:
@@ -257,6 +294,7 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch + self._iterations
         self._iterations += 1
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        tag = self.tracker.current_pass  # the pass the main process started (the loader, before our workers)
         # A resumed pass leaves out the first `done` batches. The DataLoader takes batches from its workers in
         # turn, starting with worker 0, and an uninterrupted pass would go on with worker `done % workers`: so
         # worker w plays worker (w + done) % workers here, which has ceil((done - that) / workers) batches done.
@@ -281,38 +319,50 @@ class ShardDataset(IterableDataset):
         if self.shuffle_buffer > 1:
             stream = _shuffled(stream, self.shuffle_buffer, local_rng)
         seeds = (sample_seed(self.seed, epoch, (n * world + rank) * workers + worker) for n in itertools.count())
-        yield from self._emit(stream, target, local_rng, seeds, skip)
+        yield from self._emit(stream, target, local_rng, seeds, skip, tag)
 
     def _stream(self, order: list[int], where: tuple[int, int, int, int], rng: random.Random) -> Iterator[dict]:
         rank, world, worker, workers = where
-        shards = [(s, 0, 1 << 62) for s in order]  # whole shards; sizes not needed
+        shards = [(s, 0, _WHOLE) for s in order]  # whole shards; sizes not needed
         if len(shards) >= world * workers:  # as webdataset's split_by_node, then split_by_worker
             shards = shards[rank::world][worker::workers]
         while True:
-            yield from self._read(shards)
+            read = False
+            for sample in self._read(shards):
+                read = read or "__bad__" not in sample
+                yield sample
+            if not read:  # none of this reader's shards could be read: read from all of them, or give up
+                if len(shards) == len(self.shards):
+                    raise ShardError(f"none of the {len(shards)} shards could be read (first: {self.shards[0]}); "
+                                     "check the paths and the file system")
+                shards = [(s, 0, _WHOLE) for s in order]
             rng.shuffle(shards)
 
     def _emit(self, stream: Iterator[dict], target: int, rng: random.Random, seeds: Iterator[int],
-              skip: int = 0) -> Iterator[tuple]:
+              skip: int = 0, tag: int = 0) -> Iterator[tuple]:
         """Yield exactly ``target`` decoded samples, replacing bad ones by re-augmented good ones. Each sample's
         augmentation draws from its own seed (``seeds``, by position), so the first ``skip`` are passed over
         undecoded and what follows is what an uninterrupted pass yields (exactly so if none of the skipped
-        samples was corrupt)."""
+        samples was corrupt). Bad samples are counted in pass ``tag`` of the tracker."""
         recent: list[dict] = []
         produced = 0
         for sample in stream:
             if produced >= target:
                 break
             seed = next(seeds)
+            unread = sample.get("__bad__")
             if produced < skip:
-                produced += 1
+                produced += unread is None  # a shard given up on produced nothing, in the first pass too
+                continue
+            if unread is not None:
+                self.tracker.bad(sample["__url__"], unread, count=sample["__count__"], tag=tag)
                 continue
             try:
                 out = seeded(seed, self._decode, sample)
             except Exception as err:  # noqa: BLE001 - counted, logged, replaced below
-                self.tracker.bad(f"{sample.get('__url__')}:{sample.get('__key__')}", err)
+                self.tracker.bad(f"{sample.get('__url__')}:{sample.get('__key__')}", err, tag=tag)
                 continue
-            self.tracker.good()
+            self.tracker.good(tag=tag)
             recent = (recent + [sample])[-16:]
             produced += 1
             yield out
