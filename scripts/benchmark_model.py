@@ -9,6 +9,10 @@ median over rounds.
     python scripts/benchmark_model.py                                   # SwinV2-T, 192 px, window 6, batch 4, fp32, CPU
     python scripts/benchmark_model.py --compile                         # eager and torch.compile
     python scripts/benchmark_model.py --variant base --window 12 --batch 128 --precision bf16   # on a GPU
+    python scripts/benchmark_model.py --impls ours,ours_flex --compile --precision bf16          # FlexAttention
+
+`ours_flex` is our model with `attn_backend="flex"`; in the eager rows its flex call is still compiled on CUDA
+(`simmim_swinv2.models.flex.COMPILE`). FlexAttention has no CPU backward in torch 2.14, so it trains on CUDA only.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from simmim_swinv2.models import SimMIM, masked_l1_loss, swinv2_config  # noqa: E402
 
 IMPLS = ("ours", "transformers", "timm")
+EXTRA_IMPLS = ("ours_flex",)  # opt-in through --impls
 
 
 class TimmSimMIM(nn.Module):
@@ -58,8 +63,8 @@ class TimmSimMIM(nn.Module):
 
 def build(impl: str, cfg) -> tuple[nn.Module, callable]:
     """The model and a `loss(x, mask)` function for one implementation."""
-    if impl == "ours":
-        model = SimMIM.from_config(cfg)
+    if impl in ("ours", "ours_flex"):
+        model = SimMIM.from_config(cfg.replace(attn_backend="flex") if impl == "ours_flex" else cfg)
         return model, lambda x, m: model(x, m).loss
     if impl == "timm":
         model = TimmSimMIM(cfg)
@@ -156,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compiled: the first ones compile)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help="comma-separated subset of " + ",".join(IMPLS + EXTRA_IMPLS))
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     parser.add_argument("--compile-only", action="store_true", help="time only torch.compile'd steps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -164,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for MFU (H100/H200 bf16)")
     args = parser.parse_args(argv)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    if unknown := set(impls) - set(IMPLS + EXTRA_IMPLS):
+        parser.error(f"unknown --impls {sorted(unknown)}; choose from {','.join(IMPLS + EXTRA_IMPLS)}")
+    if "ours_flex" in impls and args.device == "cpu":
+        parser.error("ours_flex trains on CUDA only (FlexAttention has no CPU backward in torch 2.14)")
     modes = [True] if args.compile_only else ([False, True] if args.compile else [False])
 
     results: dict[tuple[str, bool], list[dict]] = {}

@@ -26,6 +26,7 @@ PAPER_PARAMS: dict[str, float] = {
 }
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+ATTN_BACKENDS = ("sdpa", "flex", "eager")
 
 
 def _per_stage(value, num_stages: int, name: str) -> tuple[int, ...]:
@@ -42,7 +43,12 @@ def _per_stage(value, num_stages: int, name: str) -> tuple[int, ...]:
 class SwinV2Config:
     """Everything that shapes a SwinV2 encoder. `window_size`, `pretrained_window_sizes` and
     `grad_checkpointing` take one value or one per stage; `img_size` is the size windows are sized for
-    (other sizes that are multiples of `stride` run too, as in transformers)."""
+    (other sizes that are multiples of `stride` run too, as in transformers).
+
+    Attention: `attn_backend` picks "sdpa" (`F.scaled_dot_product_attention`, the default), "flex"
+    (FlexAttention, opt-in: compiled on CUDA, inference only on the CPU, no attention dropout; see
+    `models/flex.py`) or "eager" (timm's `WindowAttention`, the reference). `fused_attn=False`, the older
+    switch, still means eager; `effective_attn_backend` is the one that runs."""
 
     img_size: int | tuple[int, int] = 192
     patch_size: int = 4
@@ -61,6 +67,7 @@ class SwinV2Config:
     norm_eps: float = 1e-5
     extra_norm_every: int = 0
     fused_attn: bool = True
+    attn_backend: str = "sdpa"
     grad_checkpointing: bool | tuple[bool, ...] = False
     use_mask_token: bool = False
     variant: str | None = field(default=None, compare=False)
@@ -91,6 +98,18 @@ class SwinV2Config:
                              f"(patch_size {self.patch_size} x 2**{n - 1} merges)")
         if self.act_layer not in ACTIVATIONS:
             raise ValueError(f"act_layer {self.act_layer!r} is not one of {ACTIVATIONS}")
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ValueError(f"attn_backend {self.attn_backend!r} is not one of {ATTN_BACKENDS}")
+        if self.attn_backend == "flex" and not self.fused_attn:
+            raise ValueError("fused_attn=false asks for eager attention but attn_backend='flex' for FlexAttention: "
+                             "set fused_attn=true (attn_backend alone picks the backend)")
+        if self.attn_backend == "flex" and self.attn_drop_rate > 0:
+            raise ValueError(f"attn_backend='flex' has no attention dropout (attn_drop_rate={self.attn_drop_rate}): "
+                             f"set attn_drop_rate=0 (every SimMIM/SwinV2 recipe does) or use attn_backend='sdpa'")
+
+    @property
+    def effective_attn_backend(self) -> str:
+        return "eager" if not self.fused_attn else self.attn_backend
 
     @property
     def num_stages(self) -> int:

@@ -5,8 +5,9 @@ which stays the eager reference path), `Mlp`, `DropPath` and the block itself. A
 - transformers' window semantics: one square window per stage, clamped to the stage height at the configured
   `img_size` (shift off when that height fits one window); the feature map is zero-padded to a window multiple
   *before* the cyclic shift, and the shift mask is rebuilt for inputs of another size;
-- a fused attention path through `F.scaled_dot_product_attention` (q and k normalised, the clamped logit scale
-  folded into q, position bias + shift mask as the additive mask, `scale=1`);
+- fused attention paths (q and k normalised, the clamped logit scale folded into q, `scale=1`): through
+  `F.scaled_dot_product_attention` (position bias + shift mask as the additive mask; the default) or, opt-in,
+  FlexAttention (the two read inside its score_mod, `flex.py`);
 - a mask token that replaces masked patch embeddings (`mask`: 1 = masked);
 - huge/giant's extra LayerNorm at the end of every n-th block (`norm3`, as mmpretrain names it);
 - per-stage activation checkpointing and per-stage hidden states.
@@ -33,18 +34,24 @@ from timm.models.swin_transformer_v2 import (
     window_reverse,
 )
 
-from .config import SwinV2Config
+from . import flex
+from .config import ATTN_BACKENDS, SwinV2Config
 
 _MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
 
 
 class SwinV2Block(SwinTransformerV2Block):
-    """timm's residual post-norm block with transformers' windowing, a fused attention path and an optional
-    extra norm. `forward`: `(B, H, W, C)` → `(B, H, W, C)`."""
+    """timm's residual post-norm block with transformers' windowing, fused attention paths and an optional
+    extra norm. `attn_backend`: "sdpa" (default), "flex" or "eager" (timm's own); `fused_attn=False` also
+    selects eager. `forward`: `(B, H, W, C)` → `(B, H, W, C)`."""
 
-    def __init__(self, *, fused_attn: bool = True, extra_norm: bool = False, **kwargs) -> None:
+    def __init__(self, *, fused_attn: bool = True, attn_backend: str = "sdpa", extra_norm: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        self.fused_attn = fused_attn
+        if attn_backend not in ATTN_BACKENDS:
+            raise ValueError(f"attn_backend {attn_backend!r} is not one of {ATTN_BACKENDS}")
+        self.fused_attn = fused_attn  # False: eager, whatever attn_backend says (the older switch)
+        self.attn_backend = attn_backend
         self.norm3 = kwargs.get("norm_layer", nn.LayerNorm)(self.dim) if extra_norm else None
 
     def _calc_window_shift(self, target_window_size, target_shift_size=None):
@@ -100,22 +107,17 @@ class SwinV2Block(SwinTransformerV2Block):
     def _window_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """`(B * num_windows, N, C)` → same. The eager path is timm's `WindowAttention.forward`."""
         attn = self.attn
-        if not self.fused_attn:
+        if not self.fused_attn or self.attn_backend == "eager":
             return attn(x, mask=mask)
+        if self.attn_backend == "flex":
+            return self._flex_attention(x, mask)
         B_, N, C = x.shape
         heads = attn.num_heads
         # With a shift mask, windows and heads share one dim, (B, windows * heads, N, d), so the per-window
         # mask broadcasts over the batch and SDPA gets the 4-D tensors its fused kernels need.
         groups = 1 if mask is None else mask.shape[0]
-        bias = None if attn.q_bias is None else torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
-        qkv = F.linear(x, attn.qkv.weight, bias).view(B_ // groups, groups, N, 3, heads, C // heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, B_ // groups, groups * heads, N, C // heads).unbind(0)
-        logit_scale = torch.clamp(attn.logit_scale, max=_MAX_LOGIT_SCALE).exp().repeat(groups, 1, 1)
-        q = F.normalize(q, dim=-1) * logit_scale
-        k = F.normalize(k, dim=-1)
-        table = attn.cpb_mlp(attn.relative_coords_table).view(-1, heads)
-        pos_bias = table[attn.relative_position_index.view(-1)].view(N, N, heads).permute(2, 0, 1)
-        pos_bias = 16 * torch.sigmoid(pos_bias)  # (heads, N, N)
+        q, k, v = self._cosine_qkv(x, groups)
+        pos_bias = self._position_bias(N)
         if mask is not None:
             pos_bias = (pos_bias.unsqueeze(0) + mask.unsqueeze(1)).flatten(0, 1)  # (windows * heads, N, N)
         dropout = attn.attn_drop.p if self.training else 0.0
@@ -123,6 +125,37 @@ class SwinV2Block(SwinTransformerV2Block):
             q, k, v, attn_mask=pos_bias.unsqueeze(0).to(q.dtype), dropout_p=dropout, scale=1.0)
         out = out.view(B_ // groups, groups, heads, N, -1).transpose(2, 3).reshape(B_, N, C)
         return attn.proj_drop(attn.proj(out))
+
+    def _flex_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The FlexAttention path (`flex.window_attention`): q, k, v as `(B * num_windows, heads, N, d)`, the
+        position bias `(heads, N, N)` and the shift mask `(num_windows, N, N)` read inside its score_mod."""
+        attn = self.attn
+        if self.training and attn.attn_drop.p > 0:
+            raise ValueError(f"attn_backend='flex' has no attention dropout (attn_drop={attn.attn_drop.p}): set "
+                             f"attn_drop_rate=0 (every SimMIM/SwinV2 recipe does) or use attn_backend='sdpa'")
+        B_, N, C = x.shape
+        q, k, v = self._cosine_qkv(x, 1)
+        out = flex.window_attention(q, k, v, self._position_bias(N), mask)
+        return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(B_, N, C)))
+
+    def _cosine_qkv(self, x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(B_, N, C)` → q, k, v `(B_ / groups, groups * heads, N, d)`: q and k L2-normalised, the clamped
+        logit scale folded into q (so attention needs `scale=1`)."""
+        attn = self.attn
+        B_, N, C = x.shape
+        heads = attn.num_heads
+        bias = None if attn.q_bias is None else torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        qkv = F.linear(x, attn.qkv.weight, bias).view(B_ // groups, groups, N, 3, heads, C // heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, B_ // groups, groups * heads, N, C // heads).unbind(0)
+        logit_scale = torch.clamp(attn.logit_scale, max=_MAX_LOGIT_SCALE).exp().repeat(groups, 1, 1)
+        return F.normalize(q, dim=-1) * logit_scale, F.normalize(k, dim=-1), v
+
+    def _position_bias(self, N: int) -> torch.Tensor:
+        """SwinV2's continuous position bias for one window, `16 * sigmoid(cpb_mlp(table))`: `(heads, N, N)`."""
+        attn = self.attn
+        table = attn.cpb_mlp(attn.relative_coords_table).view(-1, attn.num_heads)
+        pos_bias = table[attn.relative_position_index.view(-1)].view(N, N, -1).permute(2, 0, 1)
+        return 16 * torch.sigmoid(pos_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
@@ -157,6 +190,7 @@ class SwinV2Stage(nn.Module):
                 norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
                 pretrained_window_size=cfg.pretrained_window_sizes[index],
                 fused_attn=cfg.fused_attn,
+                attn_backend=cfg.attn_backend,
                 extra_norm=every > 0 and (i + 1) % every == 0,
             )
             for i in range(cfg.depths[index])
