@@ -18,8 +18,10 @@ A listing is current while no folder of the tree changed: it records the modific
 the root and of every folder it walked, and every process checks them (one ``stat`` per folder, no listing of
 files) before using it. A folder's mtime changes whenever an entry is added, removed or renamed in it, which is
 what changes a listing (file contents do not). It misses a change only where the file system's timestamps are
-coarser than the time between the walk and the change (1-2 s on some network file systems), or where mtimes are
-set back by hand (``touch -d``, ``rsync -t``): then ``listing=rebuild`` (or deleting the file) makes it again.
+coarser than the time between two changes (1-2 s on some file systems; Linux stamps a jiffy's resolution) with
+the walk in between. So a listing of a folder that changed within ``RACY_S`` before the walk is used by the launch
+that made it but made again at the next start (git's "racily clean" entries, the same problem). Where mtimes are
+set back by hand (``touch -d``, ``rsync -t``), ``listing=rebuild`` (or deleting the file) makes it again.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ FORMAT_VERSION = 1
 THREADS = 8  # folder reads in flight while walking or checking a tree (they wait on the file system, not the CPU)
 FRESH_ENV = "SIMMIM_LISTINGS_MADE"  # build ids this process made, inherited by processes it launches (Lightning DDP)
 FRESH_SLACK_S = 60.0  # listing=rebuild: a listing made up to this long before this process started counts as new
+RACY_S = 5.0  # a folder changed this close before the walk may change again within its mtime's resolution
 _STARTED = time.time()
 
 
@@ -174,7 +177,7 @@ def build_listing(root: str | Path, labelled: bool | None = None, threads: int =
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory; check the path")
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     dirs = [["", _mtime(str(root))]]  # before the root is read
     with os.scandir(root) as it:
         entries = list(it)
@@ -210,7 +213,8 @@ def build_listing(root: str | Path, labelled: bool | None = None, threads: int =
         labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
     else:
         labels = np.full(n, -1, dtype=np.int32)
-    info = {"labelled": labelled, "dirs": dirs, "built_at": time.time(), "build_id": uuid.uuid4().hex,
+    racy = max(m for _, m in dirs) >= (started_at - RACY_S) * 1e9
+    info = {"labelled": labelled, "dirs": dirs, "racy": racy, "built_at": time.time(), "build_id": uuid.uuid4().hex,
             "seconds": round(time.perf_counter() - start, 3), "host": socket.gethostname()}
     return Listing(root, paths, offsets, labels, classes, info, made_here=True)
 
@@ -309,7 +313,7 @@ def _key(root: Path, labelled: bool | None) -> dict:
     return {"root": os.path.realpath(root), "requested": labelled, "extensions": list(IMAGE_EXTENSIONS)}
 
 
-def read_listing(file: str | Path, root: str | Path, labelled: bool | None = None, threads: int = THREADS,
+def read_listing(file: str | Path, root: str | Path, labelled: bool | None = None, threads: int = THREADS, *,
                  check: bool = True, why: list | None = None) -> Listing | None:
     """The listing kept in ``file`` if it is of ``root`` in this mode and (``check``) no folder of the tree changed
     since it was made; else None, with the reason appended to ``why``."""
@@ -317,6 +321,10 @@ def read_listing(file: str | Path, root: str | Path, labelled: bool | None = Non
     if opened is None:
         return None
     found, dirs = opened
+    if check and found.info["racy"]:
+        if why is not None:
+            why.append(f"it was made within {RACY_S:.0f} s of a change to the tree")
+        return None
     if check and not _unchanged(found.root, dirs, threads):
         if why is not None:
             why.append("a folder of the tree changed since it was made")
@@ -336,7 +344,7 @@ def _open(file, root, labelled, why=None) -> tuple[Listing, list] | None:
         if why is not None:
             why.append(f"it lists {header.get('root')} (labelled={header.get('requested')})")
         return None
-    info = {k: header[k] for k in ("labelled", "built_at", "build_id", "seconds", "host")}
+    info = {k: header[k] for k in ("labelled", "racy", "built_at", "build_id", "seconds", "host")}
     return Listing(root, *arrays, header["classes"], info, file=str(file)), header["dirs"]
 
 
@@ -367,7 +375,7 @@ def load_listing(root: str | Path, labelled: bool | None = None, listing_dir: st
     file = listing_file(listing_dir, root, labelled)
     if is_first_process():
         why: list[str] = []
-        if listing == "auto" and (found := read_listing(file, root, labelled, threads, why)) is not None:
+        if listing == "auto" and (found := read_listing(file, root, labelled, threads, why=why)) is not None:
             log.info("reusing the listing of %s (%d images) from %s", root, len(found), file)
             return found
         try:  # before the walk: a listing folder inside the root must not change the mtime the walk records
@@ -405,7 +413,8 @@ def _wait(file: Path, root: Path, labelled: bool | None, rebuild: bool, timeout:
             seen, checked = version, now
             opened = _open(file, root, labelled)
             found, dirs = opened or (None, None)
-            if found is not None and (_fresh(found) or not rebuild and _unchanged(root, dirs, threads)):
+            current = not rebuild and not found.info["racy"] and _unchanged(root, dirs, threads) if found else False
+            if found is not None and (_fresh(found) or current):
                 log.info("using the listing of %s (%d images) made by the first process, from %s", root, len(found), file)
                 return found
         if now - start > timeout:
