@@ -49,9 +49,23 @@ MAGIC = b"SIMMIMLS"
 FORMAT_VERSION = 1
 THREADS = 8  # folder reads in flight while walking or checking a tree (they wait on the file system, not the CPU)
 FRESH_ENV = "SIMMIM_LISTINGS_MADE"  # build ids this process made, inherited by processes it launches (Lightning DDP)
-FRESH_SLACK_S = 60.0  # listing=rebuild: a listing made up to this long before this process started counts as new
+FRESH_SLACK_S = 30.0  # a listing made up to this long before this process started counts as made in this launch
 RACY_S = 5.0  # a folder changed this close before the walk may change again within its mtime's resolution
-_STARTED = time.time()
+
+
+def _process_start() -> float:
+    """When this process started (wall clock, from /proc on Linux); elsewhere, when this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+_STARTED = _process_start()
 
 
 def _is_image(name: str) -> bool:
@@ -350,8 +364,10 @@ def _open(file, root, labelled, why=None) -> tuple[Listing, list] | None:
 
 def _fresh(listing: Listing) -> bool:
     """Made in this launch: by the process that started this one (Lightning's launcher), or at most FRESH_SLACK_S
-    before this process started (the first process of an srun / torchrun launch starts at about the same time).
-    The other processes take such a listing as it is, even if a folder changed since: all must use the same."""
+    before this process started (the processes of an srun / torchrun launch start within seconds, and the first
+    one makes its listing after it started). The other processes take such a listing as it is, even if a folder
+    changed since: all ranks must use the same. (A listing of another launch made within FRESH_SLACK_S before this
+    one, of a tree changed since, would pass too: a relaunch within seconds of a change.)"""
     made_by_parent = listing.info["build_id"] in os.environ.get(FRESH_ENV, "").split(",")
     return made_by_parent or listing.info["built_at"] >= _STARTED - FRESH_SLACK_S
 
@@ -381,17 +397,21 @@ def load_listing(root: str | Path, labelled: bool | None = None, listing_dir: st
         try:  # before the walk: a listing folder inside the root must not change the mtime the walk records
             file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise OSError(f"cannot create the listing folder {file.parent} ({err}): set data.listing_dir to a "
-                          "writable folder, or to null to list the tree in every process") from err
+            raise OSError(f"cannot make the listing folder {file.parent} ({err}): set data.listing_dir to a writable "
+                          "folder, or to null to list the tree in every process") from err
         reason = "listing=rebuild" if listing == "rebuild" else (why[-1] if file.exists() else "none kept yet")
         made = build_listing(root, labelled, threads)
-        write_listing(made, file, _key(root, labelled))
+        try:
+            write_listing(made, file, _key(root, labelled))
+        except OSError as err:
+            raise OSError(f"cannot write the listing {file} ({err}): set data.listing_dir to a writable folder, or "
+                          "to null to list the tree in every process") from err
         os.environ[FRESH_ENV] = ",".join(filter(None, [os.environ.get(FRESH_ENV), made.info["build_id"]]))
         log.info("listed %d images in %d classes under %s in %.1f s (%s); kept in %s", len(made), len(made.classes),
                  root, made.info["seconds"], reason, file)
         # Read back unchecked: if a folder changed during the walk, this launch still uses what was walked (as the
         # other processes will: they take a listing made in this launch as it is); the next start lists again.
-        kept = read_listing(file, root, labelled, threads, check=False)
+        kept = read_listing(file, root, labelled, threads, check=False) or made
         kept.made_here = True
         return kept
     return _wait(file, root, labelled, listing == "rebuild", timeout, threads)
@@ -411,10 +431,9 @@ def _wait(file: Path, root: Path, labelled: bool | None, rebuild: bool, timeout:
         # stale folder mtimes).
         if version is not None and (version != seen or now - checked > 30):
             seen, checked = version, now
-            opened = _open(file, root, labelled)
-            found, dirs = opened or (None, None)
-            current = not rebuild and not found.info["racy"] and _unchanged(root, dirs, threads) if found else False
-            if found is not None and (_fresh(found) or current):
+            found, dirs = _open(file, root, labelled) or (None, None)
+            if found is not None and (_fresh(found) or (
+                    not rebuild and not found.info["racy"] and _unchanged(root, dirs, threads))):
                 log.info("using the listing of %s (%d images) made by the first process, from %s", root, len(found), file)
                 return found
         if now - start > timeout:
