@@ -144,10 +144,6 @@ class Listing(Sequence):
         self.made_here = made_here  # True when this process walked the tree, False when it read the file
         self._n = len(labels)
 
-    @property
-    def labelled(self) -> bool:
-        return bool(self.info["labelled"])
-
     def __len__(self) -> int:
         return self._n
 
@@ -262,14 +258,13 @@ def write_listing(listing: Listing, file: str | Path, key: dict) -> None:
         os.replace(tmp, file)
     finally:
         tmp.unlink(missing_ok=True)
+    fd = os.open(file.parent, os.O_RDONLY)
     try:  # the rename itself survives a crash only once the folder is synced
-        fd = os.open(file.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
+        os.fsync(fd)
+    except OSError:  # not every file system syncs folders
         pass
+    finally:
+        os.close(fd)
 
 
 def _read(file: str | Path) -> tuple[dict, tuple[np.ndarray, ...]]:
@@ -308,11 +303,6 @@ def is_first_process(env=os.environ) -> bool:
     if env.get("RANK", "") != "":
         return int(env["RANK"]) == 0
     return all(int(env.get(v) or 0) == 0 for v in ("SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
-
-
-def _rank_words(env=os.environ) -> str:
-    found = [f"{v}={env[v]}" for v in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK") if env.get(v, "") != ""]
-    return ", ".join(found) or "no rank variables"
 
 
 def listing_file(listing_dir: str | Path, root: str | Path, labelled: bool | None) -> Path:
@@ -437,9 +427,11 @@ def _wait(file: Path, root: Path, labelled: bool | None, rebuild: bool, timeout:
                 log.info("using the listing of %s (%d images) made by the first process, from %s", root, len(found), file)
                 return found
         if now - start > timeout:
+            ranks = ", ".join(f"{v}={os.environ[v]}" for v in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+                              if os.environ.get(v, "") != "")
             raise TimeoutError(
-                f"waited {timeout:.0f} s ({_rank_words()}) for the first process (RANK / SLURM_PROCID / NODE_RANK "
-                f"and LOCAL_RANK all 0) to list {root} into {file}"
+                f"waited {timeout:.0f} s ({ranks or 'no rank variables'}) for the first process (RANK / SLURM_PROCID "
+                f"/ NODE_RANK and LOCAL_RANK all 0) to list {root} into {file}"
                 + (" afresh (listing=rebuild)" if rebuild else "")
                 + ". Check that process's log for an error; if listing the tree takes longer, raise listing_timeout "
                 "(+data.train.listing_timeout=SECONDS); or set data.listing_dir=null to list the tree in every process"
