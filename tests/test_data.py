@@ -255,8 +255,9 @@ def test_data_and_mask_configs_instantiate(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     conf = Path(__file__).resolve().parents[1] / "conf"
+    monkeypatch.delenv("SIMMIM_LISTING_DIR", raising=False)
     write_class_folder(tmp_path / "imgs", [2])
-    root = {"img_size": 32, "seed": 0}  # what the top-level configs (pretrain.yaml) provide
+    root = {"img_size": 32, "seed": 0, "paths": {"run_dir": str(tmp_path / "run")}}  # what pretrain.yaml provides
     mask_cfg = OmegaConf.merge({"img_size": 192}, {"mask": OmegaConf.load(conf / "mask" / "simmim.yaml")})
     mask = instantiate(mask_cfg.mask)
     assert isinstance(mask, MaskGenerator) and mask.num_masked_blocks == 22
@@ -266,6 +267,7 @@ def test_data_and_mask_configs_instantiate(tmp_path, monkeypatch):
         for split in ["train", "val"]:
             if cfg.data[split] is not None:
                 assert len(instantiate(cfg.data[split])) > 0
+    assert len(list((tmp_path / "run" / "listing").glob("*.listing"))) == 1  # the folder's, kept beside the run
     assert OmegaConf.is_missing(OmegaConf.load(conf / "data" / "folder.yaml"), "root")
     assert OmegaConf.is_missing(OmegaConf.load(conf / "data" / "webdataset.yaml"), "urls")
     monkeypatch.delenv("SIMMIM_IMAGENET22K_ROOT", raising=False)

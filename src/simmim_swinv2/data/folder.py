@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -11,51 +10,23 @@ from torch.utils.data import Dataset
 
 from .decode import apply_transform
 from .faults import BadSampleTracker, TooManyBadSamples
+from .listing import IMAGE_EXTENSIONS, build_listing, load_listing
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-def _walk_images(root: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
-    return found
+__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "build_folder", "scan_folder"]
 
 
 def scan_folder(root: str | Path, labelled: bool | None = None) -> tuple[list[tuple[str, int]], list[str]]:
     """List ``(path, label)`` pairs and the sorted class names under ``root``.
 
     ``labelled=True``: each immediate subfolder is a class (ImageFolder layout; files directly in
-    ``root`` are ignored). ``False``: every image anywhere below ``root``, label -1.
-    ``None``: labelled when ``root`` has subfolders and no images of its own.
+    ``root`` are ignored; a subfolder without images gets no label). ``False``: every image anywhere below
+    ``root``, label -1. ``None``: labelled when ``root`` has subfolders and no images of its own.
+    Images: :data:`IMAGE_EXTENSIONS` in any case; hidden files and folders are skipped; symlinked folders are
+    followed. Order: sorted names, a folder's images before its subfolders' (as ``os.walk`` goes).
+    As Python objects: for a dataset, :func:`~.listing.load_listing` keeps the same list compact.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory; check the path")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if labelled is None:
-        labelled = bool(subdirs) and not any(_is_image(p.name) for p in root.iterdir() if p.is_file())
-    if labelled:
-        classes, samples = [], []
-        for d in subdirs:
-            files = _walk_images(d)
-            if files:
-                samples.extend((str(f), len(classes)) for f in files)
-                classes.append(d.name)
-    else:
-        classes, samples = [], [(str(f), -1) for f in _walk_images(root)]
-    if not samples:
-        raise FileNotFoundError(
-            f"no images ({', '.join(IMAGE_EXTENSIONS)}, any case) found under {root}"
-            + (" in class subfolders" if labelled else "")
-            + "; point the data root at a folder of images"
-        )
-    return samples, classes
+    listing = build_listing(root, labelled)
+    return listing.tolist(), listing.classes
 
 
 _REPLACEMENT_TRIES = 64  # candidates tried in place of an unreadable image before giving up
@@ -70,6 +41,12 @@ class FolderDataset(Dataset):
     ranks, pass ``max_bad_fraction`` of it (:class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor`).
     Under DDP, use a ``DistributedSampler`` (Lightning adds one): it pads by repeating so every rank gets the
     same number of batches, and reshuffles on ``set_epoch``.
+
+    ``samples`` is a :class:`~.listing.Listing` (``samples[i] = (path, label)``, as :func:`scan_folder` lists
+    them), held as arrays so loader workers share it instead of copying it. With ``listing_dir`` it is made once
+    by the first process, kept there and reused by every rank and on restart while the tree is unchanged
+    (``listing``: ``auto``, or ``rebuild`` to list again; the others wait up to ``listing_timeout`` s); without,
+    each process lists the folder itself. See :func:`~.listing.load_listing`.
     """
 
     def __init__(
@@ -78,9 +55,13 @@ class FolderDataset(Dataset):
         transform: Callable | None = None,
         labelled: bool | None = None,
         max_bad_fraction: float = 0.01,
+        listing_dir: str | Path | None = None,
+        listing: str = "auto",
+        listing_timeout: float = 3600.0,
     ) -> None:
         self.root = str(root)
-        self.samples, self.classes = scan_folder(root, labelled)
+        self.samples = load_listing(root, labelled, listing_dir, listing, listing_timeout)
+        self.classes = self.samples.classes
         self.num_classes = len(self.classes)
         self.transform = transform
         self.tracker = BadSampleTracker(max_bad_fraction)
@@ -124,6 +105,9 @@ def build_folder(
     transform: Callable | None = None,
     labelled: bool | None = None,
     max_bad_fraction: float = 0.01,
+    listing_dir: str | Path | None = None,
+    listing: str = "auto",
+    listing_timeout: float = 3600.0,
 ) -> FolderDataset:
     """Image-folder source (see :class:`FolderDataset`)."""
-    return FolderDataset(root, transform, labelled, max_bad_fraction)
+    return FolderDataset(root, transform, labelled, max_bad_fraction, listing_dir, listing, listing_timeout)

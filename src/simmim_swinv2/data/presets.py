@@ -36,9 +36,15 @@ def build_imagenet(
     samples_per_epoch: int | None = None,
     batch_size: int | None = None,
     max_bad_fraction: float = 0.01,
+    listing_dir: str | Path | None = None,
+    listing: str = "auto",
+    listing_timeout: float = 3600.0,
 ) -> Dataset:
     """ImageNet from ``<root>/<split>``: ``*.tar`` shards → :class:`ShardDataset`, class folders →
     :class:`FolderDataset`. ``root`` defaults to ``$SIMMIM_IMAGENET1K_ROOT`` / ``$SIMMIM_IMAGENET22K_ROOT``.
+
+    A class-folder tree is listed once, by the first process, into ``listing_dir`` (see
+    :func:`~.listing.load_listing`; None: every process lists it). Shards need no listing.
 
     Raises ``FileNotFoundError`` (saying how to make shards) when the root is missing or empty,
     and ``ValueError`` when a class folder tree has the wrong number of classes.
@@ -60,7 +66,8 @@ def build_imagenet(
             shards, transform, shuffle=train, seed=seed, samples_per_epoch=samples_per_epoch if train else None,
             batch_size=batch_size, max_bad_fraction=max_bad_fraction, num_classes=num_classes,
         )
-    dataset = FolderDataset(folder, transform, labelled=True, max_bad_fraction=max_bad_fraction)
+    dataset = FolderDataset(folder, transform, labelled=True, max_bad_fraction=max_bad_fraction,
+                            listing_dir=listing_dir, listing=listing, listing_timeout=listing_timeout)
     if dataset.num_classes != num_classes:
         raise ValueError(
             f"{folder} has {dataset.num_classes} class folders but {variant} has {num_classes}; "
