@@ -148,6 +148,7 @@ def test_giant_imagenet22k_plan_is_the_192px_recipe(tmp_path):
     assert plan.global_batch == 9216 and plan.lr == pytest.approx(1.4e-3, rel=1e-4)
     text = planning.format_plan(plan)
     assert "9216 = 72 per device x 8 devices x 16 nodes" in text and "0.0014 = base" in text
+    assert "| input                  | 192x192 px, windows 12/12/12/6 per stage |" in text
 
 
 def test_quickstart_keeps_the_demo_numbers(tmp_path):

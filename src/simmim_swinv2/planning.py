@@ -93,6 +93,8 @@ class Plan:
     act_bytes_per_sample: float
     gpu_memory_bytes: float | None = None
     checkpoint: CheckpointPlan | None = None
+    img_size: tuple[int, int] = (0, 0)
+    windows: tuple[int, ...] = ()  # per stage, as clamped to the stage at img_size
 
     @property
     def world_size(self) -> int:
@@ -282,7 +284,8 @@ def make_plan(cfg, **changes) -> Plan:
                 grad_checkpointing=any(mcfg.grad_checkpointing),
                 act_bytes_per_sample=activation_bytes_per_sample(mcfg, t.get("precision", "32-true")),
                 gpu_memory_bytes=detect_gpu_memory(cfg),
-                checkpoint=checkpoint_plan(cfg, params, precision, strategy))
+                checkpoint=checkpoint_plan(cfg, params, precision, strategy),
+                img_size=tuple(mcfg.img_size), windows=tuple(win for *_, win in _stage_shapes(mcfg)))
     rest = {k: v for k, v in changes.items() if k != "grad_checkpointing"}
     if "precision" in rest and "act_bytes_per_sample" not in rest:
         rest["act_bytes_per_sample"] = activation_bytes_per_sample(mcfg, rest["precision"])
@@ -355,6 +358,7 @@ def format_plan(plan: Plan) -> str:
     gib = lambda b: f"{b / GIB:,.2f} GiB"  # noqa: E731
     fits = {None: "unknown (no GPU; set plan.gpu_memory_gb=80)", True: "yes", False: "NO"}[plan.fits()]
     rows = [
+        ("input", f"{plan.img_size[0]}x{plan.img_size[1]} px, windows {'/'.join(map(str, plan.windows))} per stage"),
         ("parameters", f"{plan.params:,} ({plan.params / 1e9:.3f}B)"),
         ("global batch", f"{plan.global_batch} = {plan.batch_size} per device x {plan.devices} devices x "
                          f"{plan.nodes} nodes x {plan.accumulate} accumulation"),
