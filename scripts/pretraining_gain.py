@@ -27,12 +27,12 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from simmim_swinv2.checkpoint import load_pretrained_encoder  # noqa: E402
+from simmim_swinv2.config import CONFIG_DIR  # noqa: E402
 from simmim_swinv2.data import build_digits, build_eval_transform  # noqa: E402
 from simmim_swinv2.finetune import finetune  # noqa: E402
 from simmim_swinv2.models import SwinV2Encoder, swinv2_config  # noqa: E402
 from simmim_swinv2.pretrain import pretrain  # noqa: E402
-from simmim_swinv2.runtime import CONFIG_DIR  # noqa: E402
+from simmim_swinv2.weights import load_pretrained_encoder  # noqa: E402
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
 

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from simmim_swinv2.runtime import CONFIG_DIR
+from simmim_swinv2.config import CONFIG_DIR
 
 os.environ.setdefault("WANDB_MODE", "offline")  # the wandb service does not exist here
 os.environ.setdefault("WANDB_SILENT", "true")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import FAST, compose_config
 
-from simmim_swinv2 import planning
+from simmim_swinv2.distributed import planning
 from simmim_swinv2.finetune import finetune
 from simmim_swinv2.pretrain import pretrain
 

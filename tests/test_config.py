@@ -10,8 +10,10 @@ from conftest import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from simmim_swinv2.config import CONFIG_DIR, ConfigError
+from simmim_swinv2.config.checks import check_pretrain_config
 from simmim_swinv2.models import SwinV2Config
-from simmim_swinv2.runtime import CONFIG_DIR, ConfigError, build_loggers, check_pretrain_config
+from simmim_swinv2.training.build import build_loggers
 
 CONF = Path(CONFIG_DIR)
 

@@ -244,7 +244,7 @@ def test_a_pretrained_window_override_that_disagrees_with_the_tables_is_refused(
 def test_finetuning_from_an_official_checkpoint_notes_other_pretrained_windows(tmp_path, capsys):
     """`finetune pretrained=official.pth`: the fine-tune config's pretrained_window_sizes decides (the new windows
     are set on purpose); the summary says when the checkpoint's tables were normalised for other windows."""
-    from simmim_swinv2.checkpoint import load_pretrained_encoder
+    from simmim_swinv2.weights import load_pretrained_encoder
 
     _, ckpt = _official_reference("8_from_0")  # 64 px, windows 8, 8, 4, 2, each its own normaliser
     torch.save(ckpt, tmp_path / "official.pth")

@@ -2,7 +2,7 @@
 consolidate to one fp32 safetensors file equal to the live fp32 master weights, and load that file where
 fine-tuning and the transformers export read weights.
 
-The CPU path is `simmim_swinv2.strategies.CPUDeepSpeedStrategy` (Lightning's strategy refuses the CPU); the
+The CPU path is `simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy` (Lightning's strategy refuses the CPU); the
 `conf/trainer/deepspeed_*.yaml` configs are otherwise used as they are. The offload case JIT-builds
 DeepSpeedCPUAdam on first use (~80-240 s on 2 cores, then cached in ~/.cache/torch_extensions).
     pytest tests/test_deepspeed.py -m slow
@@ -23,7 +23,7 @@ from test_train import run_cli
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
 CPU = ["trainer.accelerator=cpu", "trainer.devices=2",
-       "trainer.strategy._target_=simmim_swinv2.strategies.CPUDeepSpeedStrategy"]
+       "trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy"]
 NO_PIN = [f"trainer.strategy.config.zero_optimization.{k}.pin_memory=false"  # pinning needs CUDA
           for k in ("offload_optimizer", "offload_param")]
 
@@ -89,10 +89,10 @@ def _losses(run_dir: Path) -> list[float]:
 @pytest.mark.parametrize("trainer_cfg", ["deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"])
 def test_zero_train_save_resume_consolidate(trainer_cfg, tmp_path):
     from simmim_swinv2 import convert
-    from simmim_swinv2.checkpoint import find_resume_checkpoint, load_pretrained_encoder
     from simmim_swinv2.consolidate import consolidate
+    from simmim_swinv2.distributed.strategy import check_zero_resume
     from simmim_swinv2.models import SwinV2Encoder
-    from simmim_swinv2.strategies import check_zero_resume
+    from simmim_swinv2.weights import find_resume_checkpoint, load_pretrained_encoder
 
     run = tmp_path / "run"
     extra = NO_PIN if "offload" in trainer_cfg else []
@@ -140,7 +140,8 @@ def test_zero_preemption_resume_and_finetune(tmp_path):
     """ZeRO-2 on two processes: SIGUSR1 on rank 1 alone mid-epoch -> both ranks write one sharded hpc_ckpt
     directory and stop; the next start resumes from it and finishes; fine-tuning under ZeRO-2 (layer-decay
     parameter groups) starts from that run directory."""
-    from simmim_swinv2.checkpoint import find_resume_checkpoint, is_zero_checkpoint
+    from simmim_swinv2.distributed.zero import is_zero_checkpoint
+    from simmim_swinv2.weights import find_resume_checkpoint
 
     run = tmp_path / "run"
     out = _run(run, "deepspeed_zero2", "+callbacks.signal._target_=_callbacks.SignalAt", "+callbacks.signal.step=3",
@@ -167,7 +168,8 @@ def test_zero_preemption_resume_and_finetune(tmp_path):
 def test_reshard_resumes_on_another_world_size_with_the_same_state(tmp_path):
     """Two processes train an epoch; `simmim_swinv2.reshard` makes the run's checkpoint universal; one process
     resumes it (resume=auto) and starts from exactly the fp32 weights and Adam moments the two ended with."""
-    from simmim_swinv2.checkpoint import find_resume_checkpoint, is_universal_checkpoint, zero_checkpoint_world_size
+    from simmim_swinv2.distributed.zero import is_universal_checkpoint, zero_checkpoint_world_size
+    from simmim_swinv2.weights import find_resume_checkpoint
 
     run, trainer_cfg = tmp_path / "run", "deepspeed_zero2"
     _run(run, trainer_cfg, "trainer.max_epochs=1", "+callbacks.state._target_=test_deepspeed.TrainingState",
@@ -205,15 +207,19 @@ def test_reshard_refuses_what_it_cannot_convert_or_load_correctly(tmp_path):
     the first group's weight decay and LR scale); a universal checkpoint resumed under ZeRO-3 or without DeepSpeed."""
     from conftest import compose_config
 
-    from simmim_swinv2.reshard import to_universal
-    from simmim_swinv2.runtime import ConfigError, build_trainer
+    from simmim_swinv2.config import ConfigError
+    from simmim_swinv2.distributed.reshard import to_universal
+    from simmim_swinv2.training.build import build_trainer
+    from simmim_swinv2.weights import zero_checkpoint
 
     with pytest.raises(FileNotFoundError, match="neither a ZeRO checkpoint"):
+        zero_checkpoint(tmp_path)  # what `python -m simmim_swinv2.reshard RUN_DIR` resolves first
+    with pytest.raises(FileNotFoundError, match="not a ZeRO checkpoint directory"):
         to_universal(tmp_path)
     run = tmp_path / "z3"
     _run(run, "deepspeed_zero3", "trainer.max_epochs=1", "trainer.limit_train_batches=1")
     with pytest.raises(ValueError, match="ZeRO-3 checkpoint: DeepSpeed's ZeRO-3 universal loader gives every"):
-        to_universal(run)
+        to_universal(zero_checkpoint(run))
     fake = tmp_path / "u.ckpt"
     (fake / "checkpoint" / "zero").mkdir(parents=True)
     (fake / "checkpoint" / "mp_rank_00_model_states.pt").touch()

@@ -20,13 +20,13 @@ from PIL import Image
 from test_train import run_cli
 
 from simmim_swinv2 import convert
-from simmim_swinv2.checkpoint import find_resume_checkpoint, load_model
+from simmim_swinv2.config import ConfigError
 from simmim_swinv2.data import build_digits, build_folder, build_webdataset
 from simmim_swinv2.data.sharding import make_shards
 from simmim_swinv2.finetune import class_names, finetune
 from simmim_swinv2.models import SimMIM, SwinV2Encoder
 from simmim_swinv2.pretrain import pretrain
-from simmim_swinv2.runtime import ConfigError
+from simmim_swinv2.weights import find_resume_checkpoint, load_model
 
 TESTS = Path(__file__).resolve().parent
 CLASSES = ["cat", "dog", "owl"]
@@ -182,7 +182,7 @@ def test_zero_checkpoint_directory_exports(tmp_path, capsys):
     run = tmp_path / "run"
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "DS_ACCELERATOR": "cpu"}
     _ok(run_cli("simmim_swinv2.pretrain", *ONE_STEP, "trainer=deepspeed_zero2", "trainer.accelerator=cpu",
-                "trainer.devices=1", "trainer.strategy._target_=simmim_swinv2.strategies.CPUDeepSpeedStrategy",
+                "trainer.devices=1", "trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy",
                 f"hydra.run.dir={run}", env=env))
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir()  # sharded: a directory

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, swinv2_config
-from simmim_swinv2.optim import (
+from simmim_swinv2.training.optim import (
     build_optimizer,
     build_scheduler,
     epochs_to_steps,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import compose_config
 
-from simmim_swinv2 import planning
+from simmim_swinv2.distributed import planning
 from simmim_swinv2.pretrain import pretrain
 
 GIANT = ["model=swinv2_giant", "img_size=192", "batch_size=16", "plan.gpu_memory_gb=80"]

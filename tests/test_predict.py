@@ -12,7 +12,7 @@ from conftest import compose_config
 from PIL import Image
 
 from simmim_swinv2 import convert
-from simmim_swinv2.data import ImageProcessor
+from simmim_swinv2.inference import ImageProcessor
 from simmim_swinv2.models import SwinV2Classifier, swinv2_config
 from simmim_swinv2.predict import expand_images, predict
 

@@ -17,7 +17,7 @@ import torch
 from conftest import FAST, compose_config
 
 from simmim_swinv2.pretrain import pretrain
-from simmim_swinv2.tasks.callbacks import Preempted, Preemption
+from simmim_swinv2.training.preemption import Preempted, Preemption
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = [*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=4", "callbacks.reconstructions.every_n_steps=0"]

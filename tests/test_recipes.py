@@ -16,9 +16,10 @@ from conftest import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from simmim_swinv2 import planning
+from simmim_swinv2.config import CONFIG_DIR
+from simmim_swinv2.config.checks import check_pretrain_config
+from simmim_swinv2.distributed import planning
 from simmim_swinv2.models import SwinV2Encoder, swinv2_config
-from simmim_swinv2.runtime import CONFIG_DIR, check_pretrain_config
 
 CONF = Path(CONFIG_DIR)
 REAL = ["tiny", "small", "base", "large", "huge", "giant"]

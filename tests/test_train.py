@@ -13,12 +13,12 @@ import torch
 from conftest import FAST, compose_config
 
 from simmim_swinv2 import convert
-from simmim_swinv2.checkpoint import AtomicCheckpointIO, encoder_state_dict, load_model, load_pretrained_encoder
 from simmim_swinv2.evaluate import evaluate
 from simmim_swinv2.finetune import finetune
 from simmim_swinv2.models import SimMIM, SwinV2Encoder, swinv2_config
 from simmim_swinv2.pretrain import pretrain
-from simmim_swinv2.tasks.base import NonFiniteLossError
+from simmim_swinv2.training.base import NonFiniteLossError
+from simmim_swinv2.weights import AtomicCheckpointIO, encoder_state_dict, load_model, load_pretrained_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 

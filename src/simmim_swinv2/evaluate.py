@@ -9,34 +9,34 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from . import runtime
-from .checkpoint import load_model
+from .config import CONFIG_DIR, ConfigError
 from .data import build_eval_transform
 from .models import SwinV2Classifier
-from .tasks import FinetuneTask, OptimizerSpec, ScheduleSpec
+from .training import FinetuneTask, OptimizerSpec, ScheduleSpec, build
+from .weights import load_model
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     model = load_model(cfg.checkpoint)
     if not isinstance(model, SwinV2Classifier):
-        raise runtime.ConfigError(f"{cfg.checkpoint} holds a {type(model).__name__}, not a classifier: "
+        raise ConfigError(f"{cfg.checkpoint} holds a {type(model).__name__}, not a classifier: "
                                   "fine-tune it first (python -m simmim_swinv2.finetune pretrained=…)")
     size = cfg.img_size or model.encoder.cfg.img_size[0]
     with open_dict(cfg):
         cfg.img_size = size  # the data config renders images at ${img_size}
-    _, val = runtime.build_datasets(cfg.data, None, build_eval_transform(size, crop_pct=cfg.crop_pct))
+    _, val = build.build_datasets(cfg.data, None, build_eval_transform(size, crop_pct=cfg.crop_pct))
     if val is None:
-        raise runtime.ConfigError(f"data={cfg.data} has no validation split configured (data.val)")
+        raise ConfigError(f"data={cfg.data} has no validation split configured (data.val)")
     task = FinetuneTask(model, OptimizerSpec(), ScheduleSpec(), batch_size=cfg.batch_size)
-    trainer = runtime.build_trainer(cfg)
-    (metrics,) = trainer.validate(task, datamodule=runtime.build_datamodule(cfg, val, val), verbose=False)
+    trainer = build.build_trainer(cfg)
+    (metrics,) = trainer.validate(task, datamodule=build.build_datamodule(cfg, val, val), verbose=False)
     metrics = {k: float(v) for k, v in metrics.items()}
     print(f"{cfg.checkpoint}: top-1 {metrics['val/top1']:.4f}, top-5 {metrics['val/top5']:.4f}, "
           f"loss {metrics['val/loss']:.4f} on {len(val)} images")
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=runtime.CONFIG_DIR, config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -15,11 +15,12 @@ import hydra
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
-from . import runtime
-from .checkpoint import load_pretrained_encoder
+from .config import CONFIG_DIR, ConfigError
+from .config.checks import model_config
 from .data import build_eval_transform, build_finetune_transform, build_mixup
 from .models import SwinV2Classifier, SwinV2Encoder
-from .tasks import FinetuneTask
+from .training import FinetuneTask, build
+from .weights import load_pretrained_encoder
 
 
 def class_names(dataset) -> list[str] | None:
@@ -35,7 +36,7 @@ def class_names(dataset) -> list[str] | None:
         if (folder / "classes.json").is_file():
             found[folder] = [str(c) for c in json.loads((folder / "classes.json").read_text())]
     if len({tuple(v) for v in found.values()}) > 1:
-        raise runtime.ConfigError(f"the shards' classes.json files disagree: {sorted(map(str, found))}; "
+        raise ConfigError(f"the shards' classes.json files disagree: {sorted(map(str, found))}; "
                                   "make the shards of one data set with one scripts/make_shards.py run")
     return next(iter(found.values()), None)
 
@@ -43,24 +44,24 @@ def class_names(dataset) -> list[str] | None:
 def finetune(cfg: DictConfig) -> dict[str, float]:
     """Run a fine-tuning job from a composed config; returns the final logged metrics."""
     if not cfg.num_classes:
-        raise runtime.ConfigError("num_classes is unknown for this data source: set num_classes=N")
-    model_cfg = runtime.model_config(cfg)  # validated before any data or weights are touched
+        raise ConfigError("num_classes is unknown for this data source: set num_classes=N")
+    model_cfg = model_config(cfg)  # validated before any data or weights are touched
     run_dir = cfg.paths.run_dir
-    runtime.save_resolved_config(cfg, run_dir)
+    build.save_resolved_config(cfg, run_dir)
     seed_everything(cfg.seed, workers=True)
 
     aug = cfg.augment
     train_tf = build_finetune_transform(cfg.img_size, auto_augment=aug.auto_augment, color_jitter=aug.color_jitter,
                                         re_prob=aug.re_prob, scale=aug.scale, hflip=aug.hflip)
     val_tf = build_eval_transform(cfg.img_size, crop_pct=aug.crop_pct)
-    train, val = runtime.build_datasets(cfg.data, train_tf, val_tf)
+    train, val = build.build_datasets(cfg.data, train_tf, val_tf)
 
     encoder = SwinV2Encoder(model_cfg)
     if cfg.pretrained:
         load_pretrained_encoder(encoder, cfg.pretrained)
     names = class_names(train)
     if names is not None and len(names) != cfg.num_classes:
-        raise runtime.ConfigError(f"the data set names {len(names)} classes ({', '.join(names[:5])}"
+        raise ConfigError(f"the data set names {len(names)} classes ({', '.join(names[:5])}"
                                   f"{', …' if len(names) > 5 else ''}) but num_classes={cfg.num_classes}: "
                                   f"set num_classes={len(names)}")
     id2label = dict(enumerate(names)) if names is not None else None
@@ -69,16 +70,16 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     mix = cfg.mixup
     mixup = build_mixup(cfg.num_classes, mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha,
                         label_smoothing=mix.label_smoothing, prob=mix.prob, switch_prob=mix.switch_prob)
-    optimizer, schedule = runtime.specs(cfg)
+    optimizer, schedule = build.specs(cfg)
     task = FinetuneTask(model, optimizer, schedule, batch_size=cfg.batch_size, mixup=mixup, compile=cfg.compile)
     extra = []
     if cfg.ema:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
         extra.append(EMAWeightAveraging(decay=cfg.ema))
-    ckpt = runtime.resume_path(cfg, run_dir)
-    trainer = runtime.build_trainer(cfg, callbacks=extra, resume=ckpt)
-    trainer.fit(task, datamodule=runtime.build_datamodule(cfg, train, val), ckpt_path=ckpt)
+    ckpt = build.resume_path(cfg, run_dir)
+    trainer = build.build_trainer(cfg, callbacks=extra, resume=ckpt)
+    trainer.fit(task, datamodule=build.build_datamodule(cfg, train, val), ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if "val/top1" in metrics:
         print(f"validation: top-1 {metrics['val/top1']:.4f}, top-5 {metrics['val/top5']:.4f} "
@@ -86,7 +87,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=runtime.CONFIG_DIR, config_name="finetune")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
 def main(cfg: DictConfig) -> None:
     finetune(cfg)
 

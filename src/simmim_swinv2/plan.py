@@ -9,8 +9,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from . import planning
-from .runtime import CONFIG_DIR
+from .config import CONFIG_DIR
+from .distributed import planning
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")

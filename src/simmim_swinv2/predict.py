@@ -22,10 +22,11 @@ from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .checkpoint import load_model
-from .data import IMAGE_EXTENSIONS, ImageProcessor
+from .config import CONFIG_DIR, ConfigError
+from .data import IMAGE_EXTENSIONS
+from .inference import ImageProcessor
 from .models import SwinV2Classifier
-from .runtime import CONFIG_DIR, ConfigError
+from .weights import load_model
 
 
 def expand_images(specs: list[str] | str) -> list[Path]:

@@ -16,7 +16,6 @@ from .faults import BadSampleTracker, TooManyBadSamples
 from .folder import IMAGE_EXTENSIONS, FolderDataset, build_folder, scan_folder
 from .mask import MaskGenerator
 from .presets import SyntheticDataset, build_imagenet, build_imagenet1k, build_imagenet22k, build_synthetic
-from .processor import ImageProcessor, to_rgb_white
 from .shards import ShardDataset, ShardError, build_webdataset, expand_shards, plan_epoch, shard_sizes
 from .transforms import (
     IMAGENET_MEAN,
@@ -31,10 +30,10 @@ from .transforms import (
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS",
-    "BadSampleTracker", "DigitsDataset", "ImageProcessor", "FolderDataset", "MaskGenerator", "ShardDataset", "ShardError",
+    "BadSampleTracker", "DigitsDataset", "FolderDataset", "MaskGenerator", "ShardDataset", "ShardError",
     "SimMIMDataModule", "SimMIMTransform", "SyntheticDataset", "TooManyBadSamples",
     "build_digits", "build_eval_transform", "build_finetune_transform", "build_folder", "build_imagenet",
     "build_imagenet1k", "build_imagenet22k", "build_mixup", "build_pretrain_transform",
     "build_reference_pretrain_transform", "build_synthetic", "build_webdataset",
-    "decode_resized_crop", "decode_rgb", "expand_shards", "plan_epoch", "scan_folder", "shard_sizes", "to_rgb", "to_rgb_white",
+    "decode_resized_crop", "decode_rgb", "expand_shards", "plan_epoch", "scan_folder", "shard_sizes", "to_rgb",
 ]

@@ -2,7 +2,7 @@
 
 A data set is judged as a whole, never by what one loader worker happens to see first: each process adds
 its counts to a shared-memory table and names its bad samples in a file of its own; the main process sums
-them for a pass over the data (an epoch), and :class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor`
+them for a pass over the data (an epoch), and :class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor`
 sums those over ranks, logs them and stops the run once they pass ``max_bad_fraction`` of an epoch.
 
 Passes are told apart by a tag that the main process draws when a pass starts (:meth:`start_pass`: the
@@ -57,7 +57,7 @@ class BadSampleTracker:
 
     ``where`` is a file path, ``shard.tar:key``, or a shard whose unread part counts ``count`` samples.
     Nothing is raised here: the limit is ``max_bad_fraction`` of an epoch over all ranks, which only
-    :class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor` (in the main process of every rank) can see.
+    :class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor` (in the main process of every rank) can see.
     """
 
     def __init__(self, max_bad_fraction: float = 0.01) -> None:

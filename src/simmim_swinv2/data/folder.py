@@ -38,7 +38,7 @@ class FolderDataset(Dataset):
     An unreadable image is counted and named (its path) in ``self.tracker``
     (:class:`~.faults.BadSampleTracker`) and replaced by the next readable one, so batch shapes and
     per-rank counts stay fixed; the run stops once the bad images of an epoch, over all loader workers and
-    ranks, pass ``max_bad_fraction`` of it (:class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor`).
+    ranks, pass ``max_bad_fraction`` of it (:class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor`).
     Under DDP, use a ``DistributedSampler`` (Lightning adds one): it pads by repeating so every rank gets the
     same number of batches, and reshuffles on ``set_epoch``.
 

@@ -173,7 +173,7 @@ class ShardDataset(IterableDataset):
         batch_size: the DataLoader batch size; lets ``len(DataLoader)`` match the batches exactly.
         shuffle_buffer: samples held (encoded) for shuffling within a worker.
         max_bad_fraction: the run stops once the bad samples of an epoch (over all ranks) pass this
-            fraction of it (:class:`~simmim_swinv2.tasks.bad_samples.BadSampleMonitor` judges).
+            fraction of it (:class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor` judges).
         read_attempts: reads of a shard that fails before it is skipped; ``retry_backoff``: seconds before
             the second, doubling after.
         num_classes: for presets / heads; not checked against the data.

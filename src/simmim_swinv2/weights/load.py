@@ -1,125 +1,20 @@
-"""Checkpoints of our own runs: atomic writes, and finding the checkpoint to resume from.
-
-(Weights from other systems — transformers, official, timm — are `convert`'s.)
-"""
+"""Model weights from anything we or the peers save: one format detector (`weights_format`), one `load_model`, and
+the encoder of any of them for `pretrained=` (`encoder_state_dict`, `load_pretrained_encoder`)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from pathlib import Path
-from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..distributed.zero import is_universal_checkpoint, is_zero_checkpoint, zero_state_dict
+from ..models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
+from . import interop
+from .runs import find_resume_checkpoint
 
 log = logging.getLogger(__name__)
 _REBUILT = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes `<name>.tmp-<pid>` beside the target, fsyncs it, then renames it over the target: a kill
-    mid-save leaves the previous checkpoint intact and no partial file under the real name. (Lightning's
-    own save stages the file in /tmp and moves it, which is a copy, not a rename, when the run directory is on
-    another file system, as on most clusters.) Remote URLs fall back to Lightning's save."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def is_zero_checkpoint(path: str | Path) -> bool:
-    """A complete DeepSpeed (ZeRO) checkpoint directory: its `latest` file names a tag folder holding model and
-    optimizer states (DeepSpeed writes `latest` last, so an interrupted save is never picked)."""
-    path = Path(path)
-    latest = path / "latest"
-    if not (path.is_dir() and latest.is_file()):
-        return False
-    tag = path / latest.read_text().strip()
-    return any(tag.glob("*model_states.pt")) and any(tag.glob("*optim_states.pt"))
-
-
-def zero_checkpoint(source: str | Path) -> Path:
-    """`source` if it is a ZeRO checkpoint directory, else the newest checkpoint of the run directory `source`
-    when that is one."""
-    source = Path(source)
-    if is_zero_checkpoint(source):
-        return source
-    found = find_resume_checkpoint(source)
-    if found is None or not is_zero_checkpoint(found):
-        raise FileNotFoundError(f"{source}: neither a ZeRO checkpoint directory nor a run directory whose newest "
-                                f"checkpoint is one (newest: {found})")
-    return found
-
-
-def zero_model_states(ckpt_dir: str | Path) -> dict:
-    """The model-states file of a ZeRO checkpoint directory (every rank's copy holds Lightning's client state and
-    DeepSpeed's config). DeepSpeed pickles non-tensor state into it (config objects, NumPy RNG): a full
-    unpickle, memory-mapped — for checkpoints of one's own runs."""
-    ckpt_dir = Path(ckpt_dir)
-    tag = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
-    states = sorted(tag.glob("*model_states.pt"))[0]
-    return torch.load(states, map_location="cpu", weights_only=False, mmap=True)
-
-
-def is_universal_checkpoint(path: str | Path) -> bool:
-    """A DeepSpeed universal checkpoint directory (`simmim_swinv2.reshard` writes them): `latest_universal` names
-    a folder with the model states and one `zero/<parameter>/` folder per parameter; loads on any world size."""
-    path = Path(path)
-    latest = path / "latest_universal"
-    if not (path.is_dir() and latest.is_file()):
-        return False
-    tag = path / latest.read_text().strip()
-    return any(tag.glob("*model_states.pt")) and (tag / "zero").is_dir()
-
-
-def zero_checkpoint_world_size(path: str | Path) -> int | None:
-    """How many data-parallel processes wrote a ZeRO checkpoint directory (None for anything else)."""
-    if not is_zero_checkpoint(path):
-        return None
-    tag = Path(path) / (Path(path) / "latest").read_text().strip()
-    ranks = {int(m.group(1)) for f in tag.glob("*optim_states.pt")
-             if (m := re.search(r"zero_pp_rank_(\d+)_", f.name))}
-    return max(ranks) + 1 if ranks else None
-
-
-def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run directory: `checkpoints/last.ckpt` if present, else the most
-    recently written `checkpoints/*.ckpt` — unless a resharded universal copy (`simmim_swinv2.reshard`) in
-    `checkpoints/`, or a preemption's `hpc_ckpt_<n>.ckpt` in the run directory itself, is newer. Temporary files
-    of an interrupted save are never picked. A checkpoint is a file, or, under DeepSpeed, a directory
-    (`is_zero_checkpoint`, `is_universal_checkpoint`)."""
-    run_dir = Path(run_dir)
-
-    def complete(p: Path) -> bool:
-        return p.is_file() or is_zero_checkpoint(p) or is_universal_checkpoint(p)
-
-    def written(p: Path) -> float:
-        if p.is_dir():
-            return max((p / n).stat().st_mtime for n in ("latest", "latest_universal") if (p / n).is_file())
-        return p.stat().st_mtime
-
-    last = run_dir / "checkpoints" / "last.ckpt"
-    regular = [p for p in run_dir.glob("checkpoints/*.ckpt") if complete(p)]
-    if complete(last):  # last.ckpt, unless a universal copy (simmim_swinv2.reshard) is newer
-        regular = [last, *(p for p in regular if is_universal_checkpoint(p))]
-    best = max(regular, key=written) if regular else None
-    hpc = [p for p in run_dir.glob("hpc_ckpt_*.ckpt") if complete(p)]
-    if hpc and (best is None or max(map(written, hpc)) > written(best)):
-        best = max(hpc, key=written)
-    return best
 
 
 # --------------------------------------------------------------------------------- pretrained weights
@@ -134,8 +29,6 @@ def weights_format(source: str | Path) -> str:
     `.ckpt`, a ZeRO checkpoint directory, or `convert.save_model`'s `.safetensors` + `.json`; `transformers` — a
     `save_pretrained` directory; `official` / `timm` — any other weights file, told apart by its key names
     (read with `weights_only=True`). Anything else is refused with the list of what is expected."""
-    from . import convert
-
     path = Path(source)
     if is_zero_checkpoint(path):
         return "ours"
@@ -151,10 +44,10 @@ def weights_format(source: str | Path) -> str:
     if path.suffix == ".ckpt" or (path.suffix == ".safetensors" and path.with_suffix(".json").is_file()):
         return "ours"
     try:
-        keys = convert._weight_keys(path)
+        keys = interop._weight_keys(path)
     except Exception as err:  # not a pickle / safetensors at all, or one that needs a full unpickle
         raise ValueError(f"cannot read {path} as weights ({type(err).__name__}: {err}); expected {EXPECTED}") from err
-    fmt = convert._guess_format(keys)
+    fmt = interop._guess_format(keys)
     if fmt is None:
         raise ValueError(f"{path} holds no SwinV2 weights we know (no patch_embed.proj.weight, no SimMIM `encoder.` "
                          f"keys; first keys: {keys[:5]}); expected {EXPECTED}")
@@ -177,8 +70,6 @@ def _run_checkpoint(run_dir: Path) -> Path:
 def _from_lightning(path: Path) -> tuple[dict, dict | None]:
     """(state dict in our module names, the `simmim_swinv2` model description) of a Lightning checkpoint."""
     if path.is_dir():  # a ZeRO checkpoint: consolidated in memory
-        from .consolidate import zero_state_dict
-
         return zero_state_dict(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     sd = ckpt.get("state_dict", ckpt)
@@ -193,18 +84,16 @@ def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
     fine-tuning), our `.safetensors`, a transformers directory, an official SimMIM / Swin-Transformer checkpoint
     or a timm state dict. Decoder and head weights are left out; pickles load with `weights_only=True`. Official
     checkpoints keep their `relative_coords_table` buffers (`load_pretrained_encoder` reads them)."""
-    from . import convert
-
     path = Path(source)
     fmt = weights_format(path)
     if fmt == "transformers":
-        model = convert.from_transformers(path)
-        encoder = model if isinstance(model, convert.SwinV2Encoder) else model.encoder
+        model = interop.from_transformers(path)
+        encoder = model if isinstance(model, interop.SwinV2Encoder) else model.encoder
         return encoder.state_dict(), "transformers directory"
     if fmt == "official":
-        return convert.official_to_ours(convert._read_any(path))[0], "official checkpoint"
+        return interop.official_to_ours(interop._read_any(path))[0], "official checkpoint"
     if fmt == "timm":
-        return convert.timm_to_ours(convert._read_any(path))[0], "timm state dict"
+        return interop.timm_to_ours(interop._read_any(path))[0], "timm state dict"
     if is_zero_checkpoint(path):
         sd, kind = _from_lightning(path)[0], "DeepSpeed ZeRO checkpoint (consolidated)"
     elif path.is_dir():
@@ -225,7 +114,7 @@ def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
     """A line for the load summary when the source's position tables (official checkpoints save them) were
     normalised for other windows than `encoder` normalises by (`pretrained_window_sizes`, else its own clamped
     windows): a new window size then changes the position bias unless the config names the old window."""
-    from .convert.keys import _effective_windows, recorded_pretrained_windows
+    from .keys import _effective_windows, recorded_pretrained_windows
 
     cfg = getattr(encoder, "cfg", None)
     try:
@@ -284,21 +173,19 @@ def load_model(source: str | Path, format: str = "auto", **config_overrides):
     directory, `convert.save_model`'s safetensors — are rebuilt from the model description our tasks save in
     them; transformers directories, official and timm checkpoints go through `convert.from_*`, with
     `config_overrides` (e.g. `window_size`, `img_size`) for what those files do not record."""
-    from . import convert
-    from .models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
 
     path = Path(source)
     fmt = weights_format(path) if format == "auto" else format
     if fmt not in FORMATS:
         raise ValueError(f"format={format!r}: use auto or one of {FORMATS}")
     if fmt != "ours":
-        return {"transformers": convert.from_transformers, "official": convert.from_official,
-                "timm": convert.from_timm}[fmt](path, **config_overrides)
+        return {"transformers": interop.from_transformers, "official": interop.from_official,
+                "timm": interop.from_timm}[fmt](path, **config_overrides)
     if config_overrides:
         raise ValueError(f"{path} is a checkpoint of ours and records its own config; {sorted(config_overrides)} "
                          "apply to official / timm / transformers weights only")
     if path.suffix == ".safetensors":
-        return convert.load_model(path)
+        return interop.load_safetensors(path)
     if path.is_dir() and not is_zero_checkpoint(path):
         path = _run_checkpoint(path)
     if not (path.is_file() or is_zero_checkpoint(path)):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoint import EXPECTED, FORMATS, load_model, weights_format
 from ..models import SwinV2Classifier, SwinV2Encoder
-from . import _count, from_transformers, save_model, to_transformers
+from .interop import _count, from_transformers, save_model, to_transformers
+from .load import EXPECTED, FORMATS, load_model, weights_format
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
-"""Weights in and out: transformers' Swinv2 directories, official SwinV2 / SimMIM checkpoints, timm state dicts,
-and our own safetensors export. (Our runs and checkpoints, and the choice among all these formats, are
-`checkpoint.load_model`'s; `python -m simmim_swinv2.convert to-transformers RUN_DIR OUT` goes through it.)
+"""Weights in and out of other systems: transformers' Swinv2 directories, official SwinV2 / SimMIM checkpoints, timm
+state dicts, and our own safetensors export. (Our runs and checkpoints, and the choice among all these formats, are
+`load.load_model`'s; `python -m simmim_swinv2.convert to-transformers RUN_DIR OUT` goes through it.)
 
     from simmim_swinv2 import convert
     model = convert.from_transformers("path/to/hf_dir")   # classifier / SimMIM / encoder, per the checkpoint
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data.processor import ImageProcessor
+from ..inference.processor import ImageProcessor
 from ..models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
 from .keys import (
     _BUFFERS,
@@ -202,7 +202,7 @@ def save_model(model: Model, path: str | Path) -> None:
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
 
 
-def load_model(path: str | Path) -> Model:
+def load_safetensors(path: str | Path) -> Model:
     """Inverse of `save_model`."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -220,14 +220,7 @@ def load_model(path: str | Path) -> Model:
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m simmim_swinv2.convert` / `simmim-convert`."""
-    from .cli import main as cli_main
-
-    cli_main(argv)
-
-
 __all__ = ["Model", "config_from_transformers", "config_to_transformers", "encoder_from_transformers",
-           "encoder_to_transformers", "from_official", "from_timm", "from_transformers", "infer_config", "load_model",
-           "main", "official_to_ours", "recorded_pretrained_windows", "save_model", "timm_to_ours",
+           "encoder_to_transformers", "from_official", "from_timm", "from_transformers", "infer_config", "load_safetensors",
+           "official_to_ours", "recorded_pretrained_windows", "save_model", "timm_to_ours",
            "to_transformers"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .models.swinv2 import SwinV2Encoder
+from ..models.swinv2 import SwinV2Encoder
 
 # Substrings of parameter names kept out of weight decay besides every parameter with ndim <= 1. `logit_scale`
 # is (heads, 1, 1) and the `cpb_mlp` weights are 2-D, so the ndim rule alone would decay them.

@@ -3,7 +3,7 @@ stock strategy from `conf/trainer/deepspeed_*.yaml`), and a guard around ZeRO ch
 whole, loads checked against the world size (naming the fix).
 
 CPU use: `trainer=deepspeed_zero2 trainer.accelerator=cpu trainer.devices=2
-trainer.strategy._target_=simmim_swinv2.strategies.CPUDeepSpeedStrategy`.
+trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
-from .checkpoint import zero_checkpoint_world_size
+from .zero import zero_checkpoint_world_size
 
 
 def use_cpu_accelerator() -> None:

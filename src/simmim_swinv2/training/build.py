@@ -1,5 +1,5 @@
-"""What the entry points share: config checks before any work, datasets first (a bad data root fails before a
-model is built), loggers (wandb offline without credentials), the Trainer with atomic checkpoints, resume."""
+"""What the entry points build from a composed config: datasets first (a bad data root fails before a model is
+built), the datamodule, loggers (wandb offline without credentials), the Trainer with atomic checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -14,44 +14,12 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import AtomicCheckpointIO, find_resume_checkpoint, is_universal_checkpoint
-from .data import SimMIMDataModule
-from .tasks.bad_samples import BadSampleMonitor
-from .tasks.callbacks import RNGState
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work, found before any work starts."""
-
-
-def model_config(cfg: DictConfig):
-    """The model's `SwinV2Config`; it validates itself (sizes against the encoder stride, heads, windows), and
-    its complaint comes back as a ConfigError before any work starts."""
-    try:
-        return instantiate(cfg.model)
-    except Exception as err:  # hydra wraps the ValueError; its message names the problem and the fix
-        raise ConfigError(f"{err.__cause__ or err}") from err
-
-
-def check_pretrain_config(cfg: DictConfig) -> None:
-    """Fail fast, naming the fix, on what would only break later (after data loading or model building)."""
-    model = model_config(cfg)
-    try:  # MaskGenerator validates itself (divisibility, ratio)
-        instantiate(cfg.mask)
-    except Exception as err:
-        raise ConfigError(f"{err.__cause__ or err}") from err
-    if cfg.mask.input_size != cfg.img_size:
-        raise ConfigError(f"mask.input_size={cfg.mask.input_size} differs from img_size={cfg.img_size}: "
-                          "leave mask.input_size as ${img_size}")
-    if cfg.mask.model_patch_size != model.patch_size:
-        raise ConfigError(f"mask.model_patch_size={cfg.mask.model_patch_size} must equal the model's patch size "
-                          f"({model.patch_size})")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1 (it is per device)")
-    if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
-        raise ConfigError(f"resume={cfg.resume}: no such checkpoint; use auto, never or an existing path")
+from ..config import ConfigError
+from ..data import SimMIMDataModule
+from ..distributed.zero import is_universal_checkpoint
+from ..weights import AtomicCheckpointIO, find_resume_checkpoint
+from .bad_samples import BadSampleMonitor
+from .callbacks import RNGState
 
 
 def build_datasets(data_cfg: DictConfig, train_transform, val_transform):
@@ -104,7 +72,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, resume: str | 
         trainer_cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
         ds_config = trainer_cfg["strategy"].setdefault("config", {})
         if ds_config.get("zero_optimization", {}).get("stage") == 3:
-            from .reshard import STAGE3_PROBLEM
+            from ..distributed.reshard import STAGE3_PROBLEM
 
             raise ConfigError(f"resuming the universal checkpoint {resume} under ZeRO-3 is refused: {STAGE3_PROBLEM}. "
                               "Resume it with trainer=deepspeed_zero2 (or deepspeed_zero1)")
@@ -122,7 +90,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, resume: str | 
     if not deepspeed:
         plugins.append(AtomicCheckpointIO())
     else:  # DeepSpeed writes its own sharded checkpoints (no CheckpointIO); check the world size on resume
-        from .strategies import ZeroResumeGuard
+        from ..distributed.strategy import ZeroResumeGuard
 
         callbacks.append(ZeroResumeGuard())
     if SLURMEnvironment.detect():  # under srun; SIGUSR1 (sbatch --signal) is the Preemption callback's, whose
@@ -149,12 +117,12 @@ def save_resolved_config(cfg: DictConfig, run_dir: str | Path) -> None:
 
 
 def specs(cfg: DictConfig):
-    from .tasks import OptimizerSpec, ScheduleSpec
+    from .base import OptimizerSpec, ScheduleSpec
 
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     optim["betas"] = tuple(optim["betas"])
     return OptimizerSpec(**optim), ScheduleSpec(**OmegaConf.to_container(cfg.scheduler, resolve=True))
 
 
-__all__ = ["CONFIG_DIR", "ConfigError", "build_datamodule", "build_datasets", "build_trainer", "model_config",
-           "resume_path", "save_resolved_config", "specs"]
+__all__ = ["build_datamodule", "build_datasets", "build_loggers", "build_trainer", "resume_path",
+           "save_resolved_config", "specs"]

@@ -194,7 +194,7 @@ def count_parameters(mcfg) -> tuple[int, int]:
     """(SimMIM parameters, largest block's parameters), counted on the meta device (no memory)."""
     import torch
 
-    from .models import SimMIM
+    from ..models import SimMIM
 
     with torch.device("meta"):
         model = SimMIM.from_config(mcfg)
@@ -293,7 +293,9 @@ def make_plan(cfg, **changes) -> Plan:
 
 
 def _trainer_strategy(name: str) -> Strategy:
-    path = Path(__file__).resolve().parents[2] / "conf" / "trainer" / f"{name}.yaml"
+    from ..config import CONFIG_DIR
+
+    path = Path(CONFIG_DIR) / "trainer" / f"{name}.yaml"
     if path.is_file():
         from omegaconf import OmegaConf
 

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from .. import optim
+from . import optim
 
 
 def _deepspeed_engine(strategy):

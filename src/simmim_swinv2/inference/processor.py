@@ -16,7 +16,7 @@ import torch
 import torchvision.transforms.v2.functional as tvF
 from PIL import Image
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 _BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as transformers' configs write it
 

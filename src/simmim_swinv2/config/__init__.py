@@ -1,0 +1,28 @@
+"""The configuration: where the Hydra configs are (`CONFIG_DIR`), and the error every check before work raises.
+
+`conf/` stays at the repository's top level; a built wheel carries it inside the package (`simmim_swinv2/conf`),
+and `CONFIG_DIR` finds whichever is there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def _config_dir() -> str:
+    bundled = _PACKAGE / "conf"  # a wheel / non-editable install
+    if (bundled / "pretrain.yaml").is_file():
+        return str(bundled)
+    return str(_PACKAGE.parents[1] / "conf")  # a source checkout (editable install): <repo>/conf
+
+
+CONFIG_DIR = _config_dir()
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work, found before any work starts."""
+
+
+__all__ = ["CONFIG_DIR", "ConfigError"]
