@@ -34,7 +34,7 @@ from simmim_swinv2.data.decode import sample_crop
 # --- mask -------------------------------------------------------------------------------------------
 
 def test_mask_reference_numbers_and_block_alignment():
-    # REFERENCE.md: 6x6 = 36 blocks at 192/32, ceil(36*0.6) = 22 masked, repeated 8x to 48x48 tokens.
+    # microsoft/SimMIM data/data_simmim.py: 6x6 = 36 blocks at 192/32, ceil(36*0.6) = 22 masked, repeated 8x to 48x48 tokens.
     gen = MaskGenerator(192, 32, 4, 0.6)
     for _ in range(20):
         mask = gen()

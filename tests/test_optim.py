@@ -1,5 +1,5 @@
-"""Parameter groups, layer-wise LR decay and per-iteration schedules (REFERENCE.md: "Optimisation",
-"Layer-wise LR decay")."""
+"""Parameter groups, layer-wise LR decay and per-iteration schedules, against the official recipe
+(microsoft/Swin-Transformer `optimizer.py`: no-decay names; `utils_simmim.py`/BEiT: layer-wise LR decay)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_no_decay_rule_on_every_parameter(which, layer_decay, request):
 
 
 def test_timm_helper_misplaces_logit_scale_and_cpb_mlp(simmim):
-    """REFERENCE.md's pitfall: the third positional argument of timm's helper is `weight_decay_exclude_1d`, so
+    """A pitfall measured with timm 1.0.31: the third positional argument of timm's helper is `weight_decay_exclude_1d`, so
     the no-decay names are silently ignored; our groups put the same parameters right."""
     from timm.optim import param_groups_weight_decay
 

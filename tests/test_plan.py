@@ -23,7 +23,7 @@ def test_giant_brings_zero3_checkpointing_bf16_and_command_line_wins(tmp_path):
 def test_giant_plan_params_and_zero3_divides_by_eight(tmp_path):
     cfg = compose_config("pretrain", tmp_path, [*GIANT, "trainer.devices=8"])
     plan = planning.make_plan(cfg)
-    assert plan.params == pytest.approx(3.0e9, rel=0.02)  # REFERENCE.md: SwinV2-G 3.0B
+    assert plan.params == pytest.approx(3.0e9, rel=0.02)  # Swin V2 paper (arXiv 2111.09883), Table 1: SwinV2-G 3.0B
     assert plan.global_batch == 16 * 8 and plan.lr == pytest.approx(cfg.optim.base_lr * 128 / 512)
     full = planning.replace(plan, strategy=planning.Strategy("ddp")).state_bytes()
     assert sum(full.values()) == 16 * plan.params  # mixed-precision Adam: 16 B/param

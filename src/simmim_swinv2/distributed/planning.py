@@ -3,7 +3,8 @@
 Per GPU: model states (weights + gradients + optimizer states, divided as the ZeRO stage divides them)
 + activations at the per-device batch + a fixed allowance for the CUDA context and allocator slack.
 
-Model-state bytes per parameter with AdamW (the ZeRO paper's accounting, REFERENCE.md: 16 B for mixed
+Model-state bytes per parameter with AdamW (the ZeRO paper's accounting, Rajbhandari et al.,
+arXiv 1910.02054, section 3.1: 16 B for mixed
 precision, SwinV2-G 3.0B -> 48 GB):
 
 | precision                  | weights | grads | optimizer states            | total |

@@ -270,7 +270,8 @@ class SwinV2Encoder(nn.Module):
                 stage.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names to keep out of weight decay besides 1-D ones (REFERENCE.md)."""
+        """Parameter names to keep out of weight decay besides 1-D ones (microsoft/Swin-Transformer `optimizer.py`
+        and the SwinV2 model's `no_weight_decay_keywords`)."""
         keys = ("cpb_mlp", "logit_scale", "relative_position_bias_table", "mask_token", "absolute_pos_embed")
         return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
 

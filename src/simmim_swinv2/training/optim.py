@@ -1,6 +1,7 @@
 """Parameter groups (weight-decay exclusions, layer-wise LR decay), the optimizer and per-iteration LR schedules.
 
-Pure functions over modules and optimizers: no Lightning, no Hydra. The recipe (REFERENCE.md, "Optimisation"):
+Pure functions over modules and optimizers: no Lightning, no Hydra. The recipe (the official
+microsoft/Swin-Transformer `optimizer.py` and `lr_scheduler.py`, SimMIM paper arXiv 2111.09886):
 AdamW, betas (0.9, 0.999), eps 1e-8, weight decay 0.05 on all but 1-D parameters and the position/scale
 parameters named in `NO_DECAY_KEYS`; base LR, warmup LR and min LR all scaled by `global_batch / 512`
 (`scale_lr`); schedules stepped once per optimizer step.
