@@ -1,5 +1,5 @@
 """Parameter groups, layer-wise LR decay and per-iteration schedules, against the official recipe
-(microsoft/Swin-Transformer `optimizer.py`: no-decay names; `utils_simmim.py`/BEiT: layer-wise LR decay)."""
+(microsoft/Swin-Transformer `optimizer.py`: no-decay names; microsoft/SimMIM `optimizer.py`: layer-wise LR decay)."""
 
 from __future__ import annotations
 
