@@ -205,7 +205,8 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from simmim_swinv2.data.listing import build_listing, load_listing
+    from simmim_swinv2.data.listing import build_listing
+    from simmim_swinv2.data.listing_shared import load_listing
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_listing_")
     root = (args.tree or Path(tmp.name) / "tree").resolve()

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from simmim_swinv2.data import FolderDataset, build_imagenet1k, scan_folder
-from simmim_swinv2.data import listing as L
-from simmim_swinv2.data.listing import build_listing, is_first_process, listing_file, load_listing
+from simmim_swinv2.data import listing_shared as L
+from simmim_swinv2.data.listing import build_listing
+from simmim_swinv2.data.listing_shared import is_first_process, listing_file, load_listing
 from simmim_swinv2.pretrain import pretrain
 
 REPO = Path(__file__).resolve().parents[1]

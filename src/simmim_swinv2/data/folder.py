@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 
 from .decode import apply_transform
 from .faults import BadSampleTracker, TooManyBadSamples
-from .listing import IMAGE_EXTENSIONS, build_listing, load_listing
+from .listing import IMAGE_EXTENSIONS, build_listing
+from .listing_shared import load_listing
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "build_folder", "scan_folder"]
 
