@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .models import encoder_of
 from .weights import load_model, save_model, zero_checkpoint
 
 
@@ -23,7 +24,7 @@ def consolidate(source: str | Path, out: str | Path, full: bool = False) -> Path
     source = zero_checkpoint(source)
     model = load_model(source)  # distributed.zero.zero_state_dict: the fp32 master weights
     if not full:
-        model = getattr(model, "encoder", model)
+        model = encoder_of(model)
     out = Path(out)
     save_model(model, out)
     print(f"consolidated {source} -> {out} ({type(model).__name__}, "

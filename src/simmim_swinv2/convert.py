@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from .weights.cli import main
 from .weights.interop import (
-    Model,
     config_from_transformers,
     config_to_transformers,
     encoder_from_transformers,
@@ -28,13 +27,14 @@ from .weights.interop import (
     infer_config,
     official_to_ours,
     recorded_pretrained_windows,
-    save_model,
     timm_to_ours,
     to_transformers,
 )
 from .weights.load import load_model
+from .weights.meta import Model, ModelMeta
+from .weights.ours import save_model
 
-__all__ = ["Model", "config_from_transformers", "config_to_transformers", "encoder_from_transformers",
+__all__ = ["Model", "ModelMeta", "config_from_transformers", "config_to_transformers", "encoder_from_transformers",
            "encoder_to_transformers", "from_official", "from_timm", "from_transformers", "infer_config", "load_model",
            "main", "official_to_ours", "recorded_pretrained_windows", "save_model", "timm_to_ours", "to_transformers"]
 

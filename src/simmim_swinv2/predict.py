@@ -2,7 +2,7 @@
 
 `checkpoint` is a fine-tuning run directory, a `.ckpt` file or ZeRO directory of ours, our `.safetensors`, a
 transformers directory (what `python -m simmim_swinv2.convert to-transformers RUN OUT` writes), or an official
-classifier (anything `checkpoint.load_model` reads). Prints the top-k labels (`id2label` names: the data set's
+classifier (anything `weights.load_model` reads). Prints the top-k labels (`id2label` names: the data set's
 class names) with probabilities per image. Preprocessing is transformers' for
 SwinV2 (`data/processor.py`), read from the checkpoint's `preprocessor_config.json` when it has one, so the
 numbers equal `pipeline("image-classification", model=export_dir)`'s. Unreadable images are reported on stderr

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..weights.meta import CHECKPOINT_KEY, ModelMeta
 from . import optim
 
 
@@ -155,12 +156,9 @@ class TrainTask(L.LightningModule):
             register_external_parameter(engine.module, param)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """What rebuilds the model without Hydra (plain types: checkpoints load with weights_only=True)."""
-        encoder = getattr(self.model, "encoder", self.model)
-        meta = {"kind": type(self.model).__name__, "config": encoder.cfg.to_dict()}
-        if hasattr(self.model, "id2label"):
-            meta["id2label"] = dict(self.model.id2label)
-        checkpoint["simmim_swinv2"] = meta
+        """What rebuilds the model without Hydra (`ModelMeta`, in plain types: checkpoints load with
+        weights_only=True; `weights.load_model` reads it back)."""
+        checkpoint[CHECKPOINT_KEY] = ModelMeta.of(self.model).to_dict()
 
     # ------------------------------------------------------------------------------------------ checks
     def check_loss(self, loss: torch.Tensor) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import SwinV2Classifier, SwinV2Encoder
-from .interop import _count, from_transformers, save_model, to_transformers
-from .load import EXPECTED, FORMATS, load_model, weights_format
+from ..models import SwinV2Classifier, encoder_of
+from .interop import _count, from_transformers, to_transformers
+from .load import EXPECTED, FORMATS, identify, load_model
+from .ours import save_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,10 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.out_file} ({type(model).__name__}, {_count(model) / 1e6:.1f}M parameters)")
         return
     overrides = {k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v}
-    fmt = weights_format(args.source) if args.format == "auto" else args.format
+    fmt = identify(args.source, args.format).format
     model = load_model(args.source, format=fmt, **overrides)
-    if args.encoder_only and not isinstance(model, SwinV2Encoder):
-        model = model.encoder
+    if args.encoder_only:
+        model = encoder_of(model)
     to_transformers(model, args.out_dir)
     labels = ""
     if isinstance(model, SwinV2Classifier):

@@ -1,6 +1,6 @@
 """Weights in and out of other systems: transformers' Swinv2 directories, official SwinV2 / SimMIM checkpoints, timm
-state dicts, and our own safetensors export. (Our runs and checkpoints, and the choice among all these formats, are
-`load.load_model`'s; `python -m simmim_swinv2.convert to-transformers RUN_DIR OUT` goes through it.)
+state dicts. (Our own files are `ours`'s; the choice among all these formats is `load.identify`'s, and
+`load.load_model` reads any of them; `python -m simmim_swinv2.convert to-transformers RUN_DIR OUT` goes through it.)
 
     from simmim_swinv2 import convert
     model = convert.from_transformers("path/to/hf_dir")   # classifier / SimMIM / encoder, per the checkpoint
@@ -22,9 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..inference.processor import ImageProcessor
-from ..models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
+from ..models import SimMIM, SwinV2Classifier, encoder_of
 from .keys import (
-    _BUFFERS,
     _split,
     config_from_transformers,
     config_to_transformers,
@@ -35,15 +34,7 @@ from .keys import (
     recorded_pretrained_windows,
     timm_to_ours,
 )
-
-Model = SwinV2Encoder | SimMIM | SwinV2Classifier
-
-
-def _load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    result = module.load_state_dict(sd, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith(_BUFFERS)]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{what}: missing keys {missing[:8]}, unexpected keys {result.unexpected_keys[:8]}")
+from .meta import BUFFERS, Model, ModelMeta, load_strict
 
 
 # --------------------------------------------------------------------------------------------- transformers
@@ -69,18 +60,18 @@ def from_transformers(path: str | Path, **config_overrides) -> Model:
     prefixed = any(k.startswith("swinv2.") for k in sd)
     enc_sd = encoder_from_transformers(_split(sd, "swinv2.") if prefixed else sd)
     cfg = config_from_transformers(hf, use_mask_token="mask_token" in enc_sd, **config_overrides)
-    encoder = SwinV2Encoder(cfg)
-    _load_strict(encoder, enc_sd, f"{path} (encoder)")
     if "classifier.weight" in sd:
         id2label = {int(k): v for k, v in hf.get("id2label", {}).items()} or None
-        model = SwinV2Classifier(encoder, sd["classifier.weight"].shape[0], id2label=id2label)
+        meta = ModelMeta("SwinV2Classifier", cfg, num_classes=sd["classifier.weight"].shape[0], id2label=id2label)
+    else:
+        meta = ModelMeta("SimMIM" if "decoder.0.weight" in sd else "SwinV2Encoder", cfg)
+    model = meta.build()
+    load_strict(encoder_of(model), enc_sd, f"{path} (encoder)")
+    if isinstance(model, SwinV2Classifier):
         model.head.load_state_dict({"weight": sd["classifier.weight"], "bias": sd["classifier.bias"]})
-        return model
-    if "decoder.0.weight" in sd:
-        model = SimMIM(encoder)
+    elif isinstance(model, SimMIM):
         model.decoder.load_state_dict(_split(sd, "decoder."))
-        return model
-    return encoder
+    return model
 
 
 def to_transformers(model: Model, out_dir: str | Path) -> Path:
@@ -88,11 +79,10 @@ def to_transformers(model: Model, out_dir: str | Path) -> Path:
     missing or unexpected keys: a classifier → `Swinv2ForImageClassification`, SimMIM →
     `Swinv2ForMaskedImageModeling`, an encoder → `Swinv2Model`."""
     out_dir = Path(out_dir)
-    encoder = model if isinstance(model, SwinV2Encoder) else model.encoder
-    architecture = {SwinV2Classifier: "Swinv2ForImageClassification", SimMIM: "Swinv2ForMaskedImageModeling",
-                    SwinV2Encoder: "Swinv2Model"}[type(model)]
-    id2label = model.id2label if isinstance(model, SwinV2Classifier) else None
-    config = config_to_transformers(encoder.cfg, architecture, id2label)  # refuses what it cannot express
+    meta, encoder = ModelMeta.of(model), encoder_of(model)
+    architecture = {"SwinV2Classifier": "Swinv2ForImageClassification", "SimMIM": "Swinv2ForMaskedImageModeling",
+                    "SwinV2Encoder": "Swinv2Model"}[meta.kind]
+    config = config_to_transformers(meta.config, architecture, meta.id2label)  # refuses what it cannot express
     enc_sd = encoder_to_transformers(encoder.state_dict())
     if isinstance(model, SwinV2Classifier):
         sd = {f"swinv2.{k}": v for k, v in enc_sd.items()}
@@ -130,7 +120,7 @@ def _read_any(source: str | Path | dict) -> dict[str, torch.Tensor]:
     return _unwrap(_read_weights(path))
 
 
-def _weight_keys(path: Path) -> list[str]:
+def weight_keys(path: Path) -> list[str]:
     """The key names of a weights file, unwrapped as `_read_any` unwraps it, without reading its tensors."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -146,18 +136,18 @@ def _weight_keys(path: Path) -> list[str]:
 
 def _build(enc_sd: dict, head: dict | None, decoder: dict | None, what: str, **overrides) -> Model:
     cfg = infer_config(enc_sd, **overrides)
-    enc_sd = {k: v for k, v in enc_sd.items() if not k.endswith(_BUFFERS)}  # rebuilt, not loaded
-    encoder = SwinV2Encoder(cfg)
-    _load_strict(encoder, enc_sd, what)
-    if decoder:
-        model = SimMIM(encoder)
-        model.decoder.load_state_dict(decoder)
-        return model
+    enc_sd = {k: v for k, v in enc_sd.items() if not k.endswith(BUFFERS)}  # rebuilt, not loaded
     if head:
-        model = SwinV2Classifier(encoder, head["weight"].shape[0])
+        meta = ModelMeta("SwinV2Classifier", cfg, num_classes=head["weight"].shape[0])
+    else:
+        meta = ModelMeta("SimMIM" if decoder else "SwinV2Encoder", cfg)
+    model = meta.build()
+    load_strict(encoder_of(model), enc_sd, what)
+    if isinstance(model, SwinV2Classifier):
         model.head.load_state_dict(head)
-        return model
-    return encoder
+    elif isinstance(model, SimMIM):
+        model.decoder.load_state_dict(decoder)
+    return model
 
 
 def from_official(source: str | Path | dict, **config_overrides) -> Model:
@@ -177,50 +167,11 @@ def from_timm(source: str | Path | dict, **config_overrides) -> Model:
     return _build(enc_sd, head, None, "timm state dict", **config_overrides)
 
 
-def _guess_format(sd: dict | list[str]) -> str | None:
-    """`official` (SimMIM's `encoder.` prefix, `rpe_mlp`, patch merging at a stage's end), `timm` (our names), or
-    None for a state dict that is no SwinV2."""
-    if any(k.startswith(("encoder.", "layers.0.downsample")) or "rpe_mlp" in k for k in sd):
-        return "official"
-    return "timm" if "patch_embed.proj.weight" in sd else None
-
-
 def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_model(model: Model, path: str | Path) -> None:
-    """Our own export: `<path>` safetensors of the model's state dict + `<path>.json` with what rebuilds it."""
-    path = Path(path)
-    encoder = model if isinstance(model, SwinV2Encoder) else model.encoder
-    meta: dict = {"kind": type(model).__name__, "config": encoder.cfg.to_dict()}
-    if isinstance(model, SwinV2Classifier):
-        meta["id2label"] = model.id2label
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(_BUFFERS)}
-    save_file(sd, str(path), metadata={"format": "pt"})
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
-
-
-def load_safetensors(path: str | Path) -> Model:
-    """Inverse of `save_model`."""
-    path = Path(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    cfg = SwinV2Config.from_dict(meta["config"])
-    sd = load_file(str(path))
-    encoder = SwinV2Encoder(cfg)
-    if meta["kind"] == "SwinV2Classifier":
-        model: Model = SwinV2Classifier(encoder, sd["head.weight"].shape[0],
-                                        id2label={int(k): v for k, v in meta["id2label"].items()})
-    elif meta["kind"] == "SimMIM":
-        model = SimMIM(encoder)
-    else:
-        model = encoder
-    _load_strict(model, sd, str(path))
-    return model
-
-
 __all__ = ["Model", "config_from_transformers", "config_to_transformers", "encoder_from_transformers",
-           "encoder_to_transformers", "from_official", "from_timm", "from_transformers", "infer_config", "load_safetensors",
-           "official_to_ours", "recorded_pretrained_windows", "save_model", "timm_to_ours",
+           "encoder_to_transformers", "from_official", "from_timm", "from_transformers", "infer_config",
+           "official_to_ours", "recorded_pretrained_windows", "timm_to_ours",
            "to_transformers"]

@@ -11,11 +11,11 @@ import re
 import torch
 
 from ..models import SwinV2Config
+from .meta import BUFFERS as _BUFFERS
 
 _HF_ACT = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu",
            "silu": "silu", "swish": "silu"}
 _OUR_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
-_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
 
 # ours (encoder-relative) -> transformers (relative to `swinv2.`), for everything but q/k/v and merges.
 _HF_BLOCK = {

@@ -1,57 +1,91 @@
-"""Model weights from anything we or the peers save: one format detector (`weights_format`), one `load_model`, and
-the encoder of any of them for `pretrained=` (`encoder_state_dict`, `load_pretrained_encoder`)."""
+"""Model weights from anything we or the peers save: the one place that tells formats apart (`identify`, and
+`weights_format` its short answer), one `load_model`, and the encoder of any of them for `pretrained=`
+(`encoder_state_dict`, `load_pretrained_encoder`)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..distributed.zero import is_universal_checkpoint, is_zero_checkpoint, zero_state_dict
-from ..models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder
+from ..distributed.zero import is_universal_checkpoint, is_zero_checkpoint
+from ..models import encoder_of
 from . import interop
+from .meta import BUFFERS, Model
+from .ours import READERS
 from .runs import find_resume_checkpoint
 
 log = logging.getLogger(__name__)
-_REBUILT = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
 
 
-# --------------------------------------------------------------------------------- pretrained weights
+# --------------------------------------------------------------------------------- formats
 EXPECTED = ("a run directory of ours (checkpoints/*.ckpt), a Lightning .ckpt, a DeepSpeed ZeRO checkpoint directory "
             "(*.ckpt/ with a `latest` file), our .safetensors with its .json (convert.save_model), a transformers "
             "directory (config.json), or an official SwinV2 / SimMIM or timm state dict (.pth/.pt/.bin/.safetensors)")
 FORMATS = ("ours", "transformers", "official", "timm")
+IMPORTERS = {"transformers": interop.from_transformers, "official": interop.from_official, "timm": interop.from_timm}
 
 
-def weights_format(source: str | Path) -> str:
-    """What `source` is, one of `FORMATS`; ours are recognised first: `ours` — a run directory, a Lightning
-    `.ckpt`, a ZeRO checkpoint directory, or `convert.save_model`'s `.safetensors` + `.json`; `transformers` — a
-    `save_pretrained` directory; `official` / `timm` — any other weights file, told apart by its key names
-    (read with `weights_only=True`). Anything else is refused with the list of what is expected."""
+@dataclass(frozen=True)
+class Source:
+    """What a weights path is: `format` (one of `FORMATS`), `reader` (for ours: a key of `ours.READERS` —
+    `lightning`, `zero`, `safetensors`; else the format), `path` (the file or ZeRO directory to read: a run
+    directory's checkpoint) and `what` (for messages)."""
+
+    format: str
+    reader: str
+    path: Path
+    what: str
+
+
+def identify(source: str | Path, format: str = "auto") -> Source:
+    """Tell what `source` is; ours are recognised first: a ZeRO checkpoint directory, a run directory (its newest
+    checkpoint, `_run_checkpoint`), a Lightning `.ckpt`, `save_model`'s `.safetensors` + `.json`; then a
+    transformers `save_pretrained` directory; then any other weights file, official or timm told apart by its key
+    names (read with `weights_only=True`). `format` (one of `FORMATS`) skips detection for foreign formats and
+    insists on ours for `ours`. Anything else is refused with the list of what is expected."""
+    if format not in ("auto", *FORMATS):
+        raise ValueError(f"format={format!r}: use auto or one of {FORMATS}")
     path = Path(source)
+    if format in IMPORTERS:
+        return Source(format, format, path, f"{format} weights")
     if is_zero_checkpoint(path):
-        return "ours"
+        return Source("ours", "zero", path, "DeepSpeed ZeRO checkpoint (consolidated)")
     if path.is_dir():
-        if (path / "config.json").is_file():
-            return "transformers"
+        if format == "auto" and (path / "config.json").is_file():
+            return Source("transformers", "transformers", path, "transformers directory")
         if find_resume_checkpoint(path) is not None:
-            return "ours"
+            ckpt = _run_checkpoint(path)
+            return Source("ours", identify(ckpt, "ours").reader, ckpt, f"run directory ({ckpt.name})")
         raise FileNotFoundError(f"{path} is a directory with neither checkpoints/*.ckpt (a run of ours), a `latest` "
                                 f"file (a ZeRO checkpoint) nor config.json (transformers); expected {EXPECTED}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; expected {EXPECTED}")
-    if path.suffix == ".ckpt" or (path.suffix == ".safetensors" and path.with_suffix(".json").is_file()):
-        return "ours"
+    if path.suffix == ".ckpt":
+        return Source("ours", "lightning", path, "Lightning checkpoint")
+    if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
+        return Source("ours", "safetensors", path, "safetensors")
+    if format == "ours":
+        raise ValueError(f"{path} is not a checkpoint of ours (a .ckpt, a ZeRO directory, a run directory, or a "
+                         ".safetensors with its .json); leave format=auto to read other weights")
     try:
-        keys = interop._weight_keys(path)
+        keys = interop.weight_keys(path)
     except Exception as err:  # not a pickle / safetensors at all, or one that needs a full unpickle
         raise ValueError(f"cannot read {path} as weights ({type(err).__name__}: {err}); expected {EXPECTED}") from err
-    fmt = interop._guess_format(keys)
-    if fmt is None:
-        raise ValueError(f"{path} holds no SwinV2 weights we know (no patch_embed.proj.weight, no SimMIM `encoder.` "
-                         f"keys; first keys: {keys[:5]}); expected {EXPECTED}")
-    return fmt
+    # official: SimMIM's `encoder.` prefix, `rpe_mlp` names, patch merging at a stage's end; timm: our names
+    if any(k.startswith(("encoder.", "layers.0.downsample")) or "rpe_mlp" in k for k in keys):
+        return Source("official", "official", path, "official checkpoint")
+    if "patch_embed.proj.weight" in keys:
+        return Source("timm", "timm", path, "timm state dict")
+    raise ValueError(f"{path} holds no SwinV2 weights we know (no patch_embed.proj.weight, no SimMIM `encoder.` "
+                     f"keys; first keys: {keys[:5]}); expected {EXPECTED}")
+
+
+def weights_format(source: str | Path) -> str:
+    """What `source` is, one of `FORMATS` (`identify(source).format`)."""
+    return identify(source).format
 
 
 def _run_checkpoint(run_dir: Path) -> Path:
@@ -67,47 +101,43 @@ def _run_checkpoint(run_dir: Path) -> Path:
     return found
 
 
-def _from_lightning(path: Path) -> tuple[dict, dict | None]:
-    """(state dict in our module names, the `simmim_swinv2` model description) of a Lightning checkpoint."""
-    if path.is_dir():  # a ZeRO checkpoint: consolidated in memory
-        return zero_state_dict(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    sd = ckpt.get("state_dict", ckpt)
-    if any(k.startswith("model.") for k in sd):  # our tasks hold the network as `model`
-        sd = {k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")}
-    return sd, ckpt.get("simmim_swinv2")
+# --------------------------------------------------------------------------------- loading
+def load_model(source: str | Path, format: str = "auto", **config_overrides) -> Model:
+    """A whole model (classifier, SimMIM or encoder) from anything `identify` accepts (`format` names it instead
+    of detecting it). Ours — a run directory (its newest checkpoint), a Lightning `.ckpt`, a ZeRO `.ckpt/`
+    directory, `save_model`'s safetensors — are rebuilt from the `ModelMeta` saved in them; transformers
+    directories, official and timm checkpoints go through `convert.from_*`, with `config_overrides` (e.g.
+    `window_size`, `img_size`) for what those files do not record."""
+    src = identify(source, format)
+    if src.format in IMPORTERS:
+        return IMPORTERS[src.format](src.path, **config_overrides)
+    if config_overrides:
+        raise ValueError(f"{src.path} is a checkpoint of ours and records its own config; {sorted(config_overrides)} "
+                         "apply to official / timm / transformers weights only")
+    sd, meta = READERS[src.reader](src.path)
+    if meta is None:
+        raise ValueError(f"{src.path} carries no model description (not written by simmim_swinv2's tasks); "
+                         "for other weights use simmim_swinv2.convert")
+    return meta.load(sd, f"{src.path} ({src.what})")
 
 
 def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
-    """Encoder weights (our module names, no prefix) from anything `weights_format` accepts, and what it was:
-    a run directory of ours (its newest checkpoint), a Lightning `.ckpt` or ZeRO directory (pretraining or
+    """Encoder weights (our module names, no prefix) from anything `identify` accepts, and what it was: a run
+    directory of ours (its newest checkpoint), a Lightning `.ckpt` or ZeRO directory (pretraining or
     fine-tuning), our `.safetensors`, a transformers directory, an official SimMIM / Swin-Transformer checkpoint
     or a timm state dict. Decoder and head weights are left out; pickles load with `weights_only=True`. Official
     checkpoints keep their `relative_coords_table` buffers (`load_pretrained_encoder` reads them)."""
-    path = Path(source)
-    fmt = weights_format(path)
-    if fmt == "transformers":
-        model = interop.from_transformers(path)
-        encoder = model if isinstance(model, interop.SwinV2Encoder) else model.encoder
-        return encoder.state_dict(), "transformers directory"
-    if fmt == "official":
-        return interop.official_to_ours(interop._read_any(path))[0], "official checkpoint"
-    if fmt == "timm":
-        return interop.timm_to_ours(interop._read_any(path))[0], "timm state dict"
-    if is_zero_checkpoint(path):
-        sd, kind = _from_lightning(path)[0], "DeepSpeed ZeRO checkpoint (consolidated)"
-    elif path.is_dir():
-        ckpt = _run_checkpoint(path)
-        sd, kind = _from_lightning(ckpt)[0], f"run directory ({ckpt.name})"
-    elif path.suffix == ".ckpt":
-        sd, kind = _from_lightning(path)[0], "Lightning checkpoint"
-    else:
-        from safetensors.torch import load_file
-
-        sd, kind = load_file(str(path)), "safetensors"
+    src = identify(source)
+    if src.format == "transformers":
+        return encoder_of(interop.from_transformers(src.path)).state_dict(), src.what
+    if src.format == "official":
+        return interop.official_to_ours(interop._read_any(src.path))[0], src.what
+    if src.format == "timm":
+        return interop.timm_to_ours(interop._read_any(src.path))[0], src.what
+    sd = READERS[src.reader](src.path)[0]
     if any(k.startswith("encoder.") for k in sd):
         sd = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
-    return sd, kind
+    return sd, src.what
 
 
 def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
@@ -144,11 +174,11 @@ def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dic
     note = _pretrained_window_note(encoder, sd)
     own = encoder.state_dict()
     skipped_shape = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    sd = {k: v for k, v in sd.items() if k not in skipped_shape and not k.endswith(_REBUILT)}
+    sd = {k: v for k, v in sd.items() if k not in skipped_shape and not k.endswith(BUFFERS)}
     if getattr(encoder, "mask_token", None) is None:
         sd.pop("mask_token", None)
     result = encoder.load_state_dict(sd, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith(_REBUILT)]
+    missing = [k for k in result.missing_keys if not k.endswith(BUFFERS)]
     report = {"missing": missing, "unexpected": list(result.unexpected_keys), "shape_mismatch": skipped_shape}
     loaded = len(sd) - len(result.unexpected_keys)
     if loaded == 0:
@@ -165,45 +195,3 @@ def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dic
           + (f"\n  shape mismatch (left at init): {skipped_shape}" if skipped_shape else "")
           + (f"\n  {note}" if note else ""))
     return report
-
-
-def load_model(source: str | Path, format: str = "auto", **config_overrides):
-    """A whole model (classifier, SimMIM or encoder) from anything `weights_format` accepts (`format` names it
-    instead of detecting it). Ours — a run directory (its newest checkpoint), a Lightning `.ckpt`, a ZeRO `.ckpt/`
-    directory, `convert.save_model`'s safetensors — are rebuilt from the model description our tasks save in
-    them; transformers directories, official and timm checkpoints go through `convert.from_*`, with
-    `config_overrides` (e.g. `window_size`, `img_size`) for what those files do not record."""
-
-    path = Path(source)
-    fmt = weights_format(path) if format == "auto" else format
-    if fmt not in FORMATS:
-        raise ValueError(f"format={format!r}: use auto or one of {FORMATS}")
-    if fmt != "ours":
-        return {"transformers": interop.from_transformers, "official": interop.from_official,
-                "timm": interop.from_timm}[fmt](path, **config_overrides)
-    if config_overrides:
-        raise ValueError(f"{path} is a checkpoint of ours and records its own config; {sorted(config_overrides)} "
-                         "apply to official / timm / transformers weights only")
-    if path.suffix == ".safetensors":
-        return interop.load_safetensors(path)
-    if path.is_dir() and not is_zero_checkpoint(path):
-        path = _run_checkpoint(path)
-    if not (path.is_file() or is_zero_checkpoint(path)):
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    sd, meta = _from_lightning(path)
-    if meta is None:
-        raise ValueError(f"{path} carries no model description (not written by simmim_swinv2's tasks); "
-                         "for other weights use simmim_swinv2.convert")
-    encoder = SwinV2Encoder(SwinV2Config.from_dict(meta["config"]))
-    if meta["kind"] == "SwinV2Classifier":
-        id2label = {int(k): v for k, v in meta["id2label"].items()}
-        model = SwinV2Classifier(encoder, len(id2label), id2label=id2label)
-    elif meta["kind"] == "SimMIM":
-        model = SimMIM(encoder)
-    else:
-        model = encoder
-    result = model.load_state_dict(sd, strict=False)
-    bad = [k for k in result.missing_keys if not k.endswith(_REBUILT)] + list(result.unexpected_keys)
-    if bad:
-        raise ValueError(f"{path}: checkpoint does not match its own model description: {bad[:8]}")
-    return model

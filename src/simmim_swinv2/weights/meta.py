@@ -1,0 +1,117 @@
+"""What rebuilds one of our models without Hydra: its kind, its encoder config, its labels. Written into every
+checkpoint of ours (`checkpoint["simmim_swinv2"]`, by the training task) and beside our safetensors (`<name>.json`,
+by `save_model`), read back by `load_model`; the importers of foreign formats build through it too.
+
+    meta = ModelMeta.of(model)              # from a model
+    d = meta.to_dict()                      # plain types: JSON, and torch.load(weights_only=True)
+    model = ModelMeta.from_dict(d).load(state_dict, "what it came from")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder, encoder_of
+
+Model = SwinV2Encoder | SimMIM | SwinV2Classifier
+KINDS: dict[str, type[Model]] = {cls.__name__: cls for cls in (SwinV2Encoder, SimMIM, SwinV2Classifier)}
+# Buffers every model rebuilds from its config (position tables, masks, the zero k bias): never required in a
+# state dict, and left out of our exports.
+BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
+CHECKPOINT_KEY = "simmim_swinv2"  # where our tasks put `ModelMeta.to_dict()` in a Lightning checkpoint
+_SIMMIM_DEFAULTS = {"norm_target": False, "norm_target_window": 47}
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """`kind`: one of `KINDS`; `config`: the encoder's; `num_classes` / `id2label` for a classifier (labels None:
+    transformers' `LABEL_<i>`); `norm_target` / `norm_target_window` for SimMIM (its loss's target normalisation)."""
+
+    kind: str
+    config: SwinV2Config
+    num_classes: int | None = None
+    id2label: dict[int, str] | None = None
+    norm_target: bool = False
+    norm_target_window: int = 47
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"model kind {self.kind!r} is not one of {sorted(KINDS)}")
+        if self.kind == "SwinV2Classifier" and self.num_classes is None:
+            if self.id2label is None:
+                raise ValueError("a SwinV2Classifier's description needs num_classes or id2label")
+            object.__setattr__(self, "num_classes", len(self.id2label))
+
+    @classmethod
+    def of(cls, model: Model) -> ModelMeta:
+        """The description of `model` (a bare encoder, SimMIM or a classifier)."""
+        kind = type(model).__name__
+        if kind not in KINDS:
+            raise TypeError(f"{kind} is not one of our models ({sorted(KINDS)})")
+        extra: dict = {}
+        if isinstance(model, SwinV2Classifier):
+            extra = {"num_classes": model.num_classes, "id2label": dict(model.id2label)}
+        elif isinstance(model, SimMIM):
+            extra = {"norm_target": bool(model.norm_target), "norm_target_window": int(model.norm_target_window)}
+        return cls(kind, encoder_of(model).cfg, **extra)
+
+    def to_dict(self) -> dict:
+        """Plain types only (str, int, float, bool, tuples, dicts): `torch.load(weights_only=True)` and JSON read
+        it. `id2label` keys are ints here; JSON turns them into strings, which `from_dict` reads back."""
+        out: dict = {"kind": self.kind, "config": self.config.to_dict()}
+        if self.kind == "SwinV2Classifier":
+            out["id2label"] = dict(self.id2label or {i: f"LABEL_{i}" for i in range(self.num_classes)})
+        elif self.kind == "SimMIM":
+            out.update(norm_target=self.norm_target, norm_target_window=self.norm_target_window)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict, source: object = "model description") -> ModelMeta:
+        """Inverse of `to_dict`, for every form written so far: checkpoints' (tuples, int label keys) and JSON's
+        (lists, string label keys), with or without SimMIM's `norm_target*` (older ones did not record it: off, the default);
+        config fields added since (e.g. `attn_backend`) take their defaults. `source` names it in errors."""
+        if not isinstance(d, dict) or "kind" not in d or "config" not in d:
+            raise ValueError(f"{source}: not a model description of ours (a dict with `kind` and `config`), got "
+                             f"{type(d).__name__}{' with keys ' + str(sorted(d)) if isinstance(d, dict) else ''}")
+        unknown = set(d) - {"kind", "config", "id2label", *_SIMMIM_DEFAULTS}
+        if unknown:
+            raise ValueError(f"{source}: unknown model description keys {sorted(unknown)}")
+        kind = d["kind"]
+        if kind == "SwinV2Classifier" and not d.get("id2label"):
+            raise ValueError(f"{source}: a SwinV2Classifier's description without id2label")
+        id2label = {int(k): str(v) for k, v in d["id2label"].items()} if kind == "SwinV2Classifier" else None
+        simmim = {k: d.get(k, v) for k, v in _SIMMIM_DEFAULTS.items()} if kind == "SimMIM" else {}
+        try:
+            return cls(kind, SwinV2Config.from_dict(dict(d["config"])), id2label=id2label, **simmim)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: bad model description: {err}") from err
+
+    def build(self) -> Model:
+        """The model this describes, freshly initialised."""
+        encoder = SwinV2Encoder(self.config)
+        if self.kind == "SwinV2Classifier":
+            return SwinV2Classifier(encoder, self.num_classes, id2label=self.id2label)
+        if self.kind == "SimMIM":
+            return SimMIM(encoder, norm_target=self.norm_target, norm_target_window=self.norm_target_window)
+        return encoder
+
+    def load(self, state_dict: dict[str, torch.Tensor], source: object) -> Model:
+        """`build()` with `state_dict` loaded: every parameter must be there (rebuilt `BUFFERS` may be missing) and
+        nothing else; `source` names the weights in the error."""
+        try:
+            model = self.build()
+        except ValueError as err:  # a description no model fits (e.g. SimMIM without a mask token)
+            raise ValueError(f"{source}: cannot build the {self.kind} it describes: {err}") from err
+        load_strict(model, state_dict, source)
+        return model
+
+
+def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: object) -> None:
+    """`module.load_state_dict` that tolerates missing rebuilt `BUFFERS` only, and says what did not fit."""
+    result = module.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(BUFFERS)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{source}: the weights do not match the model ({type(module).__name__}): missing keys "
+                         f"{missing[:8]}, unexpected keys {list(result.unexpected_keys)[:8]}")
