@@ -24,9 +24,9 @@ from simmim_swinv2.config import ConfigError
 from simmim_swinv2.data import build_digits, build_folder, build_webdataset
 from simmim_swinv2.data.sharding import make_shards
 from simmim_swinv2.finetune import class_names, finetune
-from simmim_swinv2.models import SimMIM, SwinV2Encoder
+from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder
 from simmim_swinv2.pretrain import pretrain
-from simmim_swinv2.weights import find_resume_checkpoint, load_model
+from simmim_swinv2.weights import CHECKPOINT_KEY, ModelMeta, find_resume_checkpoint, load_model
 
 TESTS = Path(__file__).resolve().parent
 CLASSES = ["cat", "dog", "owl"]
@@ -93,11 +93,23 @@ def test_finetune_on_folders_or_shards_exports_their_class_names(data, class_tre
 
 @pytest.fixture(scope="module")
 def our_runs(tmp_path_factory):
-    """A one-step pretraining run and a one-step fine-tune of it on digits (in-process, the real configs)."""
+    """A one-step pretraining run (normalised targets, a 7-px window) and a one-step fine-tune of it on digits
+    (in-process, the real configs)."""
     pre, ft = tmp_path_factory.mktemp("pre"), tmp_path_factory.mktemp("ft")
-    pretrain(compose_config("pretrain", pre, ONE_STEP))
+    pretrain(compose_config("pretrain", pre, [*ONE_STEP, "norm_target=true", "norm_target_window=7"]))
     finetune(compose_config("finetune", ft, [*ONE_STEP, f"pretrained={pre}"]))
     return pre, ft
+
+
+def test_our_runs_save_the_model_description_load_model_reads(our_runs):
+    pre, ft = our_runs
+    for run, cls in ((pre, SimMIM), (ft, SwinV2Classifier)):
+        saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)[CHECKPOINT_KEY]
+        model = load_model(run)
+        assert isinstance(model, cls) and saved == ModelMeta.of(model).to_dict()
+    assert (saved["id2label"], saved["config"]["img_size"]) == ({i: str(i) for i in range(10)}, (64, 64))
+    mim = load_model(pre)
+    assert (mim.norm_target, mim.norm_target_window) == (True, 7)  # the pretraining loss comes back as it ran
 
 
 @pytest.mark.parametrize("source", ["run_dir", "lightning_ckpt", "safetensors"])
