@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm import tqdm
 
 
@@ -103,6 +103,18 @@ def linear_probe_top1(train_feats, train_labels, val_feats, val_labels, max_iter
     return float(clf.score((x_val - mean) / std, y_val))
 
 
+def take(batches: Iterable, n: int | None) -> Iterator:
+    """The batches of `batches` that hold its first `n` samples (the last one cut), or all of them for None."""
+    seen = 0
+    for batch in batches:
+        if n is not None and seen >= n:
+            break
+        if n is not None:
+            batch = [b[: n - seen] for b in batch]
+        seen += len(batch[-1])
+        yield batch
+
+
 def subset_indices(n: int, max_samples: int | None, seed: int = 0) -> list[int]:
     """`max_samples` of `range(n)` drawn without replacement with a fixed seed (sorted), or all of them."""
     if max_samples is None or max_samples >= n:
@@ -121,17 +133,20 @@ def probe(encoder: torch.nn.Module, train: Dataset, val: Dataset, batch_size: in
           k: int = 20, temperature: float = 0.07, train_samples: int | None = None, seed: int = 0,
           device: torch.device | str | None = None, linear: bool = True, progress: bool = True) -> dict[str, float]:
     """kNN top-1 and linear-probe top-1 of a frozen encoder, train split → val split. `train`, `val`: datasets
-    yielding `(image, label)` with an eval transform; `train_samples` bounds the training set (a fixed-seed subset).
+    yielding `(image, label)` with an eval transform; `train_samples` bounds the training set (a fixed-seed subset;
+    of shards, the first ones).
     Returns `{"knn_top1", "linear_top1", "train_samples", "val_samples", "seconds"}` (`linear_top1` only when
     `linear`)."""
     start = time.perf_counter()
     if device is not None:
         encoder = encoder.to(device)
-    indices = subset_indices(len(train), train_samples, seed)
-    train = train if len(indices) == len(train) else Subset(train, indices)
-    kw = dict(batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    x_train, y_train = labelled(*pooled_features(encoder, DataLoader(train, **kw), progress=progress,
-                                                 desc="train features"))
+    kw = dict(batch_size=batch_size, num_workers=num_workers)
+    if isinstance(train, IterableDataset):  # shards: their first `train_samples`, in order
+        train_batches = take(DataLoader(train, **kw), train_samples)
+    else:
+        indices = subset_indices(len(train), train_samples, seed)
+        train_batches = DataLoader(train if len(indices) == len(train) else Subset(train, indices), **kw)
+    x_train, y_train = labelled(*pooled_features(encoder, train_batches, progress=progress, desc="train features"))
     x_val, y_val = labelled(*pooled_features(encoder, DataLoader(val, **kw), progress=progress, desc="val features"))
     if len(y_train) == 0 or len(y_val) == 0:
         raise ValueError("the data has no labels (label -1 everywhere): the probes need a labelled source "
@@ -144,4 +159,5 @@ def probe(encoder: torch.nn.Module, train: Dataset, val: Dataset, batch_size: in
     return result
 
 
-__all__ = ["knn_predict", "knn_top1", "labelled", "linear_probe_top1", "pooled_features", "probe", "subset_indices"]
+__all__ = ["knn_predict", "knn_top1", "labelled", "linear_probe_top1", "pooled_features", "probe", "subset_indices",
+           "take"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -27,7 +26,7 @@ from torchvision import transforms as T
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..data.views import eval_view, has_labels
-from ..inference.probe import knn_top1, labelled, pooled_features, subset_indices
+from ..inference.probe import knn_top1, labelled, pooled_features, subset_indices, take
 
 
 def eval_transform(img_size: tuple[int, int], crop_pct: float = 0.875) -> T.Compose:
@@ -54,18 +53,6 @@ def gather_rows(strategy, *tensors: torch.Tensor) -> list[torch.Tensor]:
         gathered = strategy.all_gather(padded)  # (world, longest, ...)
         out.append(torch.cat([gathered[r, :n] for r, n in enumerate(counts)]))
     return out
-
-
-def _take(loader: DataLoader, n: int) -> Iterator:
-    """The first `n` samples of `loader`, as batches."""
-    seen = 0
-    for batch in loader:
-        if seen >= n:
-            break
-        room = n - seen
-        batch = [b[:room] for b in batch]
-        seen += len(batch[-1])
-        yield batch
 
 
 class KNNMonitor(L.Callback):
@@ -157,7 +144,7 @@ class KNNMonitor(L.Callback):
                 dataset.batch_size = self.batch_size
             per_rank = math.ceil(max_samples / world) if max_samples is not None else None
             loader = DataLoader(dataset, **{k: v for k, v in kw.items() if k != "shuffle"})
-            batches = _take(loader, per_rank) if per_rank is not None else loader
+            batches = take(loader, per_rank)
             return batches, None
         mine = subset_indices(len(dataset), max_samples, self.seed)[rank::world]
         return DataLoader(Subset(dataset, mine), **kw), torch.tensor(mine, dtype=torch.int64)
