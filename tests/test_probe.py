@@ -82,3 +82,26 @@ def test_probe_and_visualize_command_lines(simmim_run, tmp_path):  # noqa: F811
         else:
             assert "masked-pixel L1 " in out.stdout
     assert (tmp_path / "simmim_swinv2.visualize" / "cat.png").is_file()
+
+
+def test_probe_reads_official_and_timm_weights(simmim_run, tmp_path):  # noqa: F811
+    """The same weights as an official SimMIM checkpoint and as a timm state dict probe to the same kNN top-1 as the
+    run. What these files do not record goes through model_overrides: the image size (official checkpoints record it
+    in their shift masks, which ours do not write) and, for timm, the window."""
+    import torch
+    from test_convert import _as_official
+
+    from simmim_swinv2.weights import load_model
+
+    trained = load_model(simmim_run)
+    torch.save(_as_official(trained), tmp_path / "official.pth")
+    timm_sd = {k: v for k, v in trained.encoder.state_dict().items() if not k.endswith(("index", "table", "attn_mask"))}
+    torch.save(timm_sd, tmp_path / "timm.pth")
+    quick = ["num_workers=0", "train_samples=100", "linear=false"]
+    knn = {}
+    for name, extra in (("run", [f"checkpoint={simmim_run}"]),
+                        ("official", [f"checkpoint={tmp_path / 'official.pth'}", "+model_overrides.img_size=64"]),
+                        ("timm", [f"checkpoint={tmp_path / 'timm.pth'}", "+model_overrides.window_size=4",
+                                  "+model_overrides.img_size=64"])):
+        knn[name] = probe(compose_config("probe", tmp_path / name, [*extra, *quick]))["knn_top1"]
+    assert knn["official"] == pytest.approx(knn["run"], abs=1e-9) and knn["timm"] == pytest.approx(knn["run"], abs=1e-9)

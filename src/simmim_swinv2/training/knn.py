@@ -9,8 +9,9 @@ representation stalls; this number says whether the features separate the classe
 Distributed: every rank runs the forward on its share of the samples (under ZeRO-3 the parameters are sharded, so all
 ranks must take part in every forward), the features are gathered in sample order, and every rank computes the same
 value (the one rank 0 computed is broadcast). Cost: `train_samples + val samples` forwards per evaluation, split
-over the ranks; printed each time. Off (`every_n_epochs=0`), or on unlabelled data, it builds no loader and runs no
-forward.
+over the ranks; printed each time. Off (`every_n_epochs=0`), without a validation split or on a source that says it
+is unlabelled (a folder without class subfolders), it builds no loader and runs no forward; a source that does not
+say (shards without `num_classes`) is found unlabelled after one pass, and the monitor then turns itself off.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class KNNMonitor(L.Callback):
     # ------------------------------------------------------------------------------------------ when
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        last = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch  # -1: no last epoch (max_steps)
         return epoch % self.every_n_epochs == 0 or last
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -133,8 +134,9 @@ class KNNMonitor(L.Callback):
         return None
 
     def _loader(self, dataset: Dataset, trainer: L.Trainer, max_samples: int | None) -> tuple[object, torch.Tensor]:
-        """(batches of this rank's share, the share's sample indices). Map-style: a fixed-seed subset, dealt out
-        rank by rank; iterable sources split themselves over ranks: the first `max_samples / world` of this rank's."""
+        """(batches of this rank's share, the share's sample indices, -1 for padding). Map-style: a fixed-seed subset,
+        dealt out rank by rank, every share padded to the same length; iterable sources split themselves over ranks
+        into equal parts (exact epochs): the first `max_samples / world` of this rank's, indices None."""
         datamodule = getattr(trainer, "datamodule", None)
         workers = self.num_workers if self.num_workers is not None else getattr(datamodule, "num_workers", 0)
         kw = dict(batch_size=self.batch_size, num_workers=workers, shuffle=False, pin_memory=torch.cuda.is_available())
@@ -146,8 +148,13 @@ class KNNMonitor(L.Callback):
             loader = DataLoader(dataset, **{k: v for k, v in kw.items() if k != "shuffle"})
             batches = take(loader, per_rank)
             return batches, None
-        mine = subset_indices(len(dataset), max_samples, self.seed)[rank::world]
-        return DataLoader(Subset(dataset, mine), **kw), torch.tensor(mine, dtype=torch.int64)
+        chosen = subset_indices(len(dataset), max_samples, self.seed)
+        mine = chosen[rank::world]
+        # Every rank runs the same number of forwards (under ZeRO-3 each one is a collective): the shorter shares are
+        # padded with a repeat, marked -1 and dropped after the gather.
+        pad = math.ceil(len(chosen) / world) - len(mine)
+        index = torch.tensor(mine + [-1] * pad, dtype=torch.int64)
+        return DataLoader(Subset(dataset, mine + chosen[:1] * pad), **kw), index
 
     # ------------------------------------------------------------------------------------------ the pass
     @torch.no_grad()
@@ -165,7 +172,7 @@ class KNNMonitor(L.Callback):
             if index is None:  # iterable: rank-major order, made explicit so the gather below can sort by it
                 index = torch.arange(len(labels)) * trainer.world_size + trainer.global_rank
             feats, labels, index = gather_rows(trainer.strategy, feats, labels, index.to(feats.device))
-            order = index.argsort()  # the sample order, whatever the number of ranks
+            order = index.argsort()[int((index < 0).sum()):]  # the sample order, whatever the number of ranks; no padding
             parts.append(labelled(feats[order], labels[order]))
         (x_train, y_train), (x_val, y_val) = parts
         if len(y_train) == 0 or len(y_val) == 0:
