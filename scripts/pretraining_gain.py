@@ -1,7 +1,8 @@
 """Does SimMIM pretraining help? Both arms on the bundled digits, same budget, same seeds:
 
 1. fine-tune from the SimMIM-pretrained encoder vs from random initialisation (several seeds);
-2. a linear probe (logistic regression) on frozen pooled features: pretrained encoder vs random encoders.
+2. the frozen-feature probes of `python -m simmim_swinv2.probe` (kNN top-1, DINO's k=20 / T=0.07, and a logistic
+   regression on standardised pooled features): pretrained encoder vs random encoders.
 
     python scripts/pretraining_gain.py                       # ~15 min on 2 CPU cores
     python scripts/pretraining_gain.py --seeds 0 1 2 3 4 --pretrain-epochs 30
@@ -17,19 +18,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
-from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from simmim_swinv2.config import CONFIG_DIR  # noqa: E402
 from simmim_swinv2.data import build_digits, build_eval_transform  # noqa: E402
 from simmim_swinv2.finetune import finetune  # noqa: E402
+from simmim_swinv2.inference.probe import probe  # noqa: E402
 from simmim_swinv2.models import SwinV2Encoder, swinv2_config  # noqa: E402
 from simmim_swinv2.pretrain import pretrain  # noqa: E402
 from simmim_swinv2.weights import load_pretrained_encoder  # noqa: E402
@@ -47,25 +47,11 @@ def compose_cfg(name: str, run_dir: Path, overrides: list[str]):
     return cfg
 
 
-@torch.no_grad()
-def features(encoder: SwinV2Encoder, split: str, img_size: int) -> tuple[np.ndarray, np.ndarray]:
-    data = build_digits(split, transform=build_eval_transform(img_size, crop_pct=1.0), image_size=img_size)
-    loader = torch.utils.data.DataLoader(data, batch_size=128)
-    encoder.eval()
-    feats, labels = [], []
-    for images, y in loader:
-        feats.append(encoder(images).pooler_output)
-        labels.append(y)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
-
-
-def linear_probe(encoder: SwinV2Encoder, img_size: int) -> float:
-    x_train, y_train = features(encoder, "train", img_size)
-    x_val, y_val = features(encoder, "val", img_size)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    clf = LogisticRegression(max_iter=2000, C=1.0)
-    clf.fit((x_train - mean) / std, y_train)
-    return float(clf.score((x_val - mean) / std, y_val))
+def probes(encoder: SwinV2Encoder, img_size: int) -> dict[str, float]:
+    """kNN and linear-probe top-1 of `encoder` on digits, train split -> val split (whole images: crop_pct 1)."""
+    transform = build_eval_transform(img_size, crop_pct=1.0)
+    train, val = (build_digits(split, transform=transform, image_size=img_size) for split in ("train", "val"))
+    return probe(encoder, train, val, batch_size=128, progress=False)
 
 
 def summary(values: list[float]) -> str:
@@ -98,22 +84,28 @@ def main(argv: list[str] | None = None) -> None:
 
     img_size = 64
     cfg = swinv2_config("debug", img_size=img_size, window_size=4)
-    probe: dict[str, list[float]] = {"SimMIM-pretrained": [], "random init": []}
+    arms = ("SimMIM-pretrained", "random init")
+    probed: dict[str, dict[str, list[float]]] = {m: {a: [] for a in arms} for m in ("knn_top1", "linear_top1")}
     pretrained_encoder = SwinV2Encoder(cfg)
     load_pretrained_encoder(pretrained_encoder, pre_dir)
-    probe["SimMIM-pretrained"].append(linear_probe(pretrained_encoder, img_size))
+    for metric, value in probes(pretrained_encoder, img_size).items():
+        if metric in probed:
+            probed[metric]["SimMIM-pretrained"].append(value)
     for seed in args.seeds:
         torch.manual_seed(seed)
-        probe["random init"].append(linear_probe(SwinV2Encoder(cfg), img_size))
+        for metric, value in probes(SwinV2Encoder(cfg), img_size).items():
+            if metric in probed:
+                probed[metric]["random init"].append(value)
 
     print(f"\nDigits (1,437 train / 360 val), SwinV2-debug at {img_size} px; SimMIM {args.pretrain_epochs} epochs; "
           f"fine-tune {args.finetune_epochs} epochs; seeds {args.seeds}")
     print("| evaluation | SimMIM-pretrained | random init | gain |")
     print("|---|---|---|---|")
-    for name, table in (("fine-tune top-1", finetuned), ("linear probe top-1", probe)):
+    for name, table in (("fine-tune top-1", finetuned), ("kNN top-1", probed["knn_top1"]),
+                        ("linear probe top-1", probed["linear_top1"])):
         gain = statistics.mean(table["SimMIM-pretrained"]) - statistics.mean(table["random init"])
         print(f"| {name} | {summary(table['SimMIM-pretrained'])} | {summary(table['random init'])} | {gain:+.4f} |")
-    print("(linear probe: one pretrained encoder; random init: one random encoder per seed)")
+    print("(kNN and linear probe: one pretrained encoder; random init: one random encoder per seed)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Probe a frozen encoder: `python -m simmim_swinv2.probe checkpoint=PATH [data=…]`.
+
+PATH: anything `weights.load_model` reads — a run directory, `.ckpt` or ZeRO directory of ours (pretraining or
+fine-tuning), our `.safetensors`, a transformers directory, an official SwinV2 / SimMIM or a timm checkpoint (for
+those two, `model_overrides` gives what the file does not record, e.g. `+model_overrides.window_size=8`). Prints
+`kNN top-1 <x>` (DINO's weighted cosine kNN, k=20, T=0.07) and `linear probe top-1 <y>` (logistic regression on
+standardised features) of the encoder's pooled features, fit on the data's train split and scored on its val split,
+both through the eval transform at the model's size.
+"""
+
+from __future__ import annotations
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .config import CONFIG_DIR, ConfigError
+from .data import build_eval_transform
+from .data.views import eval_view, has_labels
+from .inference.probe import probe as probe_features
+from .models import SwinV2Encoder
+from .weights import load_model
+
+
+def load_encoder(source, **overrides) -> SwinV2Encoder:
+    """The encoder of whatever `source` holds (an encoder, SimMIM or a classifier)."""
+    model = load_model(source, **overrides)
+    return model if isinstance(model, SwinV2Encoder) else model.encoder
+
+
+def probe(cfg: DictConfig) -> dict[str, float]:
+    """Load the encoder, build the train and val splits with the eval transform, run both probes; returns
+    `{"knn_top1", "linear_top1", "train_samples", "val_samples", "seconds"}`."""
+    overrides = OmegaConf.to_container(cfg.model_overrides, resolve=True) if cfg.get("model_overrides") else {}
+    encoder = load_encoder(cfg.checkpoint, **overrides)
+    size = cfg.img_size or encoder.cfg.img_size[0]
+    with open_dict(cfg):
+        cfg.img_size = size  # the data config renders images at ${img_size}
+    if not cfg.data.get("val"):
+        raise ConfigError(f"data={cfg.data} has no validation split configured (data.val): the probes score on it")
+    transform = build_eval_transform(size, crop_pct=cfg.crop_pct)
+    train = eval_view(instantiate(cfg.data.train, transform=transform), transform)
+    val = eval_view(instantiate(cfg.data.val, transform=transform), transform)
+    if has_labels(train) is False or has_labels(val) is False:
+        raise ConfigError("the data is unlabelled (label -1): the probes need a labelled source (data=digits, a "
+                          "folder of class subfolders, ImageNet)")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    result = probe_features(encoder, train, val, batch_size=cfg.batch_size, num_workers=cfg.num_workers, k=cfg.k,
+                            temperature=cfg.temperature, train_samples=cfg.train_samples, seed=cfg.seed,
+                            device=device, linear=cfg.linear)
+    print(f"{cfg.checkpoint}: {result['train_samples']} train / {result['val_samples']} val images at {size} px, "
+          f"{result['seconds']:.1f} s")
+    print(f"kNN top-1 {result['knn_top1']:.4f}  (k={cfg.k}, T={cfg.temperature})")
+    if "linear_top1" in result:
+        print(f"linear probe top-1 {result['linear_top1']:.4f}")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="probe")
+def main(cfg: DictConfig) -> None:
+    probe(cfg)
+
+
+if __name__ == "__main__":
+    main()
