@@ -21,17 +21,11 @@ export PYTHONUNBUFFERED=1                           # logs appear as they happen
 # Stable across requeue (same job id) so resume=auto continues; SIMMIM_RUN_DIR to choose it yourself.
 RUN_DIR="${SIMMIM_RUN_DIR:-${SIMMIM_OUTPUT_ROOT:-outputs}/slurm/${SLURM_JOB_NAME}_${SLURM_JOB_ID}}"
 
-# trainer=ddp (GPUs) unless a trainer is given (trainer=... on the command line or SIMMIM_TRAINER=...), or
-# the model config picks its own (conf/model/swinv2_{tiny,small,base,large}.yaml: gpu, bf16; huge/giant: ZeRO-3).
+# The trainer is the composed config's, as on a workstation: the model config picks it by size
+# (conf/model/swinv2_{tiny,small,base,large}.yaml: trainer=gpu, bf16, DDP over the job's tasks; huge/giant: ZeRO-3),
+# trainer=... on the command line wins, and SIMMIM_TRAINER=<name> is the same as trainer=<name> first.
 TRAINER_ARGS=()
-_trainer="${SIMMIM_TRAINER:-}"
-if [[ -z "$_trainer" ]] && ! printf '%s\n' "$@" | grep -q '^trainer='; then
-  _model=$(printf '%s\n' "$@" | sed -n 's/^model=//p' | tail -1)
-  if [[ -z "$_model" ]] || ! grep -q 'override /trainer' "conf/model/${_model}.yaml" 2>/dev/null; then
-    _trainer=ddp
-  fi
-fi
-[[ -n "$_trainer" ]] && TRAINER_ARGS=("trainer=$_trainer")
+[[ -n "${SIMMIM_TRAINER:-}" ]] && TRAINER_ARGS=("trainer=$SIMMIM_TRAINER")
 
 if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
 echo "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST:-?}: run dir $RUN_DIR"

@@ -32,7 +32,6 @@ saves less than the CPU's math path, so the attention term is on the safe side t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 GIB = 1024**3
 REFERENCE_BATCH = 512
@@ -43,16 +42,6 @@ MIXED_ACT_FACTOR = 1.6
 
 # bytes per parameter: (weights, gradients, optimizer states)
 STATE_BYTES = {"32": (4, 4, 8), "mixed": (2, 2, 12), "half": (2, 2, 4)}
-
-# The DeepSpeed trainer configs (conf/trainer/<name>.yaml), used to say which one would fit when the
-# file cannot be read: (stage, offload_optimizer, offload_parameters).
-DEEPSPEED_TRAINERS = {
-    "deepspeed_zero1": (1, False, False),
-    "deepspeed_zero2": (2, False, False),
-    "deepspeed_zero3": (3, False, False),
-    "deepspeed_zero3_offload": (3, True, True),
-}
-
 
 @dataclass(frozen=True)
 class Strategy:
@@ -293,17 +282,30 @@ def make_plan(cfg, **changes) -> Plan:
     return replace(plan, **rest)
 
 
-def _trainer_strategy(name: str) -> Strategy:
+def zero_trainers() -> dict[str, Strategy]:
+    """The trainer configs (`trainer=<name>`) whose strategy partitions with ZeRO, as Hydra composes them (defaults
+    lists included), the least partitioned first: the choices `fitting_options` tries. Inside a Hydra app its
+    config search path is used; elsewhere `config.CONFIG_DIR`."""
+    from contextlib import ExitStack
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     from ..config import CONFIG_DIR
 
-    path = Path(CONFIG_DIR) / "trainer" / f"{name}.yaml"
-    if path.is_file():
-        from omegaconf import OmegaConf
-
-        node = OmegaConf.load(path).get("strategy")
-        if node is not None and not isinstance(node, str):
-            return parse_strategy(node)
-    return Strategy(name, *DEEPSPEED_TRAINERS[name])
+    with ExitStack() as stack:
+        if not GlobalHydra.instance().is_initialized():
+            stack.enter_context(initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"))
+        names = GlobalHydra.instance().config_loader().get_group_options("trainer")
+        found = {}
+        for name in names:
+            strategy = compose(overrides=[f"+trainer={name}"]).trainer.get("strategy")
+            if strategy is not None and not isinstance(strategy, str):
+                s = parse_strategy(strategy)
+                if s.stage > 0:
+                    found[name] = s
+    order = lambda item: (item[1].stage, item[1].offload_optimizer, item[1].offload_parameters, item[0])  # noqa: E731
+    return dict(sorted(found.items(), key=order))
 
 
 def fitting_options(cfg, plan: Plan) -> list[str]:
@@ -312,8 +314,7 @@ def fitting_options(cfg, plan: Plan) -> list[str]:
     candidates: list[tuple[str, dict]] = []
     if not mcfg_gc:
         candidates.append(("model.grad_checkpointing=true", {"grad_checkpointing": True}))
-    for name in DEEPSPEED_TRAINERS:
-        s = _trainer_strategy(name)
+    for name, s in zero_trainers().items():
         if s.stage > plan.strategy.stage or (s.offload_optimizer and not plan.strategy.offload_optimizer):
             ch = {"strategy": s, "precision": "bf16-mixed"}
             candidates.append((f"trainer={name}", ch))

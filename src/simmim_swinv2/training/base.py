@@ -1,6 +1,6 @@
 """What pretraining and fine-tuning share: the official optimisation recipe (no-decay groups, LR scaled by the
-global batch, per-iteration warmup + schedule), a stop on non-finite loss, gradient-norm logging, and the
-start-up summary of the derived quantities."""
+global batch, per-iteration warmup + schedule), a stop on non-finite loss, and the start-up summary of the derived
+quantities. Nothing here depends on the strategy (`distributed/` owns that, the gradient norm included)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,10 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..weights.meta import CHECKPOINT_KEY, ModelMeta
 from . import optim
-
-
-def _deepspeed_engine(strategy):
-    """The DeepSpeed engine when training under a DeepSpeed strategy, else None."""
-    return strategy.deepspeed_engine if isinstance(strategy, DeepSpeedStrategy) else None
-
-
-def _offloads_optimizer(strategy) -> bool:
-    if not isinstance(strategy, DeepSpeedStrategy):
-        return False
-    zero = (strategy.config or {}).get("zero_optimization", {})
-    return (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
 
 
 @dataclass
@@ -82,12 +69,8 @@ class TrainTask(L.LightningModule):
     def configure_optimizers(self):
         spec, sched = self.optimizer_spec, self.schedule_spec
         self.lr_factor = optim.scale_lr(1.0, self.global_batch)
-        name = spec.name
-        if name == "adamw" and _offloads_optimizer(self.trainer.strategy):
-            name = "deepspeed_cpu_adam"  # ZeRO-Offload refuses torch optimizers; same update, same groups
-            rank_zero_info("ZeRO-Offload: optimizer adamw -> DeepSpeedCPUAdam")
         opt = optim.build_optimizer(
-            self.model, name=name, base_lr=spec.base_lr * self.lr_factor, weight_decay=spec.weight_decay,
+            self.model, name=spec.name, base_lr=spec.base_lr * self.lr_factor, weight_decay=spec.weight_decay,
             betas=tuple(spec.betas), eps=spec.eps, layer_decay=spec.layer_decay)
         total, per_epoch = self._optimizer_steps()
         warmup = round(sched.warmup_epochs * per_epoch)
@@ -124,7 +107,6 @@ class TrainTask(L.LightningModule):
         return int(total), float(per_epoch)
 
     def on_fit_start(self) -> None:
-        self._register_zero3_external_params()
         n_params = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total, per_epoch, warmup = getattr(self, "_steps", (0, 0, 0))
@@ -141,20 +123,6 @@ class TrainTask(L.LightningModule):
             f"  {total} optimizer steps ({per_epoch:.1f} per epoch), precision {t.precision}, "
             f"strategy {type(t.strategy).__name__}, grad clip {t.gradient_clip_val}")
 
-    def _register_zero3_external_params(self) -> None:
-        """ZeRO-3 re-gathers a module's own parameters for backward through hooks on its outputs, and it cannot see
-        into our dataclass outputs (`SwinV2EncoderOutput`): the encoder's direct parameters (`mask_token`) would be
-        freed (size 0) when backward needs them. Registered on DeepSpeed's root module (whose output is the
-        training step's loss), they stay gathered for the whole step; they are tiny."""
-        engine = _deepspeed_engine(self.trainer.strategy)
-        encoder = getattr(self.model, "encoder", self.model)
-        if engine is None or engine.zero_optimization_stage() != 3:
-            return
-        from deepspeed.runtime.zero.partition_parameters import register_external_parameter
-
-        for param in encoder.parameters(recurse=False):
-            register_external_parameter(engine.module, param)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What rebuilds the model without Hydra (`ModelMeta`, in plain types: checkpoints load with
         weights_only=True; `weights.load_model` reads it back)."""
@@ -168,24 +136,3 @@ class TrainTask(L.LightningModule):
                 f"non-finite loss ({loss.detach().float().item()}) at step {self.global_step} "
                 f"(epoch {self.current_epoch}). Lower optim.base_lr, use trainer.precision=bf16-mixed instead "
                 f"of 16-mixed, keep optim.grad_clip, or resume from the last good checkpoint.")
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        if self.global_step % max(self.trainer.log_every_n_steps, 1):
-            return
-        if _deepspeed_engine(self.trainer.strategy) is not None:
-            return  # ZeRO partitions the gradients (p.grad is None): logged after the step, see on_train_batch_end
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:  # before clipping: the norm the clip acts on
-            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-            if not math.isfinite(float(norm)) and self.trainer.precision not in ("16-mixed", "16"):
-                rank_zero_info(f"non-finite gradient norm at step {self.global_step}")
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        engine = _deepspeed_engine(self.trainer.strategy)
-        if engine is None or (self.global_step - 1) % max(self.trainer.log_every_n_steps, 1):
-            return
-        # DeepSpeed's own pre-clip global norm of the step just taken (the same on every rank)
-        norm = engine.get_global_grad_norm()
-        if norm is not None:
-            self.log("train/grad_norm", float(norm), on_step=True, on_epoch=False)

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError
 from ..data import SimMIMDataModule
-from ..distributed.zero import is_universal_checkpoint
+from ..distributed.grad_norm import GradNorm
+from ..distributed.strategy import check_resume
 from ..weights import AtomicCheckpointIO, find_resume_checkpoint
 from .bad_samples import BadSampleMonitor
 from .callbacks import RNGState
@@ -62,40 +63,25 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None, resume: str | None = None) -> L.Trainer:
     """The Trainer of `cfg.trainer`, with our callbacks and plugins. `resume`: the checkpoint `fit` will resume
-    from; a universal one (`simmim_swinv2.reshard`) turns on DeepSpeed's `load_universal`."""
-    trainer_cfg = cfg.trainer
-    deepspeed = "deepspeed" in str(trainer_cfg.get("strategy", "")).lower()
-    if resume is not None and is_universal_checkpoint(resume):
-        if not deepspeed:
-            raise ConfigError(f"{resume} is a DeepSpeed universal checkpoint: resume it with a DeepSpeed trainer "
-                              "(trainer=deepspeed_zero1/2/3)")
-        trainer_cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
-        ds_config = trainer_cfg["strategy"].setdefault("config", {})
-        if ds_config.get("zero_optimization", {}).get("stage") == 3:
-            from ..distributed.reshard import STAGE3_PROBLEM
-
-            raise ConfigError(f"resuming the universal checkpoint {resume} under ZeRO-3 is refused: {STAGE3_PROBLEM}. "
-                              "Resume it with trainer=deepspeed_zero2 (or deepspeed_zero1)")
-        ds_config.setdefault("checkpoint", {})["load_universal"] = True
-        trainer_cfg = OmegaConf.create(trainer_cfg)
+    from, checked against the strategy first (`distributed.strategy.check_resume`)."""
+    strategy = cfg.trainer.get("strategy")
+    if OmegaConf.is_dict(strategy):  # built here to be checked, then handed to the Trainer
+        strategy = instantiate(strategy)
+    check_resume(strategy, resume)
     loggers = build_loggers(cfg)
     nodes = (cfg.get("callbacks") or {}).values()
     callbacks = [instantiate(c) for c in nodes if c is not None and "_target_" in c] + (callbacks or [])
     if not loggers:  # nothing to monitor into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(RNGState())
-    if not any(isinstance(c, BadSampleMonitor) for c in callbacks):  # judging the data is never optional
-        callbacks.append(BadSampleMonitor())
-    plugins = []
-    if not deepspeed:
-        plugins.append(AtomicCheckpointIO())
-    else:  # DeepSpeed writes its own sharded checkpoints (no CheckpointIO); check the world size on resume
-        from ..distributed.strategy import ZeroResumeGuard
-
-        callbacks.append(ZeroResumeGuard())
+    for always in (BadSampleMonitor, GradNorm):  # judging the data, the gradient norm: never optional
+        if not any(isinstance(c, always) for c in callbacks):
+            callbacks.append(always())
+    # Checkpoint files written whole (unused by a strategy that writes its own sharded directories)
+    plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # under srun; SIGUSR1 (sbatch --signal) is the Preemption callback's, whose
         plugins.append(SLURMEnvironment(auto_requeue=False))  # save is collective-safe (Lightning's is not)
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    return instantiate(cfg.trainer, strategy=strategy, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
 def resume_path(cfg: DictConfig, run_dir: str | Path) -> str | None:

@@ -22,7 +22,7 @@ from ..models.swinv2 import SwinV2Encoder
 # Substrings of parameter names kept out of weight decay besides every parameter with ndim <= 1. `logit_scale`
 # is (heads, 1, 1) and the `cpb_mlp` weights are 2-D, so the ndim rule alone would decay them.
 NO_DECAY_KEYS = ("absolute_pos_embed", "mask_token", "cpb_mlp", "logit_scale", "relative_position_bias_table")
-OPTIMIZERS = ("adamw", "sgd", "deepspeed_cpu_adam")
+OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")
 
 
@@ -137,9 +137,8 @@ def build_optimizer(
     fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW (or SGD with Nesterov momentum, as the official code) over `param_groups`, each group at
-    `base_lr * lr_scale`. `fused=None` uses the fused kernel when every parameter is on a CUDA device.
-    `deepspeed_cpu_adam`: the same AdamW as DeepSpeed's `DeepSpeedCPUAdam`, which ZeRO-Offload requires (it
-    refuses torch optimizers); JIT-compiled on first use (~80 s, cached in `TORCH_EXTENSIONS_DIR`)."""
+    `base_lr * lr_scale`. `fused=None` uses the fused kernel when every parameter is on a CUDA device. (Under
+    optimizer offload the strategy steps the same AdamW on the CPU: `distributed.strategy.cpu_adam_like`.)"""
     groups = param_groups(model, weight_decay, layer_decay=layer_decay, base_lr=base_lr)
     if fused is None:
         fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
@@ -150,11 +149,6 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=base_lr, momentum=momentum, nesterov=True, weight_decay=weight_decay,
                                fused=fused)
-    if name == "deepspeed_cpu_adam":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(groups, lr=base_lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                adamw_mode=True)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
