@@ -19,14 +19,14 @@ from .config import CONFIG_DIR, ConfigError
 from .data import build_eval_transform
 from .data.views import eval_view, has_labels
 from .inference.probe import probe as probe_features
-from .models import SwinV2Encoder
+from .models import SwinV2Encoder, encoder_of
 from .weights import load_model
 
 
 def load_encoder(source, **overrides) -> SwinV2Encoder:
     """The encoder of whatever `source` holds (an encoder, SimMIM or a classifier)."""
     model = load_model(source, **overrides)
-    return model if isinstance(model, SwinV2Encoder) else model.encoder
+    return encoder_of(model)
 
 
 def probe(cfg: DictConfig) -> dict[str, float]:

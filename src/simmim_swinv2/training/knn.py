@@ -28,6 +28,7 @@ from torchvision import transforms as T
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..data.views import eval_view, has_labels
 from ..inference.probe import knn_top1, labelled, pooled_features, subset_indices, take
+from ..models import encoder_of
 
 
 def eval_transform(img_size: tuple[int, int], crop_pct: float = 0.875) -> T.Compose:
@@ -123,7 +124,7 @@ class KNNMonitor(L.Callback):
         if has_labels(train) is False or has_labels(val) is False:
             return self._disable("the data is unlabelled (label -1): it needs a labelled source (digits, class "
                                  "folders, ImageNet)")
-        encoder = getattr(pl_module.model, "encoder", pl_module.model)
+        encoder = encoder_of(pl_module.model)
         transform = eval_transform(tuple(encoder.cfg.img_size), self.crop_pct)
         self._views = (eval_view(train, transform), eval_view(val, transform))
         return self._views
@@ -161,7 +162,7 @@ class KNNMonitor(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, train: Dataset, val: Dataset) -> float | None:
         """One evaluation on every rank; returns (and logs) the kNN top-1, or None when it turned out unlabelled."""
         start = time.perf_counter()
-        encoder = getattr(pl_module.model, "encoder", pl_module.model)
+        encoder = encoder_of(pl_module.model)
         precision = trainer.precision_plugin
         parts = []
         for dataset, limit in ((train, self.train_samples), (val, self.val_samples)):
