@@ -146,7 +146,7 @@ def test_default_pretrain_is_the_cpu_quickstart(tmp_path):
 
 def test_finetune_augmentation_is_the_official_recipe_unless_the_data_suggests_its_own(tmp_path):
     official = {"auto_augment": "rand-m9-mstd0.5-inc1", "color_jitter": 0.4, "re_prob": 0.25, "scale": [0.08, 1.0],
-                "hflip": 0.5, "crop_pct": 0.875}
+                "hflip": 0.5, "crop_pct": 0.875, "interpolation": "bicubic"}
 
     def augment(*overrides):
         return OmegaConf.to_container(compose_config("finetune", tmp_path, list(overrides)).augment, resolve=True)

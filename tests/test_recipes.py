@@ -51,7 +51,7 @@ FINETUNE = {"tiny": SWINV2_B_FT, "small": SWINV2_B_FT, "base": SWINV2_B_FT, "lar
             "giant": dict(SWIN_L_FT, batch=64)}
 # microsoft/Swin-Transformer config.py AUG / MODEL.LABEL_SMOOTHING defaults, which the fine-tune configs inherit
 OFFICIAL_AUGMENT = {"auto_augment": "rand-m9-mstd0.5-inc1", "color_jitter": 0.4, "re_prob": 0.25, "scale": [0.08, 1.0],
-                    "hflip": 0.5, "crop_pct": 0.875}
+                    "hflip": 0.5, "crop_pct": 0.875, "interpolation": "bicubic"}  # config.py DATA.INTERPOLATION
 
 
 def assert_matches(got: dict, want: dict) -> None:

@@ -10,13 +10,16 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from .config import CONFIG_DIR, ConfigError
+from .config.checks import check_values
+from .config.schema import EvaluateConfig, to_object
 from .data import build_eval_transform
 from .models import SwinV2Classifier
-from .training import FinetuneTask, OptimizerSpec, ScheduleSpec, build
+from .training import FinetuneTask, OptimConfig, ScheduleConfig, build
 from .weights import load_model
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    check_values(cfg)
     model = load_model(cfg.checkpoint)
     if not isinstance(model, SwinV2Classifier):
         raise ConfigError(f"{cfg.checkpoint} holds a {type(model).__name__}, not a classifier: "
@@ -24,12 +27,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     size = cfg.img_size or model.encoder.cfg.img_size[0]
     with open_dict(cfg):
         cfg.img_size = size  # the data config renders images at ${img_size}
-    _, val = build.build_datasets(cfg.data, None, build_eval_transform(size, crop_pct=cfg.crop_pct))
+    job = to_object(cfg, EvaluateConfig)
+    _, val = build.build_datasets(job.data, None, build_eval_transform(size, crop_pct=job.crop_pct))
     if val is None:
         raise ConfigError(f"data={cfg.data} has no validation split configured (data.val)")
-    task = FinetuneTask(model, OptimizerSpec(), ScheduleSpec(), batch_size=cfg.batch_size)
+    task = FinetuneTask(model, OptimConfig(), ScheduleConfig(), batch_size=job.batch_size)  # validation only
     trainer = build.build_trainer(cfg)
-    (metrics,) = trainer.validate(task, datamodule=build.build_datamodule(cfg, val, val), verbose=False)
+    datamodule = build.build_datamodule(val, val, batch_size=job.batch_size, num_workers=job.num_workers,
+                                        seed=job.seed)
+    (metrics,) = trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in metrics.items()}
     print(f"{cfg.checkpoint}: top-1 {metrics['val/top1']:.4f}, top-5 {metrics['val/top5']:.4f}, "
           f"loss {metrics['val/loss']:.4f} on {len(val)} images")

@@ -9,6 +9,7 @@ validation top-1/top-5 at the end.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -16,7 +17,8 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
 from .config import CONFIG_DIR, ConfigError
-from .config.checks import model_config
+from .config.checks import check_schedule, check_values, model_config
+from .config.schema import FinetuneConfig, to_object
 from .data import build_eval_transform, build_finetune_transform, build_mixup
 from .models import SwinV2Classifier, SwinV2Encoder
 from .training import FinetuneTask, build
@@ -43,43 +45,44 @@ def class_names(dataset) -> list[str] | None:
 
 def finetune(cfg: DictConfig) -> dict[str, float]:
     """Run a fine-tuning job from a composed config; returns the final logged metrics."""
+    check_values(cfg)
     if not cfg.num_classes:
         raise ConfigError("num_classes is unknown for this data source: set num_classes=N")
     model_cfg = model_config(cfg)  # validated before any data or weights are touched
+    check_schedule(cfg.scheduler)
     run_dir = cfg.paths.run_dir
     build.save_resolved_config(cfg, run_dir)
-    seed_everything(cfg.seed, workers=True)
+    job = to_object(cfg, FinetuneConfig)  # typed from here on (the Trainer's node stays Hydra's: build_trainer)
+    seed_everything(job.seed, workers=True)
 
-    aug = cfg.augment
-    train_tf = build_finetune_transform(cfg.img_size, auto_augment=aug.auto_augment, color_jitter=aug.color_jitter,
-                                        re_prob=aug.re_prob, scale=aug.scale, hflip=aug.hflip)
-    val_tf = build_eval_transform(cfg.img_size, crop_pct=aug.crop_pct)
-    train, val = build.build_datasets(cfg.data, train_tf, val_tf)
+    aug = asdict(job.augment)
+    val_tf = build_eval_transform(job.img_size, crop_pct=aug.pop("crop_pct"))
+    train_tf = build_finetune_transform(job.img_size, **aug)
+    train, val = build.build_datasets(job.data, train_tf, val_tf)
 
     encoder = SwinV2Encoder(model_cfg)
-    if cfg.pretrained:
-        load_pretrained_encoder(encoder, cfg.pretrained)
+    if job.pretrained:
+        load_pretrained_encoder(encoder, job.pretrained)
     names = class_names(train)
-    if names is not None and len(names) != cfg.num_classes:
+    if names is not None and len(names) != job.num_classes:
         raise ConfigError(f"the data set names {len(names)} classes ({', '.join(names[:5])}"
-                                  f"{', …' if len(names) > 5 else ''}) but num_classes={cfg.num_classes}: "
+                                  f"{', …' if len(names) > 5 else ''}) but num_classes={job.num_classes}: "
                                   f"set num_classes={len(names)}")
     id2label = dict(enumerate(names)) if names is not None else None
-    model = SwinV2Classifier(encoder, cfg.num_classes, id2label=id2label,
-                             label_smoothing=cfg.mixup.label_smoothing)
-    mix = cfg.mixup
-    mixup = build_mixup(cfg.num_classes, mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha,
-                        label_smoothing=mix.label_smoothing, prob=mix.prob, switch_prob=mix.switch_prob)
-    optimizer, schedule = build.specs(cfg)
-    task = FinetuneTask(model, optimizer, schedule, batch_size=cfg.batch_size, mixup=mixup, compile=cfg.compile)
+    model = SwinV2Classifier(encoder, job.num_classes, id2label=id2label,
+                             label_smoothing=job.mixup.label_smoothing)
+    mixup = build_mixup(job.num_classes, **asdict(job.mixup))
+    task = FinetuneTask(model, job.optim, job.scheduler, batch_size=job.batch_size, mixup=mixup, compile=job.compile)
     extra = []
-    if cfg.ema:
+    if job.ema:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
-        extra.append(EMAWeightAveraging(decay=cfg.ema))
-    ckpt = build.resume_path(cfg, run_dir)
+        extra.append(EMAWeightAveraging(decay=job.ema))
+    ckpt = build.resume_path(job.resume, run_dir)
     trainer = build.build_trainer(cfg, callbacks=extra, resume=ckpt)
-    trainer.fit(task, datamodule=build.build_datamodule(cfg, train, val), ckpt_path=ckpt)
+    datamodule = build.build_datamodule(train, val, batch_size=job.batch_size, num_workers=job.num_workers,
+                                        seed=job.seed)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if "val/top1" in metrics:
         print(f"validation: top-1 {metrics['val/top1']:.4f}, top-5 {metrics['val/top5']:.4f} "

@@ -10,11 +10,13 @@ import hydra
 from omegaconf import DictConfig
 
 from .config import CONFIG_DIR
+from .config.checks import check_values
 from .distributed import planning
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
 def main(cfg: DictConfig) -> None:
+    check_values(cfg)
     plan = planning.make_plan(cfg)
     print(planning.format_plan(plan))
     if plan.fits() is False:

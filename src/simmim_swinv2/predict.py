@@ -23,6 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from .config import CONFIG_DIR, ConfigError
+from .config.checks import check_values
+from .config.schema import OutputFormat, PredictConfig, to_object
 from .data import IMAGE_EXTENSIONS
 from .inference import ImageProcessor
 from .models import SwinV2Classifier
@@ -94,19 +96,19 @@ def _report(path: Path, err: Exception) -> None:
 
 
 def predict(cfg: DictConfig) -> list[dict]:
-    if cfg.output not in ("text", "json"):
-        raise ConfigError(f"output={cfg.output}: use text or json")
-    paths = expand_images(list(cfg.images) if not isinstance(cfg.images, str) else cfg.images)
+    check_values(cfg)
+    job = to_object(cfg, PredictConfig)  # output: text | json, checked at composition
+    paths = expand_images(job.images)
     if not paths:
-        raise ConfigError(f"no images found in {list(cfg.images)}")
+        raise ConfigError(f"no images found in {job.images}")
     skipped: list[str] = []
 
     def on_error(path, err):
         skipped.append(str(path))
         _report(path, err)
 
-    results = Predictor(cfg.checkpoint, cfg.device).predict(paths, cfg.top_k, cfg.batch_size, on_error=on_error)
-    if cfg.output == "json":
+    results = Predictor(job.checkpoint, job.device).predict(paths, job.top_k, job.batch_size, on_error=on_error)
+    if job.output is OutputFormat.json:
         print(json.dumps({"results": results, "skipped": skipped}, indent=2))
     else:
         for r in results:

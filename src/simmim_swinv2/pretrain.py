@@ -7,6 +7,8 @@ With no overrides it pretrains SwinV2-debug on the bundled digits on the CPU in 
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import hydra
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
@@ -14,6 +16,7 @@ from omegaconf import DictConfig
 
 from .config import CONFIG_DIR
 from .config.checks import check_pretrain_config
+from .config.schema import PretrainConfig, to_object
 from .data import SimMIMTransform
 from .distributed import planning
 from .models import SimMIM
@@ -26,17 +29,19 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     planning.check_fits(cfg)  # memory per GPU, before the model is built (plan.enforce)
     run_dir = cfg.paths.run_dir
     build.save_resolved_config(cfg, run_dir)
-    seed_everything(cfg.seed, workers=True)
+    job = to_object(cfg, PretrainConfig)  # typed from here on (the Trainer's node stays Hydra's: build_trainer)
+    seed_everything(job.seed, workers=True)
 
-    transform = SimMIMTransform(input_size=cfg.img_size, mask_generator=instantiate(cfg.mask))
-    train, val = build.build_datasets(cfg.data, transform, transform)
-    model = SimMIM.from_config(instantiate(cfg.model), norm_target=cfg.norm_target,
-                               norm_target_window=cfg.norm_target_window)
-    optimizer, schedule = build.specs(cfg)
-    task = PretrainTask(model, optimizer, schedule, batch_size=cfg.batch_size, compile=cfg.compile)
-    ckpt = build.resume_path(cfg, run_dir)
+    transform = SimMIMTransform(input_size=job.img_size, mask_generator=instantiate(job.mask), **asdict(job.augment))
+    train, val = build.build_datasets(job.data, transform, transform)
+    model = SimMIM.from_config(instantiate(job.model), norm_target=job.norm_target,
+                               norm_target_window=job.norm_target_window)
+    task = PretrainTask(model, job.optim, job.scheduler, batch_size=job.batch_size, compile=job.compile)
+    ckpt = build.resume_path(job.resume, run_dir)
     trainer = build.build_trainer(cfg, resume=ckpt)
-    trainer.fit(task, datamodule=build.build_datamodule(cfg, train, val), ckpt_path=ckpt)
+    datamodule = build.build_datamodule(train, val, batch_size=job.batch_size, num_workers=job.num_workers,
+                                        seed=job.seed)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

@@ -26,3 +26,5 @@ class ConfigError(ValueError):
 
 
 __all__ = ["CONFIG_DIR", "ConfigError"]
+
+from . import schema  # noqa: E402,F401 - registers the structured configs with Hydra (after ConfigError: see schema)

@@ -1,13 +1,44 @@
-"""Checks of a composed config that fail fast, naming the fix, before any data or model is built."""
+"""Checks of a composed config that fail fast, naming the fix, before any data or model is built: what a value's type
+cannot say (the schema, `config.schema`, has checked types and keys at composition)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from . import ConfigError
+from .signature import describe, matches
+
+
+def check_values(cfg: DictConfig) -> None:
+    """The values whose type OmegaConf cannot check at composition (the unions of a schema's `__unions__`:
+    `model.window_size` is an int or one per stage, `trainer.precision` one of Lightning's names), against their
+    annotation; one error names every wrong key and what it takes."""
+    problems: list[str] = []
+
+    def walk(node: DictConfig, path: str) -> None:
+        unions = getattr(OmegaConf.get_type(node), "__unions__", {})
+        for key in node.keys():
+            child, full = node._get_node(key), f"{path}.{key}" if path else str(key)
+            if OmegaConf.is_missing(node, key) or child is None:
+                continue
+            if key in unions:
+                try:
+                    value = node[key]
+                except Exception:  # noqa: BLE001 - an interpolation that resolves only later (evaluate's img_size)
+                    continue
+                if isinstance(value, (DictConfig, ListConfig)):
+                    value = OmegaConf.to_container(value, resolve=True)
+                if not matches(value, unions[key]):
+                    problems.append(f"{full}={value!r}: expected {describe(unions[key])}")
+            elif isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+                walk(child, full)
+
+    walk(cfg, "")
+    if problems:
+        raise ConfigError("wrong value" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems))
 
 
 def model_config(cfg: DictConfig):
@@ -19,9 +50,18 @@ def model_config(cfg: DictConfig):
         raise ConfigError(f"{err.__cause__ or err}") from err
 
 
+def check_schedule(scheduler: DictConfig) -> None:
+    """A multistep schedule needs its steps (`scheduler=multistep` alone keeps a cosine recipe's empty milestones)."""
+    if scheduler.name == "multistep" and not scheduler.milestones:
+        raise ConfigError("scheduler.name=multistep needs scheduler.milestones (epochs at which the LR is multiplied by "
+                          "scheduler.gamma), e.g. scheduler.milestones=[700] for 800 epochs")
+
+
 def check_pretrain_config(cfg: DictConfig) -> None:
     """Fail fast, naming the fix, on what would only break later (after data loading or model building)."""
+    check_values(cfg)
     model = model_config(cfg)
+    check_schedule(cfg.scheduler)
     try:  # MaskGenerator validates itself (divisibility, ratio)
         instantiate(cfg.mask)
     except Exception as err:

@@ -20,7 +20,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SimMIMTransform:
-    """RGB → RandomResizedCrop(size, scale, ratio) → RandomHorizontalFlip → ToTensor → Normalize, + mask.
+    """RGB → RandomResizedCrop(size, scale, ratio) → RandomHorizontalFlip(hflip) → ToTensor → Normalize, + mask.
+
+    The defaults are the official ones (microsoft/SimMIM data/data_simmim.py `SimMIMTransform`: scale (0.67, 1),
+    ratio (3/4, 4/3), flip probability 0.5, ImageNet mean/std); pretraining sets them from `augment.*`
+    (conf/pretrain.yaml).
 
     ``__call__(img)`` takes a PIL image or encoded bytes and returns
     ``(image, mask)``: float ``(3, H, W)`` normalised with ``mean``/``std``, and the bool mask
@@ -103,7 +107,7 @@ def build_reference_pretrain_transform(
 
 def build_finetune_transform(
     input_size: int = 224,
-    auto_augment: str = "rand-m9-mstd0.5-inc1",
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1",  # None: no RandAugment
     color_jitter: float = 0.4,
     re_prob: float = 0.25,
     interpolation: str = "bicubic",

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..training.optim import REFERENCE_BATCH  # LRs are per this many images
+
 GIB = 1024**3
-REFERENCE_BATCH = 512
 CUDA_OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
 ACT_TC, ACT_ATTN, ACT_PIX = 21.0, 1.6, 1.1          # no checkpointing, per fp32 element
 CKPT_TC, CKPT_PIX = 1.5, 5.1                        # checkpointing: what stays saved per block

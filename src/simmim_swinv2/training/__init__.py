@@ -2,8 +2,9 @@
 (`callbacks`, `preemption`, `bad_samples`), optimisation (`optim`), loggers, and what builds them all from a
 composed config (`build`). The tasks receive built objects and typed values, never the Hydra config."""
 
-from .base import OptimizerSpec, ScheduleSpec, TrainTask
+from .base import TrainTask
 from .finetune import FinetuneTask
+from .optim import OptimConfig, ScheduleConfig
 from .pretrain import PretrainTask
 
-__all__ = ["FinetuneTask", "OptimizerSpec", "PretrainTask", "ScheduleSpec", "TrainTask"]
+__all__ = ["FinetuneTask", "OptimConfig", "PretrainTask", "ScheduleConfig", "TrainTask"]

@@ -5,7 +5,6 @@ quantities. Nothing here depends on the strategy (`distributed/` owns that, the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -13,29 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ..weights.meta import CHECKPOINT_KEY, ModelMeta
 from . import optim
-
-
-@dataclass
-class OptimizerSpec:
-    """`base_lr`, like `warmup_lr`/`min_lr` below, is per 512 images: the run uses `x * global_batch / 512`."""
-
-    name: str = "adamw"
-    base_lr: float = 2e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    layer_decay: float | None = None
-    grad_clip: float | None = 5.0  # applied by the Trainer (gradient_clip_val); here for the summary
-
-
-@dataclass
-class ScheduleSpec:
-    name: str = "cosine"
-    warmup_epochs: float = 10
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    milestones: list[float] = field(default_factory=list)  # epochs, for multistep
-    gamma: float = 0.1
+from .optim import OptimConfig, ScheduleConfig
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,12 +22,12 @@ class NonFiniteLossError(FloatingPointError):
 class TrainTask(L.LightningModule):
     """Base class: subclasses implement `training_step`/`validation_step` and call `check_loss`."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: OptimizerSpec, scheduler: ScheduleSpec,
+    def __init__(self, model: torch.nn.Module, optimizer: OptimConfig, scheduler: ScheduleConfig,
                  batch_size: int, compile: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.optimizer_spec = optimizer
-        self.schedule_spec = scheduler
+        self.optimizer_config = optimizer
+        self.schedule_config = scheduler
         self.batch_size = batch_size
         self.compile_model = compile
         self.lr_factor = 1.0
@@ -67,21 +44,13 @@ class TrainTask(L.LightningModule):
             self._compiled = True
 
     def configure_optimizers(self):
-        spec, sched = self.optimizer_spec, self.schedule_spec
+        spec = self.optimizer_config
         self.lr_factor = optim.scale_lr(1.0, self.global_batch)
-        opt = optim.build_optimizer(
-            self.model, name=spec.name, base_lr=spec.base_lr * self.lr_factor, weight_decay=spec.weight_decay,
-            betas=tuple(spec.betas), eps=spec.eps, layer_decay=spec.layer_decay)
+        opt = optim.build_optimizer(self.model, spec, lr_factor=self.lr_factor)
         total, per_epoch = self._optimizer_steps()
-        warmup = round(sched.warmup_epochs * per_epoch)
-        if warmup > total:  # a short run (trainer.max_steps=3, a smoke test): warm up over the whole run
-            rank_zero_info(f"warmup of {sched.warmup_epochs:g} epochs ({warmup} steps) is longer than the run "
-                           f"({total} steps): clamped to {total} steps")
-            warmup = total
-        schedule = optim.build_scheduler(
-            opt, name=sched.name, total_steps=total, warmup_steps=warmup,
-            warmup_lr=sched.warmup_lr * self.lr_factor, min_lr=sched.min_lr * self.lr_factor,
-            milestones=[round(m * per_epoch) for m in sched.milestones], gamma=sched.gamma)
+        schedule, warmup = optim.scheduler_from_config(opt, self.schedule_config, total_steps=total,
+                                                       steps_per_epoch=per_epoch, lr_factor=self.lr_factor,
+                                                       log=rank_zero_info)
         self._steps = (total, per_epoch, warmup)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
 
@@ -110,16 +79,15 @@ class TrainTask(L.LightningModule):
         n_params = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total, per_epoch, warmup = getattr(self, "_steps", (0, 0, 0))
-        t = self.trainer
+        opt, sched, t = self.optimizer_config, self.schedule_config, self.trainer
         rank_zero_info(
             f"[{type(self).__name__}] {type(self.model).__name__}: {n_params / 1e6:.2f}M parameters "
             f"({n_train / 1e6:.2f}M trainable)\n"
             f"  global batch {self.global_batch} = {self.batch_size} per device x {t.world_size} devices "
             f"x {t.accumulate_grad_batches} accumulation\n"
-            f"  lr {self.optimizer_spec.base_lr * self.lr_factor:.3e} = base {self.optimizer_spec.base_lr:.3e} "
-            f"x {self.global_batch}/512; warmup {warmup} steps ({self.schedule_spec.warmup_epochs:g} epochs) from "
-            f"{self.schedule_spec.warmup_lr * self.lr_factor:.3e}, {self.schedule_spec.name} to "
-            f"{self.schedule_spec.min_lr * self.lr_factor:.3e}\n"
+            f"  lr {opt.base_lr * self.lr_factor:.3e} = base {opt.base_lr:.3e} x {self.global_batch}/"
+            f"{optim.REFERENCE_BATCH}; warmup {warmup} steps ({sched.warmup_epochs:g} epochs) from "
+            f"{sched.warmup_lr * self.lr_factor:.3e}, {sched.name.value} to {sched.min_lr * self.lr_factor:.3e}\n"
             f"  {total} optimizer steps ({per_epoch:.1f} per epoch), precision {t.precision}, "
             f"strategy {type(t.strategy).__name__}, grad clip {t.gradient_clip_val}")
 

@@ -23,19 +23,19 @@ from .bad_samples import BadSampleMonitor
 from .callbacks import RNGState
 
 
-def build_datasets(data_cfg: DictConfig, train_transform, val_transform):
+def build_datasets(data, train_transform, val_transform):
     """Build train (and val, when configured) now, so a missing root or empty folder fails before a model is
-    built."""
-    train = instantiate(data_cfg.train, transform=train_transform)
-    val = instantiate(data_cfg.val, transform=val_transform) if data_cfg.get("val") else None
+    built. `data`: a data source's typed config (`config.schema.DataConfig` and its kin), whose `train` / `val` are
+    its builder's typed `_target_` nodes."""
+    train = instantiate(data.train, transform=train_transform)
+    val = instantiate(data.val, transform=val_transform) if data.val is not None else None
     if len(train) == 0:
         raise ConfigError("the training set is empty: check data.root / data.urls")
     return train, val
 
 
-def build_datamodule(cfg: DictConfig, train, val) -> SimMIMDataModule:
-    return SimMIMDataModule(train=train, val=val, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                            seed=cfg.seed)
+def build_datamodule(train, val, *, batch_size: int, num_workers: int, seed: int) -> SimMIMDataModule:
+    return SimMIMDataModule(train=train, val=val, batch_size=batch_size, num_workers=num_workers, seed=seed)
 
 
 def _wandb_credentials() -> bool:
@@ -84,12 +84,12 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, resume: str | 
     return instantiate(cfg.trainer, strategy=strategy, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
-def resume_path(cfg: DictConfig, run_dir: str | Path) -> str | None:
+def resume_path(resume: str, run_dir: str | Path) -> str | None:
     """`resume=auto`: the newest checkpoint in the run directory, if any; `never`; or an explicit path."""
-    if cfg.resume == "never":
+    if resume == "never":
         return None
-    if cfg.resume != "auto":
-        return str(cfg.resume)
+    if resume != "auto":
+        return str(resume)
     ckpt = find_resume_checkpoint(run_dir)  # including a SLURM requeue's hpc_ckpt_<n>.ckpt
     if ckpt is not None:
         rank_zero_info(f"resuming from {ckpt} (resume=auto; pass resume=never to start afresh)")
@@ -102,13 +102,5 @@ def save_resolved_config(cfg: DictConfig, run_dir: str | Path) -> None:
         (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def specs(cfg: DictConfig):
-    from .base import OptimizerSpec, ScheduleSpec
-
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    optim["betas"] = tuple(optim["betas"])
-    return OptimizerSpec(**optim), ScheduleSpec(**OmegaConf.to_container(cfg.scheduler, resolve=True))
-
-
 __all__ = ["build_datamodule", "build_datasets", "build_loggers", "build_trainer", "resume_path",
-           "save_resolved_config", "specs"]
+           "save_resolved_config"]

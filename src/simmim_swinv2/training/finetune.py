@@ -8,13 +8,14 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import SwinV2Classifier
-from .base import OptimizerSpec, ScheduleSpec, TrainTask
+from .base import TrainTask
+from .optim import OptimConfig, ScheduleConfig
 
 
 class FinetuneTask(TrainTask):
     """`mixup`: a callable `(images, labels) -> (images, soft_targets)` such as timm's `Mixup`, or None."""
 
-    def __init__(self, model: SwinV2Classifier, optimizer: OptimizerSpec, scheduler: ScheduleSpec, batch_size: int,
+    def __init__(self, model: SwinV2Classifier, optimizer: OptimConfig, scheduler: ScheduleConfig, batch_size: int,
                  mixup=None, compile: bool = False) -> None:
         super().__init__(model, optimizer, scheduler, batch_size, compile)
         self.mixup = mixup

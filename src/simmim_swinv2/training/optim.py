@@ -1,17 +1,21 @@
-"""Parameter groups (weight-decay exclusions, layer-wise LR decay), the optimizer and per-iteration LR schedules.
+"""Parameter groups (weight-decay exclusions, layer-wise LR decay), the optimizer and per-iteration LR schedules, and
+their configuration: `OptimConfig` and `ScheduleConfig` are the schema of the `optim` and `scheduler` config groups
+(registered with Hydra by `simmim_swinv2.config.schema`) and what the tasks receive.
 
 Pure functions over modules and optimizers: no Lightning, no Hydra. The recipe (the official
 microsoft/Swin-Transformer `optimizer.py` and `lr_scheduler.py`, SimMIM paper arXiv 2111.09886):
 AdamW, betas (0.9, 0.999), eps 1e-8, weight decay 0.05 on all but 1-D parameters and the position/scale
-parameters named in `NO_DECAY_KEYS`; base LR, warmup LR and min LR all scaled by `global_batch / 512`
-(`scale_lr`); schedules stepped once per optimizer step.
+parameters named in `NO_DECAY_KEYS`; base LR, warmup LR and min LR all given per `REFERENCE_BATCH` (512) images and
+scaled by `global_batch / 512` (`scale_lr`); schedules stepped once per optimizer step.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
 
 import torch
 from torch import nn
@@ -22,8 +26,80 @@ from ..models.swinv2 import SwinV2Encoder
 # Substrings of parameter names kept out of weight decay besides every parameter with ndim <= 1. `logit_scale`
 # is (heads, 1, 1) and the `cpb_mlp` weights are 2-D, so the ndim rule alone would decay them.
 NO_DECAY_KEYS = ("absolute_pos_embed", "mask_token", "cpb_mlp", "logit_scale", "relative_position_bias_table")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "multistep", "constant")
+
+# The batch every learning rate in the configs is given for: the run uses lr * global_batch / REFERENCE_BATCH
+# (microsoft/SimMIM main_simmim.py and microsoft/Swin-Transformer main_simmim_pt.py: "linear scale the learning
+# rate according to total batch size", `* TOTAL_BATCH / 512.0` for the base, warmup and min LR).
+REFERENCE_BATCH = 512
+
+
+class ConfigEnum(str, Enum):
+    """A config choice: compares equal to its name (`cfg.scheduler.name == "cosine"`) and prints as it. Stored in
+    checkpoints only as `.value` (a plain str), which `torch.load(weights_only=True)` reads."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OptimizerName(ConfigEnum):
+    """The optimizers a config may name (`optim.name`). Under ZeRO-Offload the strategy, not the config, swaps
+    AdamW for DeepSpeed's CPU Adam."""
+
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class ScheduleName(ConfigEnum):
+    cosine = "cosine"
+    multistep = "multistep"
+    constant = "constant"
+
+
+def _enum(kind: type[Enum], value, what: str):
+    try:
+        return kind(value.lower() if isinstance(value, str) else value)
+    except ValueError:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(m.value for m in kind)}") from None
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer (config group `optim`): AdamW as in the official recipes, or SGD with Nesterov momentum (the
+    official code's other option). LRs are per `REFERENCE_BATCH` images."""
+
+    name: OptimizerName = OptimizerName.adamw
+    base_lr: float = 2e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    eps: float = 1e-8                           # AdamW
+    momentum: float = 0.9                       # SGD (microsoft/Swin-Transformer TRAIN.OPTIMIZER.MOMENTUM)
+    layer_decay: float | None = None            # fine-tuning: layer-wise LR decay, e.g. 0.9 (see `param_groups`)
+    grad_clip: float | None = 5.0               # max gradient norm; the Trainer applies it (trainer.gradient_clip_val)
+    fused: bool | None = None                   # None: the fused kernel when every parameter is on a CUDA device
+
+    def __post_init__(self) -> None:
+        self.name = _enum(OptimizerName, self.name, "optimizer")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class ScheduleConfig:
+    """The LR schedule (config group `scheduler`), stepped every optimizer step: linear warmup over `warmup_epochs`
+    from `warmup_lr`, then `cosine` to `min_lr`, `multistep` (x `gamma` at each of `milestones`, in epochs) or
+    `constant`. `warmup_lr` and `min_lr` are per `REFERENCE_BATCH` images, like `OptimConfig.base_lr`.
+    `warmup_prefix` and `scale_warmup_min`: see `build_scheduler`."""
+
+    name: ScheduleName = ScheduleName.cosine
+    warmup_epochs: float = 10.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_prefix: bool = True
+    scale_warmup_min: bool = True
+
+    def __post_init__(self) -> None:
+        self.name = _enum(ScheduleName, self.name, "schedule")
 
 
 def decays(name: str, param: torch.Tensor, no_decay_names: Iterable[str] = ()) -> bool:
@@ -116,7 +192,7 @@ def param_groups(
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
-def scale_lr(base_lr: float, global_batch: int, reference_batch: int = 512) -> float:
+def scale_lr(base_lr: float, global_batch: int, reference_batch: int = REFERENCE_BATCH) -> float:
     """`base_lr * global_batch / reference_batch`: the linear scaling the recipe applies to the base LR, the
     warmup LR and the min LR alike (`global_batch` counts accumulation: GPUs × per-GPU batch × accumulation)."""
     if global_batch < 1 or reference_batch < 1:
@@ -124,32 +200,23 @@ def scale_lr(base_lr: float, global_batch: int, reference_batch: int = 512) -> f
     return base_lr * global_batch / reference_batch
 
 
-def build_optimizer(
-    model: nn.Module,
-    *,
-    name: str = "adamw",
-    base_lr: float,
-    weight_decay: float = 0.05,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    momentum: float = 0.9,
-    layer_decay: float | None = None,
-    fused: bool | None = None,
-) -> torch.optim.Optimizer:
-    """AdamW (or SGD with Nesterov momentum, as the official code) over `param_groups`, each group at
-    `base_lr * lr_scale`. `fused=None` uses the fused kernel when every parameter is on a CUDA device. (Under
-    optimizer offload the strategy steps the same AdamW on the CPU: `distributed.strategy.cpu_adam_like`.)"""
-    groups = param_groups(model, weight_decay, layer_decay=layer_decay, base_lr=base_lr)
+def build_optimizer(model: nn.Module, config: OptimConfig | None = None, *, lr_factor: float = 1.0,
+                    **changes) -> torch.optim.Optimizer:
+    """The optimizer of `config` (default: `OptimConfig()`, with `changes` to its fields applied, e.g.
+    `build_optimizer(model, base_lr=1e-3, layer_decay=0.8)`) over `param_groups`, each group at
+    `base_lr * lr_factor * lr_scale` (`lr_factor`: `scale_lr(1, global_batch)`). (Under optimizer offload the
+    strategy steps the same AdamW on the CPU: `distributed.strategy.cpu_adam_like`.)"""
+    config = replace(config or OptimConfig(), **changes)
+    lr = config.base_lr * lr_factor
+    groups = param_groups(model, config.weight_decay, layer_decay=config.layer_decay, base_lr=lr)
+    fused = config.fused
     if fused is None:
         fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
-    name = name.lower()
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=base_lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                 fused=fused)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=base_lr, momentum=momentum, nesterov=True, weight_decay=weight_decay,
+    if config.name is OptimizerName.sgd:
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay,
                                fused=fused)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    return torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay,
+                             fused=fused)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
@@ -197,7 +264,7 @@ class IterationLR(LambdaLR):
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
-    name: str = "cosine",
+    name: str | ScheduleName = "cosine",
     total_steps: int,
     warmup_steps: int = 0,
     warmup_lr: float = 0.0,
@@ -218,8 +285,7 @@ def build_scheduler(
     decay the "min" can then exceed the peak). `warmup_prefix=True`: the cosine spans the steps after warmup;
     `False` is the official SimMIM cosine over all `total_steps`, which drops below the peak right after warmup.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+    name = _enum(ScheduleName, name, "schedule").value  # a plain str: LRFactor is saved in checkpoints
     if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
         raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got total_steps="
                          f"{total_steps}, warmup_steps={warmup_steps}: check epochs and steps_per_epoch")
@@ -234,3 +300,22 @@ def build_scheduler(
         start, floor = (0.0, 0.0) if peak == 0 else (warmup_lr * scale / peak, min_lr * scale / peak)
         factors.append(LRFactor(name, total_steps, warmup_steps, start, floor, milestones, gamma, warmup_prefix))
     return IterationLR(optimizer, factors)
+
+
+def scheduler_from_config(optimizer: torch.optim.Optimizer, config: ScheduleConfig, *, total_steps: int,
+                          steps_per_epoch: float, lr_factor: float = 1.0,
+                          log: Callable[[str], None] = print) -> tuple[IterationLR, int]:
+    """`build_scheduler` for a `ScheduleConfig`: its epochs become optimizer steps (`steps_per_epoch`), its LRs
+    per `REFERENCE_BATCH` images are multiplied by `lr_factor`. A warmup longer than the run (`trainer.max_steps=3`,
+    a smoke test) is clamped to the run, and `log` says so. Returns the scheduler and its number of warmup steps."""
+    warmup = epochs_to_steps(config.warmup_epochs, steps_per_epoch)
+    if warmup > total_steps:
+        log(f"warmup of {config.warmup_epochs:g} epochs ({warmup} steps) is longer than the run ({total_steps} "
+            f"steps): clamped to {total_steps} steps")
+        warmup = total_steps
+    scheduler = build_scheduler(
+        optimizer, name=config.name, total_steps=total_steps, warmup_steps=warmup,
+        warmup_lr=config.warmup_lr * lr_factor, min_lr=config.min_lr * lr_factor,
+        milestones=[epochs_to_steps(m, steps_per_epoch) for m in config.milestones], gamma=config.gamma,
+        warmup_prefix=config.warmup_prefix, scale_warmup_min=config.scale_warmup_min)
+    return scheduler, warmup

@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 
 from ..models import SimMIM
-from .base import OptimizerSpec, ScheduleSpec, TrainTask
+from .base import TrainTask
+from .optim import OptimConfig, ScheduleConfig
 
 
 class PretrainTask(TrainTask):
-    def __init__(self, model: SimMIM, optimizer: OptimizerSpec, scheduler: ScheduleSpec, batch_size: int,
+    def __init__(self, model: SimMIM, optimizer: OptimConfig, scheduler: ScheduleConfig, batch_size: int,
                  compile: bool = False) -> None:
         super().__init__(model, optimizer, scheduler, batch_size, compile)
 
