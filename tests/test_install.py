@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("pretrain", "finetune", "evaluate", "predict", "plan", "convert", "consolidate", "reshard")
+# The commands: every top-level module of the package (`python -m simmim_swinv2.<name>`), found, not listed.
+COMMANDS = tuple(sorted(p.stem for p in (REPO / "src" / "simmim_swinv2").glob("*.py") if p.stem != "__init__"))
 
 # Run in the installed copy: each command's `--help` in one interpreter (imports paid once), and which copy it is.
 _START_ALL = """
@@ -90,6 +91,7 @@ def test_wheel_installed_elsewhere_carries_the_configs_and_runs(tmp_path):
     assert Path(lines["package"]).is_relative_to(site), lines["package"]
     assert Path(lines["config_dir"]) == site / "simmim_swinv2" / "conf"
     helps = [line.split() for line in r.stdout.splitlines() if line.startswith("help ")]
+    assert {"pretrain", "finetune", "evaluate", "predict", "plan", "convert", "consolidate", "reshard"} <= set(COMMANDS)
     assert [h[1] for h in helps] == list(COMMANDS)
     assert all(int(h[2]) >= 5 for h in helps), helps  # a real help text each, Hydra's or argparse's
 
