@@ -1,7 +1,9 @@
 """The configuration: where the Hydra configs are (`CONFIG_DIR`), and the error every check before work raises.
 
-`conf/` stays at the repository's top level; a built wheel carries it inside the package (`simmim_swinv2/conf`),
-and `CONFIG_DIR` finds whichever is there.
+`conf/` stays at the repository's top level; the build maps it into the package (pyproject.toml), so a wheel or a
+non-editable `pip install .` carries it as `simmim_swinv2/conf`, while a source checkout (an editable install, or
+`PYTHONPATH=src`) has no such folder and reads `<repo>/conf` itself: edits there take effect without reinstalling.
+`CONFIG_DIR` is absolute, so `hydra.main(config_path=CONFIG_DIR)` works from any working directory.
 """
 
 from __future__ import annotations
