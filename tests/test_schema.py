@@ -248,9 +248,18 @@ def test_the_optimizer_and_schedule_schema_is_the_one_the_code_reads(tmp_path):
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.9) and adamw.defaults["eps"] == 1e-6
 
 
-def test_the_reference_batch_is_defined_once():
-    assert planning.REFERENCE_BATCH is optim.REFERENCE_BATCH == 512
+def test_the_reference_batch_is_defined_once_and_reachable(tmp_path):
+    """512 (the official recipes' `TOTAL_BATCH / 512`) is the schema's default; `optim.reference_batch=N` reaches
+    the plan's LR as it reaches the task's (`scale_lr`)."""
+    assert OptimConfig().reference_batch == optim.REFERENCE_BATCH == 512
     assert inspect.signature(optim.scale_lr).parameters["reference_batch"].default == optim.REFERENCE_BATCH
+    for ref in (512, 256):
+        cfg = compose_config("pretrain", tmp_path, ["model=swinv2_base", "data=imagenet1k", "batch_size=128",
+                                                   f"optim.reference_batch={ref}"])
+        plan = planning.make_plan(cfg)
+        assert plan.reference_batch == ref
+        assert plan.lr == pytest.approx(optim.scale_lr(float(cfg.optim.base_lr), plan.global_batch, ref))
+        assert f"/{ref}" in planning.format_plan(plan)
 
 
 @pytest.mark.parametrize("overrides,name", [

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..training.optim import REFERENCE_BATCH  # LRs are per this many images
 
 GIB = 1024**3
 CUDA_OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
@@ -78,6 +77,7 @@ class Plan:
     nodes: int
     accumulate: int
     base_lr: float
+    reference_batch: int  # optim.reference_batch: the batch base_lr is given for
     precision: str
     strategy: Strategy
     grad_checkpointing: bool
@@ -97,7 +97,7 @@ class Plan:
 
     @property
     def lr(self) -> float:
-        return self.base_lr * self.global_batch / REFERENCE_BATCH
+        return self.base_lr * self.global_batch / self.reference_batch
 
     def state_bytes(self) -> dict[str, float]:
         """Per-GPU bytes of weights, gradients, optimizer states and the ZeRO-3 working set."""
@@ -271,6 +271,7 @@ def make_plan(cfg, **changes) -> Plan:
     plan = Plan(params=params, largest_block_params=largest, batch_size=int(cfg.batch_size),
                 devices=visible_devices(t), nodes=int(t.get("num_nodes", 1)),
                 accumulate=int(t.get("accumulate_grad_batches", 1)), base_lr=float(cfg.optim.base_lr),
+                reference_batch=int(cfg.optim.reference_batch),
                 precision=precision, strategy=strategy,
                 grad_checkpointing=any(mcfg.grad_checkpointing),
                 act_bytes_per_sample=activation_bytes_per_sample(mcfg, t.get("precision", "32-true")),
@@ -292,7 +293,7 @@ def zero_trainers() -> dict[str, Strategy]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from ..config import CONFIG_DIR
+    from .. import CONFIG_DIR
 
     with ExitStack() as stack:
         if not GlobalHydra.instance().is_initialized():
@@ -367,7 +368,7 @@ def format_plan(plan: Plan) -> str:
         ("parameters", f"{plan.params:,} ({plan.params / 1e9:.3f}B)"),
         ("global batch", f"{plan.global_batch} = {plan.batch_size} per device x {plan.devices} devices x "
                          f"{plan.nodes} nodes x {plan.accumulate} accumulation"),
-        ("learning rate", f"{plan.lr:.3g} = base {plan.base_lr:g} x {plan.global_batch}/{REFERENCE_BATCH}"),
+        ("learning rate", f"{plan.lr:.3g} = base {plan.base_lr:g} x {plan.global_batch}/{plan.reference_batch}"),
         ("strategy", f"{s.name} (ZeRO stage {s.stage}, offload optimizer {s.offload_optimizer}, "
                      f"parameters {s.offload_parameters}) on {plan.world_size} GPUs"),
         ("precision", f"{plan.precision} ({'/'.join(map(str, STATE_BYTES[precision_kind(plan.precision)]))} "

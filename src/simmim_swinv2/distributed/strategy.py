@@ -27,7 +27,7 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..config import ConfigError
+from .. import ConfigError
 from .reshard import STAGE3_PROBLEM
 from .zero import is_universal_checkpoint, zero_checkpoint_world_size
 

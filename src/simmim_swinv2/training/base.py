@@ -45,7 +45,7 @@ class TrainTask(L.LightningModule):
 
     def configure_optimizers(self):
         spec = self.optimizer_config
-        self.lr_factor = optim.scale_lr(1.0, self.global_batch)
+        self.lr_factor = optim.scale_lr(1.0, self.global_batch, spec.reference_batch)
         opt = optim.build_optimizer(self.model, spec, lr_factor=self.lr_factor)
         total, per_epoch = self._optimizer_steps()
         schedule, warmup = optim.scheduler_from_config(opt, self.schedule_config, total_steps=total,
@@ -86,7 +86,7 @@ class TrainTask(L.LightningModule):
             f"  global batch {self.global_batch} = {self.batch_size} per device x {t.world_size} devices "
             f"x {t.accumulate_grad_batches} accumulation\n"
             f"  lr {opt.base_lr * self.lr_factor:.3e} = base {opt.base_lr:.3e} x {self.global_batch}/"
-            f"{optim.REFERENCE_BATCH}; warmup {warmup} steps ({sched.warmup_epochs:g} epochs) from "
+            f"{opt.reference_batch}; warmup {warmup} steps ({sched.warmup_epochs:g} epochs) from "
             f"{sched.warmup_lr * self.lr_factor:.3e}, {sched.name.value} to {sched.min_lr * self.lr_factor:.3e}\n"
             f"  {total} optimizer steps ({per_epoch:.1f} per epoch), precision {t.precision}, "
             f"strategy {type(t.strategy).__name__}, grad clip {t.gradient_clip_val}")

@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import ConfigError
+from .. import ConfigError
 from ..data import SimMIMDataModule
 from ..distributed.grad_norm import GradNorm
 from ..distributed.strategy import check_resume

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
-from ..config import ConfigError
+from .. import ConfigError
 from ..models import SimMIM
 from ..weights import find_resume_checkpoint, load_model, load_pretrained_encoder, weights_format
 from ..weights.interop import _read_any, official_to_ours

@@ -74,6 +74,7 @@ class OptimConfig:
     eps: float = 1e-8                           # AdamW
     momentum: float = 0.9                       # SGD (microsoft/Swin-Transformer TRAIN.OPTIMIZER.MOMENTUM)
     layer_decay: float | None = None            # fine-tuning: layer-wise LR decay, e.g. 0.9 (see `param_groups`)
+    reference_batch: int = REFERENCE_BATCH      # the batch the LRs are given for (scaled to the global batch)
     grad_clip: float | None = 5.0               # max gradient norm; the Trainer applies it (trainer.gradient_clip_val)
     fused: bool | None = None                   # None: the fused kernel when every parameter is on a CUDA device
 
