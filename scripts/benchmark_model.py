@@ -4,12 +4,16 @@ precision.
 
 Each measurement runs in a fresh process (so peak memory is each implementation's own), and the
 implementations take turns round by round (so drift on a shared machine hits them alike). The table reports the
-median over rounds.
+median over rounds. Every implementation runs the same weights: transformers' initialisation at seed 0, loaded into
+ours and timm's (their own initialisations zero the residual post-norms, which a GPU multiplies faster than data). MFU
+is the FLOPs of one step of the model, counted once by torch's FlopCounterMode on ours, over the step time and each
+`--peak-tflops`. An implementation that fails is reported as failed, and the others still run.
 
     python scripts/benchmark_model.py                                   # SwinV2-T, 192 px, window 6, batch 4, fp32, CPU
     python scripts/benchmark_model.py --compile                         # eager and torch.compile
     python scripts/benchmark_model.py --variant base --window 12 --batch 128 --precision bf16   # on a GPU
     python scripts/benchmark_model.py --impls ours,ours_flex --compile --precision bf16          # FlexAttention
+    python scripts/benchmark_model.py ... --mfu --peak-tflops 989,790 --out table.md  # MFU against two peaks; a file
 
 `ours_flex` is our model with `attn_backend="flex"`; in the eager rows its flex call is still compiled on CUDA
 (`simmim_swinv2.models.flex.COMPILE`). FlexAttention has no CPU backward in torch 2.14, so it trains on CUDA only.
@@ -61,23 +65,54 @@ class TimmSimMIM(nn.Module):
         return masked_l1_loss(x, self.decoder(z.permute(0, 3, 1, 2)), mask, self.patch_size)
 
 
+def _transformers_model(cfg) -> nn.Module:
+    """transformers' `Swinv2ForMaskedImageModeling` for `cfg`, initialised at seed 0."""
+    from transformers import Swinv2Config, Swinv2ForMaskedImageModeling
+
+    from simmim_swinv2.convert import config_to_transformers
+
+    hf = config_to_transformers(cfg, "Swinv2ForMaskedImageModeling")
+    hf = {k: v for k, v in hf.items() if k not in ("model_type", "architectures", "num_layers", "hidden_size")}
+    torch.manual_seed(0)
+    return Swinv2ForMaskedImageModeling(Swinv2Config(**hf))
+
+
+def _reference_weights(cfg) -> tuple[dict, dict]:
+    """transformers' seed-0 weights in our (= timm's) names: encoder and decoder state dicts."""
+    from simmim_swinv2.convert import encoder_from_transformers
+
+    sd = _transformers_model(cfg).state_dict()
+    encoder = encoder_from_transformers({k.removeprefix("swinv2."): v for k, v in sd.items() if k.startswith("swinv2.")})
+    decoder = {k.removeprefix("decoder."): v for k, v in sd.items() if k.startswith("decoder.")}
+    return encoder, decoder
+
+
+def _load(module: nn.Module, sd: dict, ignore: tuple[str, ...] = ()) -> None:
+    result = module.load_state_dict(sd, strict=False)
+    buffers = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias", "window_order")
+    missing = [k for k in result.missing_keys if not k.endswith(buffers)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(ignore)]
+    if missing or unexpected:
+        raise RuntimeError(f"{type(module).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def build(impl: str, cfg) -> tuple[nn.Module, callable]:
-    """The model and a `loss(x, mask)` function for one implementation."""
+    """The model, with the same weights for every implementation, and a `loss(x, mask)` function."""
+    if impl == "transformers":
+        model = _transformers_model(cfg)
+        return model, lambda x, m: model(x, bool_masked_pos=m.flatten(1).bool()).loss
+    encoder, decoder = _reference_weights(cfg)
     if impl in ("ours", "ours_flex"):
         model = SimMIM.from_config(cfg.replace(attn_backend="flex") if impl == "ours_flex" else cfg)
+        _load(model.encoder, encoder)
+        model.decoder.load_state_dict(decoder)
         return model, lambda x, m: model(x, m).loss
     if impl == "timm":
         model = TimmSimMIM(cfg)
+        _load(model.encoder, encoder, ignore=("mask_token",))
+        model.mask_token.data.copy_(encoder["mask_token"])
+        model.decoder.load_state_dict(decoder)
         return model, model
-    if impl == "transformers":
-        from transformers import Swinv2Config, Swinv2ForMaskedImageModeling
-
-        from simmim_swinv2.convert import config_to_transformers
-
-        hf = config_to_transformers(cfg, "Swinv2ForMaskedImageModeling")
-        hf = {k: v for k, v in hf.items() if k not in ("model_type", "architectures", "num_layers", "hidden_size")}
-        model = Swinv2ForMaskedImageModeling(Swinv2Config(**hf))
-        return model, lambda x, m: model(x, bool_masked_pos=m.flatten(1).bool()).loss
     raise ValueError(impl)
 
 
@@ -90,24 +125,38 @@ def step_flops(loss_fn, x, mask) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(impl: str, args: argparse.Namespace, compiled: bool, queue: mp.Queue) -> None:
-    """Runs in a child process: build, warm up, time `args.steps` steps; put the result on `queue`."""
+def _setup(impl: str, args: argparse.Namespace):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
     cfg = swinv2_config(args.variant, img_size=args.img_size, window_size=args.window)
     model, loss_fn = build(impl, cfg)
     model.to(device).train()
-    if compiled:
-        loss_fn = torch.compile(loss_fn)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    torch.manual_seed(1)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
     tokens = args.img_size // cfg.patch_size
     mask = (torch.rand(args.batch, tokens, tokens, device=device) < 0.6).long()
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    return model, loss_fn, x, mask, device, autocast
+
+
+def count_flops(args: argparse.Namespace) -> dict:
+    """The model FLOPs of one training step (forward + backward), counted on ours: the same for every row."""
+    model, loss_fn, x, mask, device, autocast = _setup("ours", args)
+    with autocast():
+        return dict(flops=step_flops(loss_fn, x, mask))
+
+
+def measure(impl: str, args: argparse.Namespace, compiled: bool) -> dict:
+    """Build, warm up, time `args.steps` steps (forward, backward, AdamW step)."""
+    model, loss_fn, x, mask, device, autocast = _setup(impl, args)
+    if compiled:
+        loss_fn = torch.compile(loss_fn)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast():
             loss = loss_fn(x, mask)
         loss.backward()
         opt.step()
@@ -131,23 +180,60 @@ def measure(impl: str, args: argparse.Namespace, compiled: bool, queue: mp.Queue
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:  # peak RSS growth over the process's start (KiB on Linux)
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    flops = None
-    if args.mfu and not compiled:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            flops = step_flops(loss_fn, x, mask)
-    queue.put(dict(impl=impl, compiled=compiled, ips=args.batch * args.steps / elapsed,
-                   ms=1000 * elapsed / args.steps, peak_mib=peak, warmup_s=warmup_s, flops=flops))
+    return dict(ips=args.batch * args.steps / elapsed, ms=1000 * elapsed / args.steps, peak_mib=peak,
+                warmup_s=warmup_s)
 
 
-def run_isolated(impl: str, args: argparse.Namespace, compiled: bool) -> dict:
+def _child(fn, fn_args: tuple, queue: mp.Queue) -> None:
+    try:
+        queue.put(fn(*fn_args))
+    except Exception as e:  # reported in the table; the other implementations still run
+        queue.put(dict(error=f"{type(e).__name__}: {e}"))
+        raise
+
+
+def run_isolated(fn, *fn_args) -> dict:
+    """`fn(*fn_args)` in a fresh process; its result, or `{"error": ...}` when it raised or died."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(impl, args, compiled, queue))
+    proc = ctx.Process(target=_child, args=(fn, fn_args, queue))
     proc.start()
     proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"{impl} (compiled={compiled}) failed with exit code {proc.exitcode}")
-    return queue.get()
+    if not queue.empty():
+        return queue.get()
+    return dict(error=f"exit code {proc.exitcode} (killed: out of memory?)")
+
+
+def table(args: argparse.Namespace, impls: list[str], modes: list[bool], results: dict, flops: float | None) -> str:
+    """The markdown table (with its caption) of the medians so far."""
+    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    peaks = [p for p in (float(v) for v in args.peak_tflops.split(",")) if p > 0] if args.mfu else []
+    mem = "peak GPU MiB" if args.device == "cuda" else "peak RSS growth MiB"
+    lines = [f"SimMIM training step: swinv2_{args.variant}, {args.img_size} px, window {args.window}, batch {args.batch}, "
+             f"{args.precision}, {args.device} ({device}), {torch.get_num_threads()} threads, torch {torch.__version__}; "
+             f"median of {args.rounds} rounds x {args.steps} steps"
+             + (f"; model FLOPs/step {flops / 1e9:,.1f} G (FlopCounterMode, ours)" if flops else ""),
+             "", f"| implementation | mode | img/s | ms/step | {mem} | ours / this |"
+             + "".join(f" MFU @{p:g} TFLOP/s |" for p in peaks),
+             "|---|---|---|---|---|---|" + "---|" * len(peaks)]
+    for compiled in modes:
+        mode = "compiled" if compiled else "eager"
+        ok = {i: [r for r in results.get((i, compiled), []) if "error" not in r] for i in impls}
+        ours_ips = statistics.median(r["ips"] for r in ok["ours"]) if ok.get("ours") else None
+        for impl in impls:
+            rs = ok[impl]
+            if not rs:
+                errors = [r["error"] for r in results.get((impl, compiled), [])]
+                if errors:
+                    lines.append(f"| {impl} | {mode} | failed: {errors[-1][:200].replace('|', '/')} |" + " |" * (3 + len(peaks)))
+                continue
+            ips = statistics.median(r["ips"] for r in rs)
+            ratio = f"{ours_ips / ips:.2f}x" if ours_ips else "-"
+            row = (f"| {impl} | {mode} | {ips:.2f} | {statistics.median(r['ms'] for r in rs):.1f} | "
+                   f"{statistics.median(r['peak_mib'] for r in rs):.0f} | {ratio} |")
+            row += "".join(f" {100 * flops * ips / args.batch / (p * 1e12):.3g}% |" if flops else " - |" for p in peaks)
+            lines.append(row)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,8 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     parser.add_argument("--compile-only", action="store_true", help="time only torch.compile'd steps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--mfu", action="store_true", help="count FLOPs and report model FLOPs utilisation")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for MFU (H100/H200 bf16)")
+    parser.add_argument("--mfu", action="store_true", help="count the model's FLOPs and report FLOPs utilisation")
+    parser.add_argument("--peak-tflops", default="989", help="device peak(s) for MFU, comma-separated (H100/H200 bf16 "
+                                                            "dense datasheet: 989)")
+    parser.add_argument("--out", help="also write the table here (rewritten after every measurement)")
     args = parser.parse_args(argv)
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     if unknown := set(impls) - set(IMPLS + EXTRA_IMPLS):
@@ -176,37 +264,27 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("ours_flex trains on CUDA only (FlexAttention has no CPU backward in torch 2.14)")
     modes = [True] if args.compile_only else ([False, True] if args.compile else [False])
 
+    flops = None
+    if args.mfu:
+        res = run_isolated(count_flops, args)
+        flops = res.get("flops")
+        print(f"model FLOPs per step: {flops / 1e9:,.1f} GFLOP" if flops else f"FLOP count failed: {res['error']}",
+              flush=True)
     results: dict[tuple[str, bool], list[dict]] = {}
     for r in range(args.rounds):
         for compiled in modes:
             for impl in impls:
-                res = run_isolated(impl, args, compiled)
+                res = run_isolated(measure, impl, args, compiled)
                 results.setdefault((impl, compiled), []).append(res)
-                print(f"round {r + 1}/{args.rounds} {impl:12s} {'compiled' if compiled else 'eager':8s} "
-                      f"{res['ips']:8.2f} img/s  peak {res['peak_mib']:8.0f} MiB  (warm-up {res['warmup_s']:.1f} s)",
-                      flush=True)
-
-    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    print(f"\nSimMIM training step: swinv2_{args.variant}, {args.img_size} px, window {args.window}, batch "
-          f"{args.batch}, {args.precision}, {args.device} ({device}), {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; median of {args.rounds} rounds x {args.steps} steps")
-    mem = "peak GPU MiB" if args.device == "cuda" else "peak RSS growth MiB"
-    print(f"| implementation | mode | img/s | ms/step | {mem} | ours / this |" + (" MFU |" if args.mfu else ""))
-    print("|---|---|---|---|---|---|" + ("---|" if args.mfu else ""))
-    for compiled in modes:
-        ours = results.get(("ours", compiled))
-        ours_ips = statistics.median(r["ips"] for r in ours) if ours else None
-        for impl in impls:
-            rs = results[(impl, compiled)]
-            ips = statistics.median(r["ips"] for r in rs)
-            ms = statistics.median(r["ms"] for r in rs)
-            peak = statistics.median(r["peak_mib"] for r in rs)
-            ratio = f"{ours_ips / ips:.2f}x" if ours_ips else "-"
-            row = f"| {impl} | {'compiled' if compiled else 'eager'} | {ips:.2f} | {ms:.1f} | {peak:.0f} | {ratio} |"
-            if args.mfu:
-                flops = next((r["flops"] for r in results.get((impl, False), []) if r["flops"]), None)
-                row += f" {flops * ips / args.batch / (args.peak_tflops * 1e12):.1%} |" if flops else " - |"
-            print(row)
+                what = f"round {r + 1}/{args.rounds} {impl:12s} {'compiled' if compiled else 'eager':8s}"
+                if "error" in res:
+                    print(f"{what} FAILED: {res['error']}", flush=True)
+                else:
+                    print(f"{what} {res['ips']:8.2f} img/s  peak {res['peak_mib']:8.0f} MiB  "
+                          f"(warm-up {res['warmup_s']:.1f} s)", flush=True)
+                if args.out:
+                    Path(args.out).write_text(table(args, impls, modes, results, flops) + "\n")
+    print("\n" + table(args, impls, modes, results, flops))
 
 
 if __name__ == "__main__":

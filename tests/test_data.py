@@ -230,6 +230,10 @@ def test_synthetic_shapes():
     ds = build_synthetic(length=10, input_size=64, num_classes=5, mask_generator=MaskGenerator(64, 16))
     image, mask, label = ds[7]
     assert len(ds) == 10 and image.shape == (3, 64, 64) and mask.shape == (16, 16) and label == 2
+    # as pretrain builds it (data=synthetic): the mask generator comes with the SimMIM transform
+    ds = build_synthetic(length=10, input_size=64, transform=build_pretrain_transform(64, 16))
+    image, mask, _ = ds[3]
+    assert image.shape == (3, 64, 64) and mask.shape == (16, 16) and mask.float().mean() > 0.3
 
 
 def test_datamodule_batches_digits():

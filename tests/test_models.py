@@ -102,6 +102,30 @@ def test_fused_attention_equals_eager(case, dtype, tol, tmp_path):
             assert rel_err(g1[name], g2[name]) < tol, name
 
 
+@pytest.mark.parametrize("case", ["clamped_window", "three_stages"])
+def test_simmim_training_step_gradients_match_transformers(case, tmp_path):
+    """The default path in training (on the CPU: the explicit attention SDPA would fall back from; shifted windows
+    as token gathers; the mask token by torch.where; the loss summed per patch) against transformers, in fp64:
+    every parameter's gradient of the SimMIM loss. Our loss is computed in fp32, which rounds its scale (1/count)
+    at ~1e-7."""
+    ref = randomize_(transformers.Swinv2ForMaskedImageModeling(hf_config(case)), max_logit_scale=4.5).double()
+    ours = _ours(ref, tmp_path).double().train()
+    H, W = input_size(case)
+    p = ref.config.patch_size
+    x = torch.randn(2, ref.config.num_channels, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    mask = random_mask(2, H // p, W // p, seed=3)
+    ref(x, bool_masked_pos=mask.flatten(1).bool()).loss.backward()
+    ours(x, mask).loss.backward()
+    grads = {f"swinv2.{k}": v for k, v in convert.encoder_to_transformers(
+        {n: q.grad for n, q in ours.encoder.named_parameters()}).items()}
+    grads.update({f"decoder.{n}": q.grad for n, q in ours.decoder.named_parameters()})
+    theirs = {n: q.grad for n, q in ref.named_parameters() if q.grad is not None}
+    assert grads.keys() == theirs.keys() and len(grads) == len(list(ref.parameters()))
+    for name, g in grads.items():
+        assert theirs[name].abs().max() > 0, name
+        assert rel_err(g, theirs[name]) < 1e-6, name
+
+
 def test_simmim_every_parameter_gets_a_gradient():
     from simmim_swinv2.models import swinv2_config
     model = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)), max_logit_scale=4.0)

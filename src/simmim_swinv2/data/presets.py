@@ -126,6 +126,10 @@ def build_synthetic(
     num_classes: int = 1000,
     mask_generator: MaskGenerator | None = None,
     seed: int = 0,
+    transform: Callable | None = None,
 ) -> SyntheticDataset:
-    """Synthetic source (see :class:`SyntheticDataset`)."""
+    """Synthetic source (see :class:`SyntheticDataset`). `transform`: the entry points pass every source theirs;
+    the images here are made already normalised, so only its `mask_generator` (pretraining's) is taken."""
+    if mask_generator is None:
+        mask_generator = getattr(transform, "mask_generator", None)
     return SyntheticDataset(length, input_size, num_classes, mask_generator, seed)

@@ -34,10 +34,17 @@ def masked_l1_loss(
 ) -> torch.Tensor:
     """Mean absolute error over the masked pixel-channels. `target`, `reconstruction`: `(B, C, H, W)`;
     `mask`: `(B, H/patch, W/patch)`, 1 = masked."""
-    pixel_mask = mask.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2).unsqueeze(1)
-    pixel_mask = pixel_mask.to(torch.float32)
+    B, C, H, W = target.shape
+    h, w = mask.shape[-2:]
+    if (H, W) != (h * patch_size, w * patch_size):
+        raise ValueError(f"mask {tuple(mask.shape)} does not cover images {H}x{W} in patches of {patch_size}: "
+                         f"the mask needs (B, H/{patch_size}, W/{patch_size})")
     error = (target.float() - reconstruction.float()).abs()
-    return (error * pixel_mask).sum() / (pixel_mask.sum() + 1e-5) / target.shape[1]
+    # Summed per patch first, then weighted by the token mask: the pixel mask (the token mask repeated
+    # `patch_size` times per side) is never built.
+    per_patch = error.reshape(B, C, h, patch_size, w, patch_size).sum(dim=(1, 3, 5))  # (B, h, w)
+    weight = mask.to(per_patch.dtype)
+    return (per_patch * weight).sum() / (weight.sum() * patch_size**2 + 1e-5) / C
 
 
 @dataclass

@@ -38,6 +38,22 @@ from . import flex
 from .config import ATTN_BACKENDS, SwinV2Config
 
 _MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
+_NORM_EPS = 1e-12  # F.normalize's default
+
+
+class _GatherTokens(torch.autograd.Function):
+    """`x.index_select(1, order)` for a permutation `order` of the tokens of `x` `(B, L, C)`. The gradient is
+    the gather by the inverse permutation, a copy (index_select's own backward scatter-adds into zeros)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(order, inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        order, inverse = ctx.saved_tensors
+        return _GatherTokens.apply(grad, inverse, order), None, None
 
 
 class SwinV2Block(SwinTransformerV2Block):
@@ -74,15 +90,32 @@ class SwinV2Block(SwinTransformerV2Block):
         mask = super().get_attn_mask(x, device=device, dtype=dtype)
         return None if mask is None else mask.masked_fill(mask != 0, float("-inf"))
 
-    def _shift_mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        """`(num_windows, N, N)` mask (0 / -inf) for the padded, shifted map `x`, or None without shift."""
+    def _init_buffers(self) -> None:
+        super()._init_buffers()  # timm's shift mask for the configured size
+        order = self._window_order(*self._configured_padded_size(), self.norm1.weight.device)
+        self.register_buffer("window_order", order, persistent=False)
+
+    def _window_order(self, Hp: int, Wp: int, device: torch.device) -> torch.Tensor | None:
+        """For a shifted block, `(2, Hp * Wp)`: row 0 lists the position in the padded `(Hp, Wp)` map of each
+        token of the shifted windows (cyclic shift, then `window_partition`'s order); row 1 is its inverse
+        (windows back to the map, shift undone). None without shift."""
         if not any(self.shift_size):
             return None
-        if self.attn_mask is not None:
-            h, w = (math.ceil(r / s) * s for r, s in zip(self.input_resolution, self.window_size))
-            if x.shape[1:3] == (h, w):
-                return self.attn_mask.to(x.dtype)
+        position = torch.arange(Hp * Wp, device=device).view(1, Hp, Wp, 1)
+        shifted = torch.roll(position, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        order = window_partition(shifted, self.window_size).flatten()
+        return torch.stack((order, order.argsort()))
+
+    def _shift_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """`(num_windows, N, N)` mask (0 / -inf) for the padded map `x`, or None without shift."""
+        if not any(self.shift_size):
+            return None
+        if self.attn_mask is not None and x.shape[1:3] == self._configured_padded_size():
+            return self.attn_mask.to(x.dtype)
         return self.get_attn_mask(x)
+
+    def _configured_padded_size(self) -> tuple[int, int]:
+        return tuple(math.ceil(r / s) * s for r, s in zip(self.input_resolution, self.window_size))
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -91,15 +124,19 @@ class SwinV2Block(SwinTransformerV2Block):
         if pad_h or pad_w:  # zeros, unmasked, before the shift: transformers' order
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         Hp, Wp = H + pad_h, W + pad_w
-        shift = self.shift_size
-        if any(shift):
-            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
         mask = self._shift_mask(x)
-        windows = window_partition(x, self.window_size).view(-1, self.window_area, C)
-        windows = self._window_attention(windows, mask)
-        x = window_reverse(windows.view(-1, wh, ww, C), self.window_size, (Hp, Wp))
-        if any(shift):
-            x = torch.roll(x, shifts=shift, dims=(1, 2))
+        if any(self.shift_size):
+            # Cyclic shift + window partition as one gather of tokens (and its inverse after attention): one
+            # copy each way instead of torch.roll's (one per dim on the CPU) plus the partition's.
+            order = getattr(self, "window_order", None) if (Hp, Wp) == self._configured_padded_size() else None
+            order = self._window_order(Hp, Wp, x.device) if order is None else order
+            windows = _GatherTokens.apply(x.reshape(B, Hp * Wp, C), order[0], order[1])
+            windows = self._window_attention(windows.view(-1, self.window_area, C), mask)
+            x = _GatherTokens.apply(windows.view(B, Hp * Wp, C), order[1], order[0]).view(B, Hp, Wp, C)
+        else:
+            windows = window_partition(x, self.window_size).view(-1, self.window_area, C)
+            windows = self._window_attention(windows, mask)
+            x = window_reverse(windows.view(-1, wh, ww, C), self.window_size, (Hp, Wp))
         if pad_h or pad_w:
             x = x[:, :H, :W, :].contiguous()
         return x
@@ -117,12 +154,19 @@ class SwinV2Block(SwinTransformerV2Block):
         # mask broadcasts over the batch and SDPA gets the 4-D tensors its fused kernels need.
         groups = 1 if mask is None else mask.shape[0]
         q, k, v = self._cosine_qkv(x, groups)
-        pos_bias = self._position_bias(N)
+        bias = self._position_bias(N)
         if mask is not None:
-            pos_bias = (pos_bias.unsqueeze(0) + mask.unsqueeze(1)).flatten(0, 1)  # (windows * heads, N, N)
-        dropout = attn.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=pos_bias.unsqueeze(0).to(q.dtype), dropout_p=dropout, scale=1.0)
+            bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).flatten(0, 1)  # (windows * heads, N, N)
+        bias = bias.to(q.dtype)
+        if q.device.type == "cpu" and bias.requires_grad:
+            # SDPA's CPU kernel takes no mask that needs a gradient: it would fall back to its math reference,
+            # which is this plus two multiplies by sqrt(scale) = 1 and a safe softmax's all/isneginf/where.
+            scores = q @ k.transpose(-2, -1)
+            scores += bias  # in place: the matmul's backward needs q and k, not its output
+            out = attn.attn_drop(scores.softmax(-1)) @ v
+        else:
+            dropout = attn.attn_drop.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), dropout_p=dropout, scale=1.0)
         out = out.view(B_ // groups, groups, heads, N, -1).transpose(2, 3).reshape(B_, N, C)
         return attn.proj_drop(attn.proj(out))
 
@@ -143,12 +187,17 @@ class SwinV2Block(SwinTransformerV2Block):
         logit scale folded into q (so attention needs `scale=1`)."""
         attn = self.attn
         B_, N, C = x.shape
-        heads = attn.num_heads
+        heads, d = attn.num_heads, C // attn.num_heads
         bias = None if attn.q_bias is None else torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
-        qkv = F.linear(x, attn.qkv.weight, bias).view(B_ // groups, groups, N, 3, heads, C // heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, B_ // groups, groups * heads, N, C // heads).unbind(0)
-        logit_scale = torch.clamp(attn.logit_scale, max=_MAX_LOGIT_SCALE).exp().repeat(groups, 1, 1)
-        return F.normalize(q, dim=-1) * logit_scale, F.normalize(k, dim=-1), v
+        qkv = F.linear(x, attn.qkv.weight, bias).view(B_ // groups, groups, N, 3, heads, d)
+        # One copy to the head-major layout; q, k, v are then contiguous (B_ / groups, groups, heads, N, d).
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).contiguous().unbind(0)
+        # q * (scale / |q|) in one pass over q: F.normalize's clamp, the scale on the (…, N, 1) norms.
+        logit_scale = torch.clamp(attn.logit_scale, max=_MAX_LOGIT_SCALE).exp()  # (heads, 1, 1)
+        q = q * (logit_scale / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(_NORM_EPS))
+        k = F.normalize(k, dim=-1, eps=_NORM_EPS)
+        shape = (B_ // groups, groups * heads, N, d)
+        return q.view(shape), k.view(shape), v.view(shape)
 
     def _position_bias(self, N: int) -> torch.Tensor:
         """SwinV2's continuous position bias for one window, `16 * sigmoid(cpb_mlp(table))`: `(heads, N, N)`."""
@@ -162,6 +211,19 @@ class SwinV2Block(SwinTransformerV2Block):
         return x if self.norm3 is None else self.norm3(x)
 
 
+class SwinV2PatchMerging(PatchMerging):
+    """timm's `PatchMerging` (2x2 neighbours concatenated, Linear 4C → 2C, LayerNorm), padding odd sizes only:
+    timm pads every input, and a zero-size `F.pad` is still a copy of the map. `(B, H, W, C)` → `(B, H/2, W/2, 2C)`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            H, W = H + H % 2, W + W % 2
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.norm(self.reduction(x))
+
+
 class SwinV2Stage(nn.Module):
     """Patch merging (all stages but the first, as in timm) then `depth` blocks. `(B, H, W, C)` in,
     `(B, H/2, W/2, 2C)` out."""
@@ -170,7 +232,7 @@ class SwinV2Stage(nn.Module):
         super().__init__()
         dim = cfg.stage_dims[index]
         resolution = tuple(s // cfg.patch_size // 2**index for s in cfg.img_size)
-        self.downsample = PatchMerging(cfg.stage_dims[index - 1], dim) if index > 0 else nn.Identity()
+        self.downsample = SwinV2PatchMerging(cfg.stage_dims[index - 1], dim) if index > 0 else nn.Identity()
         self.grad_checkpointing = cfg.grad_checkpointing[index]
         window = cfg.window_size[index]
         every = cfg.extra_norm_every
@@ -289,8 +351,8 @@ class SwinV2Encoder(nn.Module):
             if mask.shape != x.shape[:3]:
                 raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:3])} "
                                  f"(B, H/{self.cfg.patch_size}, W/{self.cfg.patch_size})")
-            w = mask.unsqueeze(-1).to(x.dtype)
-            x = x * (1.0 - w) + self.mask_token.to(x.dtype) * w
+            # x * (1 - mask) + token * mask for a 0/1 mask, in one pass
+            x = torch.where(mask.unsqueeze(-1).bool(), self.mask_token.to(x.dtype), x)
         return x
 
     def forward(
