@@ -37,7 +37,7 @@ TARGETS: dict[str, tuple[str, dict]] = {
         "exclude": ("transform",), "follow": "simmim_swinv2.data.build_imagenet", "follow_exclude": ("variant",)}),
     "build_imagenet22k": ("simmim_swinv2.data.build_imagenet22k", {
         "exclude": ("transform",), "follow": "simmim_swinv2.data.build_imagenet", "follow_exclude": ("variant",)}),
-    "build_synthetic": ("simmim_swinv2.data.build_synthetic", {"exclude": ("mask_generator",)}),
+    "build_synthetic": ("simmim_swinv2.data.build_synthetic", {"exclude": ("mask_generator", "transform")}),
     "build_webdataset": ("simmim_swinv2.data.build_webdataset", {
         "follow": "simmim_swinv2.data.ShardDataset", "follow_exclude": ("transform",)}),
     "MaskGenerator": ("simmim_swinv2.data.MaskGenerator", {}),

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-
 GIB = 1024**3
 CUDA_OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
 ACT_TC, ACT_ATTN, ACT_PIX = 21.0, 1.6, 1.1          # no checkpointing, per fp32 element
