@@ -98,3 +98,30 @@ def test_pretrained_and_resume_rule(simmim_run, tmp_path):  # noqa: F811
     assert pretrained_start(other, "auto", run) is False
     with pytest.raises(ConfigError, match="resumable checkpoint"):
         pretrained_start(str(tmp_path / "another"), "auto", run)
+
+
+def _first_loss(run) -> float:
+    import csv
+
+    with open(run / "metrics.csv") as f:
+        return next(float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step"))
+
+
+@pytest.mark.parametrize("kind", ["run", "transformers"])
+def test_the_pretrain_command_continues_from_pretrained(kind, simmim_run, simmim_hf, tmp_path, capsys):  # noqa: F811
+    """`python -m simmim_swinv2.pretrain pretrained=PATH` as composed: its first step's loss is the trained model's,
+    clearly below a fresh run's on the same batches; run again (a requeue), it resumes its own checkpoint."""
+    from conftest import FAST, compose_config
+
+    from simmim_swinv2.pretrain import pretrain
+
+    source = {"run": simmim_run, "transformers": simmim_hf}[kind]
+    same = [*FAST, "callbacks.reconstructions.every_n_steps=0", "trainer.max_epochs=1", "callbacks.knn=null"]
+    pretrain(compose_config("pretrain", tmp_path / "fresh", same))
+    pretrain(compose_config("pretrain", tmp_path / "continued", [*same, f"pretrained={source}"]))
+    fresh, continued = _first_loss(tmp_path / "fresh"), _first_loss(tmp_path / "continued")
+    assert continued < fresh - 0.1, (continued, fresh)
+    assert "the decoder starts from its initialisation" not in capsys.readouterr().out
+    # the same command again (a requeued job): the run's own checkpoint wins over the weights, with no error
+    pretrain(compose_config("pretrain", tmp_path / "continued", [*same, f"pretrained={source}",
+                                                               "trainer.max_epochs=2"]))

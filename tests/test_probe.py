@@ -58,11 +58,27 @@ def test_probe_refuses_unlabelled_data(simmim_run, tmp_path):  # noqa: F811
     for i in range(4):
         photo(i).save(root / f"{i}.png")
     cfg = compose_config("probe", tmp_path / "p", [f"checkpoint={simmim_run}", "data=folder", f"data.root={root}",
-                                                   f"+data.val={{_target_:simmim_swinv2.data.build_folder,root:'{root}'}}"])
+                                                   f"data.val_root={root}"])
     with pytest.raises(ConfigError, match="unlabelled"):
         probe(cfg)
     with pytest.raises(ConfigError, match="no validation split"):
         probe(compose_config("probe", tmp_path / "q", [f"checkpoint={simmim_run}", "data=folder", f"data.root={root}"]))
+
+
+def test_probe_on_class_folders_with_a_val_root(simmim_run, tmp_path):  # noqa: F811
+    """`data=folder data.root=TRAIN data.val_root=VAL`: both splits built with the train node's settings."""
+    from test_data_utils import photo
+
+    for split, n in (("train", 4), ("val", 3)):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                photo(i + (10 if c == "dog" else 0)).save(tmp_path / split / c / f"{i}.png")
+    result = probe(compose_config("probe", tmp_path / "p", [
+        f"checkpoint={simmim_run}", "data=folder", f"data.root={tmp_path / 'train'}",
+        f"data.val_root={tmp_path / 'val'}", "k=3", "num_workers=0"]))
+    assert (result["train_samples"], result["val_samples"]) == (8, 6)
+    assert 0.0 <= result["knn_top1"] <= 1.0 and 0.0 <= result["linear_top1"] <= 1.0
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 With no overrides it pretrains SwinV2-debug on the bundled digits on the CPU in a few minutes; with
 `experiment=…` it runs an official recipe. The run directory (`hydra.run.dir`) holds the resolved config,
 `metrics.csv`, `checkpoints/` and `reconstructions/`; start again with the same run directory and it resumes.
+`pretrained=PATH` starts from released or earlier weights instead (continued pretraining: the encoder, and the
+decoder when the source has one; a fresh optimizer and schedule): training/init_from.py.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .data import SimMIMTransform
 from .distributed import planning
 from .models import SimMIM
 from .training import PretrainTask, build
+from .training.init_from import load_pretrained_simmim, pretrained_start
 
 
 def pretrain(cfg: DictConfig) -> dict[str, float]:
@@ -28,6 +31,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     check_pretrain_config(cfg)
     planning.check_fits(cfg)  # memory per GPU, before the model is built (plan.enforce)
     run_dir = cfg.paths.run_dir
+    from_pretrained = pretrained_start(cfg.pretrained, cfg.resume, run_dir)  # before config.yaml is rewritten
     build.save_resolved_config(cfg, run_dir)
     job = to_object(cfg, PretrainConfig)  # typed from here on (the Trainer's node stays Hydra's: build_trainer)
     seed_everything(job.seed, workers=True)
@@ -36,6 +40,8 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     train, val = build.build_datasets(job.data, transform, transform)
     model = SimMIM.from_config(instantiate(job.model), norm_target=job.norm_target,
                                norm_target_window=job.norm_target_window)
+    if from_pretrained:  # continued pretraining: the weights only; optimizer and schedule start fresh
+        load_pretrained_simmim(model, job.pretrained)
     task = PretrainTask(model, job.optim, job.scheduler, batch_size=job.batch_size, compile=job.compile)
     ckpt = build.resume_path(job.resume, run_dir)
     trainer = build.build_trainer(cfg, resume=ckpt)

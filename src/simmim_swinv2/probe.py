@@ -16,10 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import CONFIG_DIR, ConfigError
+from .config.checks import check_values
 from .data import build_eval_transform
 from .data.views import eval_view, has_labels
 from .inference.probe import probe as probe_features
 from .models import SwinV2Encoder, encoder_of
+from .training.build import build_val
 from .weights import load_model
 
 
@@ -32,16 +34,18 @@ def load_encoder(source, **overrides) -> SwinV2Encoder:
 def probe(cfg: DictConfig) -> dict[str, float]:
     """Load the encoder, build the train and val splits with the eval transform, run both probes; returns
     `{"knn_top1", "linear_top1", "train_samples", "val_samples", "seconds"}`."""
+    check_values(cfg)
     overrides = OmegaConf.to_container(cfg.model_overrides, resolve=True) if cfg.get("model_overrides") else {}
     encoder = load_encoder(cfg.checkpoint, **overrides)
     size = cfg.img_size or encoder.cfg.img_size[0]
     with open_dict(cfg):
         cfg.img_size = size  # the data config renders images at ${img_size}
-    if not cfg.data.get("val"):
-        raise ConfigError(f"data={cfg.data} has no validation split configured (data.val): the probes score on it")
+    if not (cfg.data.get("val") or cfg.data.get("val_root")):
+        raise ConfigError("the data source has no validation split (data.val; image folders: data.val_root=PATH): "
+                          "the probes score on it")
     transform = build_eval_transform(size, crop_pct=cfg.crop_pct)
     train = eval_view(instantiate(cfg.data.train, transform=transform), transform)
-    val = eval_view(instantiate(cfg.data.val, transform=transform), transform)
+    val = eval_view(build_val(cfg.data, transform), transform)
     if has_labels(train) is False or has_labels(val) is False:
         raise ConfigError("the data is unlabelled (label -1): the probes need a labelled source (data=digits, a "
                           "folder of class subfolders, ImageNet)")

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.utils import save_image
 
 from .config import CONFIG_DIR, ConfigError
+from .config.checks import check_values
 from .data import MaskGenerator
 from .models import SimMIM
 from .predict import expand_images
@@ -59,6 +60,7 @@ def run_settings(checkpoint: str | Path) -> dict:
 
 def visualize(cfg: DictConfig) -> list[dict]:
     """Write one picture per readable image; returns `[{"image", "picture", "l1"}]`."""
+    check_values(cfg)
     overrides = OmegaConf.to_container(cfg.model_overrides, resolve=True) if cfg.get("model_overrides") else {}
     model = load_simmim(cfg.checkpoint, **overrides)
     recorded = run_settings(cfg.checkpoint)

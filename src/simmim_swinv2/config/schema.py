@@ -51,6 +51,7 @@ TARGETS: dict[str, tuple[str, dict]] = {
         "follow": "lightning.fabric.utilities.throughput.Throughput", "follow_exclude": ("available_flops", "world_size")}),
     "BadSampleMonitor": ("simmim_swinv2.training.bad_samples.BadSampleMonitor", {}),
     "ReconstructionImages": ("simmim_swinv2.training.callbacks.ReconstructionImages", {}),
+    "KNNMonitor": ("simmim_swinv2.training.knn.KNNMonitor", {"exclude": ("train", "val")}),  # the run's data sets
     "ResumableCSVLogger": ("simmim_swinv2.training.loggers.ResumableCSVLogger", {}),
     "TensorBoardLogger": ("lightning.pytorch.loggers.TensorBoardLogger", {}),
     "WandbLogger": ("lightning.pytorch.loggers.WandbLogger", {"defaults": {"offline": None}}),  # null: from credentials
@@ -119,6 +120,7 @@ class FolderDataConfig:
     listing of their files (data/listing.py)."""
 
     root: str | None = None
+    val_root: str | None = None  # image folders for validation, built like `train` (when `val` is null)
     num_classes: int | None = None
     listing_dir: str | None = None
     listing: str = "auto"
@@ -181,6 +183,7 @@ class PretrainConfig:
     run_name: str = MISSING
     seed: int = 0
     resume: str = "auto"
+    pretrained: str | None = None
     norm_target_window: int = 47
     compile: bool = False
     recipe: PretrainRecipe = field(default_factory=PretrainRecipe)
@@ -249,8 +252,49 @@ class PredictConfig:
     device: str = "auto"
 
 
+@dataclass
+class ProbeConfig:
+    data: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "probe"
+    checkpoint: str = MISSING
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # what official / timm files do not record
+    img_size: int | None = None
+    batch_size: int = 128
+    num_workers: int = 2
+    crop_pct: float = 0.875
+    train_samples: int | None = None
+    k: int = 20
+    temperature: float = 0.07
+    linear: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class VisualizeMask:
+    mask_patch_size: int | None = None
+    mask_ratio: float | None = None
+
+
+@dataclass
+class VisualizeConfig:
+    __unions__ = {"images": str | list[str]}  # checked by config.checks.check_values
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "visualize"
+    checkpoint: str = MISSING
+    images: Any = MISSING
+    output_dir: str = MISSING
+    mask: VisualizeMask = field(default_factory=VisualizeMask)
+    norm_target: bool | None = None
+    seed: int = 0
+    crop_pct: float = 1.0
+    device: str = "auto"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
 COMMANDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "evaluate": EvaluateConfig,
-            "predict": PredictConfig}
+            "predict": PredictConfig, "probe": ProbeConfig, "visualize": VisualizeConfig}
 
 
 def to_object(node, cls: type | None = None):

@@ -28,10 +28,21 @@ def build_datasets(data, train_transform, val_transform):
     built. `data`: a data source's typed config (`config.schema.DataConfig` and its kin), whose `train` / `val` are
     its builder's typed `_target_` nodes."""
     train = instantiate(data.train, transform=train_transform)
-    val = instantiate(data.val, transform=val_transform) if data.val is not None else None
+    val = build_val(data, val_transform)
     if len(train) == 0:
         raise ConfigError("the training set is empty: check data.root / data.urls")
     return train, val
+
+
+def build_val(data, transform):
+    """The validation split of a data source, or None: its `val` node, else, for image folders, `val_root` built
+    with the train node's settings (`data=folder data.root=/data/train data.val_root=/data/val`)."""
+    if data.val is not None:
+        return instantiate(data.val, transform=transform)
+    val_root = getattr(data, "val_root", None) if not isinstance(data, dict) else data.get("val_root")
+    if val_root:
+        return instantiate(data.train, root=val_root, transform=transform)
+    return None
 
 
 def build_datamodule(train, val, *, batch_size: int, num_workers: int, seed: int) -> SimMIMDataModule:
