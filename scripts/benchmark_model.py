@@ -11,11 +11,13 @@ is the FLOPs of one step of the model, counted once by torch's FlopCounterMode o
 
     python scripts/benchmark_model.py                                   # SwinV2-T, 192 px, window 6, batch 4, fp32, CPU
     python scripts/benchmark_model.py --compile                         # eager and torch.compile
+    python scripts/benchmark_model.py --impls ours,ours_eager,transformers,timm --rounds 9   # both attention paths
     python scripts/benchmark_model.py --variant base --window 12 --batch 128 --precision bf16   # on a GPU
     python scripts/benchmark_model.py --impls ours,ours_flex --compile --precision bf16          # FlexAttention
     python scripts/benchmark_model.py ... --mfu --peak-tflops 989,790 --out table.md  # MFU against two peaks; a file
 
-`ours_flex` is our model with `attn_backend="flex"`; in the eager rows its flex call is still compiled on CUDA
+`ours_eager` is our model with `attn_backend="eager"` (timm's attention, the reference), `ours_flex` with
+`attn_backend="flex"`; in the eager rows its flex call is still compiled on CUDA
 (`simmim_swinv2.models.flex.COMPILE`). FlexAttention has no CPU backward in torch 2.14, so it trains on CUDA only.
 """
 
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from simmim_swinv2.models import SimMIM, masked_l1_loss, swinv2_config  # noqa: E402
 
 IMPLS = ("ours", "transformers", "timm")
-EXTRA_IMPLS = ("ours_flex",)  # opt-in through --impls
+EXTRA_IMPLS = ("ours_eager", "ours_flex")  # opt-in through --impls
 
 
 class TimmSimMIM(nn.Module):
@@ -102,8 +104,9 @@ def build(impl: str, cfg) -> tuple[nn.Module, callable]:
         model = _transformers_model(cfg)
         return model, lambda x, m: model(x, bool_masked_pos=m.flatten(1).bool()).loss
     encoder, decoder = _reference_weights(cfg)
-    if impl in ("ours", "ours_flex"):
-        model = SimMIM.from_config(cfg.replace(attn_backend="flex") if impl == "ours_flex" else cfg)
+    if impl in ("ours", "ours_eager", "ours_flex"):
+        backend = {"ours": cfg.attn_backend, "ours_eager": "eager", "ours_flex": "flex"}[impl]
+        model = SimMIM.from_config(cfg.replace(attn_backend=backend))
         _load(model.encoder, encoder)
         model.decoder.load_state_dict(decoder)
         return model, lambda x, m: model(x, m).loss

@@ -42,8 +42,8 @@ class ConfigEnum(str, Enum):
 
 
 class OptimizerName(ConfigEnum):
-    """The optimizers a config may name (`optim.name`). Under ZeRO-Offload the strategy, not the config, swaps
-    AdamW for DeepSpeed's CPU Adam."""
+    """The optimizers a config may name (`optim.name`). Which implementation steps them under optimizer offload is
+    the distribution strategy's business (distributed/strategy.py), not the config's."""
 
     adamw = "adamw"
     sgd = "sgd"
