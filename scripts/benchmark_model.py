@@ -216,9 +216,9 @@ def table(args: argparse.Namespace, impls: list[str], modes: list[bool], results
              f"{args.precision}, {args.device} ({device}), {torch.get_num_threads()} threads, torch {torch.__version__}; "
              f"median of {args.rounds} rounds x {args.steps} steps"
              + (f"; model FLOPs/step {flops / 1e9:,.1f} G (FlopCounterMode, ours)" if flops else ""),
-             "", f"| implementation | mode | img/s | ms/step | {mem} | ours / this |"
+             "", f"| implementation | mode | img/s | ms/step | {mem} | ours / this | per round: median (range) |"
              + "".join(f" MFU @{p:g} TFLOP/s |" for p in peaks),
-             "|---|---|---|---|---|---|" + "---|" * len(peaks)]
+             "|---|---|---|---|---|---|---|" + "---|" * len(peaks)]
     for compiled in modes:
         mode = "compiled" if compiled else "eager"
         ok = {i: [r for r in results.get((i, compiled), []) if "error" not in r] for i in impls}
@@ -228,12 +228,17 @@ def table(args: argparse.Namespace, impls: list[str], modes: list[bool], results
             if not rs:
                 errors = [r["error"] for r in results.get((impl, compiled), [])]
                 if errors:
-                    lines.append(f"| {impl} | {mode} | failed: {errors[-1][:200].replace('|', '/')} |" + " |" * (3 + len(peaks)))
+                    lines.append(f"| {impl} | {mode} | failed: {errors[-1][:200].replace('|', '/')} |" + " |" * (4 + len(peaks)))
                 continue
             ips = statistics.median(r["ips"] for r in rs)
             ratio = f"{ours_ips / ips:.2f}x" if ours_ips else "-"
+            # the same round's ratio (the implementations take turns, so drift on the machine cancels): its spread
+            pairs = [a["ips"] / b["ips"] for a, b in zip(results.get(("ours", compiled), []),
+                                                         results.get((impl, compiled), []))
+                     if "error" not in a and "error" not in b]
+            per_round = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})" if pairs else "-"
             row = (f"| {impl} | {mode} | {ips:.2f} | {statistics.median(r['ms'] for r in rs):.1f} | "
-                   f"{statistics.median(r['peak_mib'] for r in rs):.0f} | {ratio} |")
+                   f"{statistics.median(r['peak_mib'] for r in rs):.0f} | {ratio} | {per_round} |")
             row += "".join(f" {100 * flops * ips / args.batch / (p * 1e12):.3g}% |" if flops else " - |" for p in peaks)
             lines.append(row)
     return "\n".join(lines)
