@@ -13,27 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from .. import ConfigError
 from ..models import SimMIM
-from ..weights import find_resume_checkpoint, load_model, load_pretrained_encoder, weights_format
-from ..weights.interop import _read_any, official_to_ours
-
-
-def decoder_state_dict(source: str | Path) -> dict[str, torch.Tensor] | None:
-    """The SimMIM decoder's weights (`0.weight`, `0.bias`: the 1x1 conv) of `source`, or None when it has none (an
-    encoder, a classifier, timm weights). Ours and transformers directories are read through `load_model`."""
-    fmt = weights_format(source)
-    if fmt == "timm":
-        return None
-    if fmt == "official":
-        decoder = official_to_ours(_read_any(source))[2]
-        return decoder or None
-    model = load_model(source)
-    return model.decoder.state_dict() if isinstance(model, SimMIM) else None
+from ..weights import decoder_state_dict, find_resume_checkpoint, load_pretrained_encoder
 
 
 def load_pretrained_simmim(model: SimMIM, source: str | Path) -> dict:
@@ -114,4 +99,4 @@ def pretrained_start(pretrained: str | None, resume: str, run_dir: str | Path) -
         f"`pretrained=` to resume the run from {ckpt}")
 
 
-__all__ = ["decoder_state_dict", "load_pretrained_simmim", "pretrained_start"]
+__all__ = ["load_pretrained_simmim", "pretrained_start"]

@@ -140,6 +140,20 @@ def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
     return sd, src.what
 
 
+def decoder_state_dict(source: str | Path) -> dict[str, torch.Tensor] | None:
+    """The SimMIM decoder's weights (`0.weight`, `0.bias`: the 1x1 conv) of `source`, or None when it has none (an
+    encoder, a classifier, timm weights): official SimMIM checkpoints through their key map, ours and transformers
+    directories through `load_model`."""
+    src = identify(source)
+    if src.format == "timm":
+        return None
+    if src.format == "official":
+        return interop.official_to_ours(interop._read_any(src.path))[2] or None
+    model = load_model(source)
+    decoder = getattr(model, "decoder", None)
+    return decoder.state_dict() if decoder is not None else None
+
+
 def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
     """A line for the load summary when the source's position tables (official checkpoints save them) were
     normalised for other windows than `encoder` normalises by (`pretrained_window_sizes`, else its own clamped
