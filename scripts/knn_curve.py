@@ -21,15 +21,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from simmim_swinv2.config import CONFIG_DIR  # noqa: E402
+from simmim_swinv2.config.compose import compose_job  # noqa: E402
 from simmim_swinv2.data import build_digits  # noqa: E402
 from simmim_swinv2.inference.probe import probe  # noqa: E402
 from simmim_swinv2.models import SwinV2Encoder, swinv2_config  # noqa: E402
@@ -40,13 +36,7 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 
 
 def compose_cfg(name: str, run_dir: Path, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=[f"hydra.run.dir={run_dir}", *QUIET, *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_job(name, run_dir, [*QUIET, *overrides])
 
 
 def knn_overrides(train_samples: int) -> list[str]:

@@ -5,12 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from simmim_swinv2.config import CONFIG_DIR
+from simmim_swinv2.config.compose import compose_job
 
 os.environ.setdefault("WANDB_MODE", "offline")  # the wandb service does not exist here
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -25,13 +21,7 @@ FAST = [
 
 def compose_config(name: str, run_dir, overrides=()):
     """Compose `conf/<name>.yaml` as `python -m simmim_swinv2.<name>` would, with `hydra.run.dir=run_dir`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):  # as hydra.main does: the job sees its config without the hydra node
-        del cfg["hydra"]
-    return cfg
+    return compose_job(name, run_dir, overrides)
 
 
 @pytest.fixture
