@@ -77,6 +77,11 @@ BAD = [  # (command, overrides, what the message names)
     ("evaluate", ["checkpoint=/c", "crop_pct=abc"], "full_key: crop_pct"),
     ("predict", ["checkpoint=/c", "images=[a.jpg]", "output=xml"], "Invalid value 'xml', expected one of [text, json]"),
     ("predict", ["checkpoint=/c", "images=[a.jpg]", "top_k=many"], "full_key: top_k"),
+    ("probe", ["checkpoint=/c", "k=abc"], "full_key: k"),
+    ("visualize", ["checkpoint=/c", "images=[a.jpg]", "seedx=1"], "Key 'seedx' not in 'VisualizeConfig'"),
+    ("visualize", ["checkpoint=/c", "images=[a.jpg]", "mask.mask_ratio=most"], "full_key: mask.mask_ratio"),
+    ("pretrain", ["callbacks.knn.every_n_epochs=often"], "full_key: callbacks.knn.every_n_epochs"),
+    ("pretrain", ["optim.reference_batch=big"], "full_key: optim.reference_batch"),
 ]
 
 
