@@ -26,7 +26,7 @@ from .config import CONFIG_DIR, ConfigError
 from .config.checks import check_values
 from .config.schema import OutputFormat, PredictConfig, to_object
 from .data import IMAGE_EXTENSIONS
-from .inference import ImageProcessor
+from .inference import ImageProcessor, resolve_device
 from .models import SwinV2Classifier
 from .weights import load_model
 
@@ -56,8 +56,7 @@ class Predictor:
         model = load_model(checkpoint)
         if not isinstance(model, SwinV2Classifier):
             raise ConfigError(f"{checkpoint} holds a {type(model).__name__}, not a classifier")
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         path = Path(checkpoint)
         self.processor = (ImageProcessor.from_dir(path) if path.is_dir() else None) or ImageProcessor(

@@ -11,7 +11,6 @@ both through the eval transform at the model's size.
 from __future__ import annotations
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -19,6 +18,7 @@ from .config import CONFIG_DIR, ConfigError
 from .config.checks import check_values
 from .data import build_eval_transform
 from .data.views import eval_view, has_labels
+from .inference import resolve_device
 from .inference.probe import probe as probe_features
 from .models import SwinV2Encoder, encoder_of
 from .training.build import build_val
@@ -49,8 +49,7 @@ def probe(cfg: DictConfig) -> dict[str, float]:
     if has_labels(train) is False or has_labels(val) is False:
         raise ConfigError("the data is unlabelled (label -1): the probes need a labelled source (data=digits, a "
                           "folder of class subfolders, ImageNet)")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     result = probe_features(encoder, train, val, batch_size=cfg.batch_size, num_workers=cfg.num_workers, k=cfg.k,
                             temperature=cfg.temperature, train_samples=cfg.train_samples, seed=cfg.seed,
                             device=device, linear=cfg.linear)

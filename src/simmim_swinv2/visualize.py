@@ -25,6 +25,7 @@ from torchvision.utils import save_image
 from .config import CONFIG_DIR, ConfigError
 from .config.checks import check_values
 from .data import MaskGenerator
+from .inference import resolve_device
 from .models import SimMIM
 from .predict import expand_images
 from .training.callbacks import ReconstructionImages
@@ -76,8 +77,7 @@ def visualize(cfg: DictConfig) -> list[dict]:
     paths = expand_images(list(cfg.images) if not isinstance(cfg.images, str) else cfg.images)
     if not paths:
         raise ConfigError(f"no images found in {cfg.images}")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     model = model.to(device).eval()
     transform = eval_transform(enc.img_size, cfg.crop_pct)
     generator = torch.Generator().manual_seed(cfg.seed)  # masks in image order: the same run draws the same masks
