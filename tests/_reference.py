@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers.numerics import rounding_bound, swinv2_roundings
 
 transformers = pytest.importorskip("transformers")
 
@@ -57,11 +58,11 @@ def randomize_(model: torch.nn.Module, seed: int = 0, max_logit_scale: float = 5
     return model.eval()
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference relative to the largest reference magnitude (absolute if that is 0)."""
-    diff = (actual.double() - expected.double()).abs().max()
-    scale = expected.double().abs().max()
-    return (diff / scale if scale > 0 else diff).item()
+def bound(case_or_config, dtype: torch.dtype = torch.float32, batch_sum: int = 1) -> float:
+    """The rounding bound (`helpers.numerics.rounding_bound`) for a model of case `case_or_config` (a name of CASES,
+    or any SwinV2 config): its reductions' lengths, plus `batch_sum` terms for a gradient summed over positions."""
+    config = hf_config(case_or_config) if isinstance(case_or_config, str) else case_or_config
+    return rounding_bound(dtype, swinv2_roundings(config, batch_sum))
 
 
 def random_mask(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -76,7 +76,7 @@ def test_transform_output_layout_and_values():
     torch.manual_seed(0)
     crop = decode_resized_crop(data, (192, 192)).float() / 255
     expected = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(crop)
-    torch.testing.assert_close(image, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(image, expected, atol=1e-5, rtol=0)  # the same pixels, normalised (values < 3)
     flips = SimMIMTransform(192, hflip=1.0)
     torch.manual_seed(0)
     flipped, _ = flips(data)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _reference import random_mask, randomize_
+from _reference import bound, random_mask, randomize_
+from helpers.numerics import assert_norm_close
 
 from simmim_swinv2.models import (
     PAPER_PARAMS,
@@ -53,7 +54,7 @@ def test_extra_norm_is_applied_at_the_block_end():
     x = torch.randn(2, 16, 16, cfg.embed_dim)
     with torch.no_grad():
         without = SwinV2Block.__mro__[1].forward(block, x)  # timm's forward, no norm3
-        torch.testing.assert_close(block(x), block.norm3(without))
+        torch.testing.assert_close(block(x), block.norm3(without))  # the same kernels in the same order
 
 
 def test_one_giant_block_forward_and_backward_on_cpu():
@@ -86,8 +87,9 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
-    for g0, g1 in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(g0, g1)
+    for (name, _), g0, g1 in zip(model.named_parameters(), results[0][1], results[1][1]):
+        # the recomputed forward is the same kernels; its backward may add the same terms in another order
+        assert_norm_close(g0, g1, bound(cfg, batch_sum=mask.numel()), name)
     per_stage = SwinV2Encoder(cfg.replace(grad_checkpointing=(False, False, True, False)))
     assert [s.grad_checkpointing for s in per_stage.layers] == [False, False, True, False]
 
@@ -160,7 +162,7 @@ def test_classifier_soft_targets_and_label_smoothing():
         out = model(x, labels)
         logp = out.logits.log_softmax(-1)
         smooth = torch.full((2, 4), 0.1 / 4).scatter_add_(1, labels[:, None], torch.full((2, 1), 0.9))
-        torch.testing.assert_close(out.loss, -(smooth * logp).sum(-1).mean())
+        torch.testing.assert_close(out.loss, -(smooth * logp).sum(-1).mean())  # a loss: away from zero, few terms
         torch.testing.assert_close(model(x, smooth).loss, out.loss)  # soft targets given directly
     assert model.label2id == {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2, "LABEL_3": 3}
 

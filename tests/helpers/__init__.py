@@ -1,0 +1,1 @@
+"""What several test modules share: reference models and data, numeric comparisons, callbacks for real runs."""
