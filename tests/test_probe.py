@@ -61,7 +61,7 @@ def test_probe_refuses_unlabelled_data(simmim_run, tmp_path):  # noqa: F811
                                                    f"data.val_root={root}"])
     with pytest.raises(ConfigError, match="unlabelled"):
         probe(cfg)
-    with pytest.raises(ConfigError, match="no validation split"):
+    with pytest.raises(ConfigError, match="data.val_split"):
         probe(compose_config("probe", tmp_path / "q", [f"checkpoint={simmim_run}", "data=folder", f"data.root={root}"]))
 
 

@@ -6,13 +6,15 @@ Prints top-1 / top-5 (and the loss) on the data source's validation split.
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, open_dict
 
-from .config import CONFIG_DIR, ConfigError
-from .config.checks import check_values
+from .config import ConfigError
+from .config.checks import check_machine, check_values
+from .config.compose import command
 from .config.schema import EvaluateConfig, to_object
 from .data import build_eval_transform
+from .data.views import ADD_VAL_SPLIT
+from .finetune import class_names
 from .models import SwinV2Classifier
 from .training import FinetuneTask, OptimConfig, ScheduleConfig, build
 from .weights import load_model
@@ -20,6 +22,7 @@ from .weights import load_model
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_values(cfg)
+    check_machine(cfg)
     model = load_model(cfg.checkpoint)
     if not isinstance(model, SwinV2Classifier):
         raise ConfigError(f"{cfg.checkpoint} holds a {type(model).__name__}, not a classifier: "
@@ -30,11 +33,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     job = to_object(cfg, EvaluateConfig)
     _, val = build.build_datasets(job.data, None, build_eval_transform(size, crop_pct=job.crop_pct))
     if val is None:
-        raise ConfigError(f"data={cfg.data} has no validation split configured (data.val)")
+        raise ConfigError(f"evaluate scores a validation split and this data source has none: {ADD_VAL_SPLIT}")
+    names = class_names(val)
+    if names is not None and len(names) != model.num_classes:
+        labels = ", ".join(list(model.id2label.values())[:5])
+        raise ConfigError(f"{cfg.checkpoint} classifies {model.num_classes} classes ({labels}) and this data "
+                          f"source names {len(names)}: give it the data it was fine-tuned on "
+                          "(data=folder data.root=PATH, as for finetune)")
     task = FinetuneTask(model, OptimConfig(), ScheduleConfig(), batch_size=job.batch_size)  # validation only
     trainer = build.build_trainer(cfg)
     datamodule = build.build_datamodule(val, val, batch_size=job.batch_size, num_workers=job.num_workers,
-                                        seed=job.seed)
+                                        seed=job.seed, validate_only=True)
     (metrics,) = trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in metrics.items()}
     print(f"{cfg.checkpoint}: top-1 {metrics['val/top1']:.4f}, top-5 {metrics['val/top5']:.4f}, "
@@ -42,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@command("evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

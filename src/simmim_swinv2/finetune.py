@@ -12,14 +12,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 from lightning.pytorch import seed_everything
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from .config import CONFIG_DIR, ConfigError
-from .config.checks import check_schedule, check_values, model_config
+from .config import ConfigError
+from .config.checks import check_machine, check_schedule, check_values, model_config
+from .config.compose import command
 from .config.schema import FinetuneConfig, to_object
 from .data import build_eval_transform, build_finetune_transform, build_mixup
+from .data.views import has_labels
 from .models import SwinV2Classifier, SwinV2Encoder
 from .training import FinetuneTask, build
 from .weights import load_pretrained_encoder
@@ -43,15 +44,33 @@ def class_names(dataset) -> list[str] | None:
     return next(iter(found.values()), None)
 
 
+def count_classes(train, names: list[str] | None, num_classes: int | None) -> int:
+    """The number of classes to fine-tune: the source's class names counted (class folders, a shard set's
+    classes.json), checked against `num_classes` when that is given. An unlabelled source is refused: fine-tuning
+    needs labels."""
+    if has_labels(train) is False:
+        where = getattr(train, "root", None) or "this data source"
+        raise ConfigError(f"fine-tuning needs labelled images and {where} has no class subfolders: put each "
+                          "class's images in a subfolder of its own (photos/cat/*.jpg, photos/dog/*.jpg), or "
+                          "pretrain on it instead (python -m simmim_swinv2.pretrain data=folder data.root=...)")
+    if names is None:
+        if not num_classes:
+            raise ConfigError("the data source names no classes, so their number is unknown: set num_classes=N")
+        return num_classes
+    if num_classes and len(names) != num_classes:
+        raise ConfigError(f"the data set names {len(names)} classes ({', '.join(names[:5])}"
+                          f"{', …' if len(names) > 5 else ''}) but num_classes={num_classes}: "
+                          f"set num_classes={len(names)} (or leave it out: it is counted)")
+    return len(names)
+
+
 def finetune(cfg: DictConfig) -> dict[str, float]:
     """Run a fine-tuning job from a composed config; returns the final logged metrics."""
     check_values(cfg)
-    if not cfg.num_classes:
-        raise ConfigError("num_classes is unknown for this data source: set num_classes=N")
+    check_machine(cfg)
     model_cfg = model_config(cfg)  # validated before any data or weights are touched
     check_schedule(cfg.scheduler)
     run_dir = cfg.paths.run_dir
-    build.save_resolved_config(cfg, run_dir)
     job = to_object(cfg, FinetuneConfig)  # typed from here on (the Trainer's node stays Hydra's: build_trainer)
     seed_everything(job.seed, workers=True)
 
@@ -59,15 +78,15 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     val_tf = build_eval_transform(job.img_size, crop_pct=aug.pop("crop_pct"))
     train_tf = build_finetune_transform(job.img_size, **aug)
     train, val = build.build_datasets(job.data, train_tf, val_tf)
+    names = class_names(train)
+    job.num_classes = count_classes(train, names, job.num_classes)
+    with open_dict(cfg):
+        cfg.num_classes = job.num_classes  # config.yaml records what was counted
+    build.save_resolved_config(cfg, run_dir)
 
     encoder = SwinV2Encoder(model_cfg)
     if job.pretrained:
         load_pretrained_encoder(encoder, job.pretrained)
-    names = class_names(train)
-    if names is not None and len(names) != job.num_classes:
-        raise ConfigError(f"the data set names {len(names)} classes ({', '.join(names[:5])}"
-                                  f"{', …' if len(names) > 5 else ''}) but num_classes={job.num_classes}: "
-                                  f"set num_classes={len(names)}")
     id2label = dict(enumerate(names)) if names is not None else None
     model = SwinV2Classifier(encoder, job.num_classes, id2label=id2label,
                              label_smoothing=job.mixup.label_smoothing)
@@ -90,7 +109,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="finetune")
+@command("finetune")
 def main(cfg: DictConfig) -> None:
     finetune(cfg)
 

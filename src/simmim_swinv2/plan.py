@@ -6,15 +6,14 @@ strategy and the estimated memory per GPU, without training (the model is built 
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from .config import CONFIG_DIR
 from .config.checks import check_values
+from .config.compose import command
 from .distributed import planning
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
+@command("pretrain")
 def main(cfg: DictConfig) -> None:
     check_values(cfg)
     plan = planning.make_plan(cfg)

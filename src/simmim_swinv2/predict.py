@@ -16,14 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .config import CONFIG_DIR, ConfigError
+from .config import ConfigError
 from .config.checks import check_values
+from .config.compose import command
 from .config.schema import OutputFormat, PredictConfig, to_object
 from .data import IMAGE_EXTENSIONS
 from .inference import ImageProcessor, resolve_device
@@ -117,7 +117,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@command("predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

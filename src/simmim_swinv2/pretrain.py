@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import hydra
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
-from .config import CONFIG_DIR
 from .config.checks import check_pretrain_config
+from .config.compose import command
 from .config.schema import PretrainConfig, to_object
 from .data import SimMIMTransform
 from .distributed import planning
@@ -51,7 +50,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")
+@command("pretrain")
 def main(cfg: DictConfig) -> None:
     pretrain(cfg)
 

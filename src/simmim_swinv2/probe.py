@@ -10,18 +10,17 @@ both through the eval transform at the model's size.
 
 from __future__ import annotations
 
-import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import CONFIG_DIR, ConfigError
+from .config import ConfigError
 from .config.checks import check_values
+from .config.compose import command
 from .data import build_eval_transform
-from .data.views import eval_view, has_labels
+from .data.views import ADD_VAL_SPLIT, eval_view, has_labels
 from .inference import resolve_device
 from .inference.probe import probe as probe_features
 from .models import SwinV2Encoder, encoder_of
-from .training.build import build_val
+from .training.build import build_datasets
 from .weights import load_model
 
 
@@ -40,12 +39,10 @@ def probe(cfg: DictConfig) -> dict[str, float]:
     size = cfg.img_size or encoder.cfg.img_size[0]
     with open_dict(cfg):
         cfg.img_size = size  # the data config renders images at ${img_size}
-    if not (cfg.data.get("val") or cfg.data.get("val_root")):
-        raise ConfigError("the data source has no validation split (data.val; image folders: data.val_root=PATH): "
-                          "the probes score on it")
+    if not (cfg.data.get("val") or cfg.data.get("val_root") or cfg.data.get("val_split")):
+        raise ConfigError(f"the probes score on a validation split and this data source has none: {ADD_VAL_SPLIT}")
     transform = build_eval_transform(size, crop_pct=cfg.crop_pct)
-    train = eval_view(instantiate(cfg.data.train, transform=transform), transform)
-    val = eval_view(build_val(cfg.data, transform), transform)
+    train, val = (eval_view(d, transform) for d in build_datasets(cfg.data, transform, transform))
     if has_labels(train) is False or has_labels(val) is False:
         raise ConfigError("the data is unlabelled (label -1): the probes need a labelled source (data=digits, a "
                           "folder of class subfolders, ImageNet)")
@@ -61,7 +58,7 @@ def probe(cfg: DictConfig) -> dict[str, float]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="probe")
+@command("probe")
 def main(cfg: DictConfig) -> None:
     probe(cfg)
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.utils import save_image
 
-from .config import CONFIG_DIR, ConfigError
+from .config import ConfigError
 from .config.checks import check_values
+from .config.compose import command
 from .data import MaskGenerator
 from .inference import resolve_device
 from .models import SimMIM
@@ -107,7 +107,7 @@ def visualize(cfg: DictConfig) -> list[dict]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="visualize")
+@command("visualize")
 def main(cfg: DictConfig) -> None:
     visualize(cfg)
 

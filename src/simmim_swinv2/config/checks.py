@@ -60,6 +60,7 @@ def check_schedule(scheduler: DictConfig) -> None:
 def check_pretrain_config(cfg: DictConfig) -> None:
     """Fail fast, naming the fix, on what would only break later (after data loading or model building)."""
     check_values(cfg)
+    check_machine(cfg)
     model = model_config(cfg)
     check_schedule(cfg.scheduler)
     try:  # MaskGenerator validates itself (divisibility, ratio)
@@ -76,3 +77,38 @@ def check_pretrain_config(cfg: DictConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1 (it is per device)")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume={cfg.resume}: no such checkpoint; use auto, never or an existing path")
+
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """The trainer against the machine it starts on: a GPU trainer without a GPU, more GPUs than there are, a
+    precision or strategy the device cannot run. Each refusal names the override that runs here anyway and what
+    that run then is (a recipe brings `trainer=gpu` with its model: conf/model/swinv2_*.yaml)."""
+    import torch
+
+    trainer = cfg.trainer
+    accelerator, precision = str(trainer.get("accelerator", "auto")), str(trainer.get("precision", "32-true"))
+    strategy = trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if OmegaConf.is_dict(strategy) else str(strategy or "")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0 and (accelerator in ("gpu", "cuda") or "DeepSpeed" in target and "CPUDeepSpeed" not in target):
+        model = cfg.get("model") or {}
+        variant = model.get("variant") if OmegaConf.is_dict(model) else None
+        brought = f" (model=swinv2_{variant} brings trainer=gpu: real models train on GPUs)" if variant else ""
+        what = (f"the recipe as it is, {cfg.get('batch_size')} images per step at {cfg.get('img_size')} px, on "
+                "this CPU: right for trying the recipe out, far too slow to train it") if variant else "a CPU run"
+        raise ConfigError(f"trainer.accelerator={accelerator}{brought}, strategy {target or 'auto'}, but this "
+                          f"machine has no CUDA GPU. To run here anyway add trainer=cpu: {what}; add "
+                          "batch_size=N img_size=N to make it smaller")
+    devices = trainer.get("devices", "auto")
+    if gpus and accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > gpus:
+        raise ConfigError(f"trainer.devices={devices} but this machine has {gpus} GPU(s): set trainer.devices="
+                          f"{gpus} (or auto); more GPUs come from more nodes (trainer.num_nodes=N under SLURM)")
+    if gpus and accelerator in ("gpu", "cuda", "auto") and precision.startswith("bf16") \
+            and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"trainer.precision={precision} but this GPU has no bfloat16: set "
+                          "trainer.precision=16-mixed (fp16 with a dynamic loss scale) or 32-true")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and gpus == 0)
+    if on_cpu and precision in ("16", "16-mixed", "16-true"):
+        raise ConfigError(f"trainer.precision={precision} does not run on the CPU: set trainer.precision=bf16-mixed "
+                          "(bfloat16 autocast) or 32-true")

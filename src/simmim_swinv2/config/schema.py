@@ -112,6 +112,8 @@ class DataConfig:
     train: Any = MISSING                 # the builder's `_target_` node (schema/target/<builder>)
     val: Any = None                      # the same, or null: no validation
     augment: AugmentHints | None = None  # fine-tuning augmentation this source suggests (conf/finetune.yaml)
+    val_split: float | None = None       # no `val`: hold this fraction of train out (training.build.build_datasets)
+    val_split_seed: int = 0              # which samples: fixed across runs, ranks and resumes (not the run's seed)
 
 
 @dataclass
@@ -127,6 +129,8 @@ class FolderDataConfig:
     train: Any = MISSING
     val: Any = None
     augment: AugmentHints | None = None
+    val_split: float | None = None
+    val_split_seed: int = 0
 
 
 @dataclass
@@ -139,6 +143,8 @@ class ShardDataConfig:
     train: Any = MISSING
     val: Any = None
     augment: AugmentHints | None = None
+    val_split: float | None = None
+    val_split_seed: int = 0
 
 
 DATA_SCHEMAS = {"plain": DataConfig, "folder": FolderDataConfig, "shards": ShardDataConfig}

@@ -31,6 +31,7 @@ then skipped: its unread samples count as bad, named by the shard, and are repla
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -218,6 +219,12 @@ class ShardDataset(IterableDataset):
         if self._sizes is None:
             self._sizes = shard_sizes(self.shards)
         return self._sizes
+
+    def select(self, shards: Sequence[str]) -> ShardDataset:
+        """A copy that reads only ``shards`` (of these), e.g. the shards held out as a validation split."""
+        part = copy.copy(self)
+        part.shards, part._sizes = list(shards), None
+        return part
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Use ``epoch`` for the next iteration (later iterations of this copy count up from it); that next

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import ConfigError
 from ..data import SimMIMDataModule
+from ..data.views import ADD_VAL_SPLIT, hold_out
 from ..distributed.grad_norm import GradNorm
 from ..distributed.strategy import check_resume
 from ..weights import AtomicCheckpointIO, find_resume_checkpoint
@@ -24,28 +25,49 @@ from .callbacks import RNGState
 
 
 def build_datasets(data, train_transform, val_transform):
-    """Build train (and val, when configured) now, so a missing root or empty folder fails before a model is
-    built. `data`: a data source's typed config (`config.schema.DataConfig` and its kin), whose `train` / `val` are
-    its builder's typed `_target_` nodes."""
+    """The train and validation splits (val None when the source has none), built now, so a missing root or empty
+    folder fails before a model is built. `data`: a data source's typed config (`config.schema.DataConfig` and its
+    kin), whose `train` / `val` are its builder's typed `_target_` nodes.
+
+    The validation split is the source's `val` node, else, for image folders, `val_root` built with the train
+    node's settings (`data=folder data.root=/data/train data.val_root=/data/val`), else, with `data.val_split`, a
+    fixed fraction of the training samples (`data.views.hold_out`, seeded by `data.val_split_seed`), which
+    training then never sees."""
     train = instantiate(data.train, transform=train_transform)
-    val = build_val(data, val_transform)
+    val = _build_val(data, val_transform)
     if len(train) == 0:
         raise ConfigError("the training set is empty: check data.root / data.urls")
+    fraction = _get(data, "val_split")
+    if fraction is not None:
+        if val is not None:
+            raise ConfigError(f"data.val_split={fraction} holds training images out only when the source has no "
+                              "validation split, and this one has (data.val / data.val_root): drop one of them")
+        try:
+            train, val = hold_out(train, fraction, _get(data, "val_split_seed") or 0, val_transform)
+        except ValueError as err:
+            raise ConfigError(f"data.val_split={fraction}: {err}") from err
     return train, val
 
 
-def build_val(data, transform):
-    """The validation split of a data source, or None: its `val` node, else, for image folders, `val_root` built
-    with the train node's settings (`data=folder data.root=/data/train data.val_root=/data/val`)."""
+def _get(data, key: str):
+    return data.get(key) if isinstance(data, dict) else getattr(data, key, None)
+
+
+def _build_val(data, transform):
     if data.val is not None:
         return instantiate(data.val, transform=transform)
-    val_root = getattr(data, "val_root", None) if not isinstance(data, dict) else data.get("val_root")
-    if val_root:
+    if val_root := _get(data, "val_root"):
         return instantiate(data.train, root=val_root, transform=transform)
     return None
 
 
-def build_datamodule(train, val, *, batch_size: int, num_workers: int, seed: int) -> SimMIMDataModule:
+def build_datamodule(train, val, *, batch_size: int, num_workers: int, seed: int,
+                     validate_only: bool = False) -> SimMIMDataModule:
+    """The loaders' module. For training, refuses a training set smaller than one batch (the partial batch is
+    dropped, so the run would train on nothing)."""
+    if not validate_only and len(train) < batch_size:
+        raise ConfigError(f"the training set has {len(train)} images, fewer than one batch (batch_size="
+                          f"{batch_size}, the last partial batch is dropped): set batch_size={len(train)} or less")
     return SimMIMDataModule(train=train, val=val, batch_size=batch_size, num_workers=num_workers, seed=seed)
 
 
@@ -113,5 +135,5 @@ def save_resolved_config(cfg: DictConfig, run_dir: str | Path) -> None:
         (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-__all__ = ["build_datamodule", "build_datasets", "build_loggers", "build_trainer", "resume_path",
+__all__ = ["ADD_VAL_SPLIT", "build_datamodule", "build_datasets", "build_loggers", "build_trainer", "resume_path",
            "save_resolved_config"]

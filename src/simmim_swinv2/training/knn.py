@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from torchvision import transforms as T
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
-from ..data.views import eval_view, has_labels
+from ..data.views import ADD_VAL_SPLIT, eval_view, has_labels
 from ..inference.probe import knn_top1, labelled, pooled_features, subset_indices, take
 from ..models import encoder_of
 
@@ -119,7 +119,7 @@ class KNNMonitor(L.Callback):
         if val is None and datamodule is not None:
             val = getattr(datamodule, "val_dataset", None)
         if train is None or val is None:
-            return self._disable("no validation split (data.val) to classify" if train is not None else
+            return self._disable(f"no validation split to classify: {ADD_VAL_SPLIT}" if train is not None else
                                  "no training set found (give train= / val=, or fit with a datamodule)")
         if has_labels(train) is False or has_labels(val) is False:
             return self._disable("the data is unlabelled (label -1): it needs a labelled source (digits, class "
