@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("pretrain")
     p.add_argument("--dir", required=True)
-    p.add_argument("--dump-after", type=float, default=float(os.environ.get("GPU_CHECK_DUMP_AFTER", 0)),
+    dump_after = float(os.environ.get("GPU_CHECK_DUMP_AFTER", 0))
+    p.add_argument("--dump-after", type=float, default=dump_after,
                    help="seconds (default: $GPU_CHECK_DUMP_AFTER, set by gpu_check.sh); 0: none")
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("run-table")

@@ -1,5 +1,5 @@
-"""scripts/gpu_check.sh, the one blind call a lent GPU gets: its plan (order, caps, skips) as its dry run
-prints it. Nothing runs; the CPU rehearsal of every part is `GPU_CHECK_REHEARSE=1` (its header)."""
+"""scripts/gpu_check.sh, the one blind call a lent GPU gets: its plan (order, caps, skips) as its
+dry run prints it. Nothing runs; the CPU rehearsal of every part is `GPU_CHECK_REHEARSE=1`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 
 
 def _dry(**env: str) -> tuple[list[tuple[str, int, bool]], str, dict[str, str]]:
-    """(part, cap, may use earlier slack) rows, the caps line and each part's fate, from a dry run."""
+    """(part, cap, may use earlier slack) rows, the caps line and each part's fate: a dry run's."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
     out = subprocess.run(["bash", str(SCRIPT)], env={**clean, "GPU_CHECK_DRY": "1", **env},
                          capture_output=True, text=True, check=True).stdout
