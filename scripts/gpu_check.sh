@@ -228,8 +228,11 @@ install_wheels() {
   fi
   echo "wheels: installing them together failed (above); one by one:"
   for w in .whl/*.whl; do "${pip[@]}" "$w" >/dev/null 2>&1 || failed+=("$(basename "$w")"); done
-  echo "wheels: INSTALL FAILED for ${failed[*]:-none alone (a conflict between them)};" \
-       "the parts that need what did not install are skipped by name"
+  if ((${#failed[@]})); then
+    echo "wheels: INSTALL FAILED for ${failed[*]}; the parts that need them are skipped by name"
+  else
+    echo "wheels: each installed alone (two versions of a package? the later one stays): see env"
+  fi
   return 1
 }
 
