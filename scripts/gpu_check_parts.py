@@ -241,11 +241,15 @@ def run_table(a: argparse.Namespace) -> int:
     peak = json.loads((run / "peak.json").read_text()) if (run / "peak.json").exists() else {}
     lines = [f"### {a.title}", "", "| item | value |", "|---|---|",
              f"| steps logged | {int(max(steps)) + 1 if steps else 0} |"]
-    lines.append(f"| img/s per device (ThroughputMonitor) | last {ips[-1]:.1f}, median "
+    lines.append(f"| img/s per device (the throughput callback) | last {ips[-1]:.1f}, median "
                  f"{statistics.median(ips):.1f} of {len(ips)} logs |" if ips
                  else "| img/s | none logged |")
     lines.append(f"| loss, first / last logged | {loss[0]:.4f} / {loss[-1]:.4f} |" if loss
                  else "| loss | none logged |")
+    for suffix, what in (("data_wait", "loader wait, share of step time"), ("device/mfu", "MFU")):
+        if values := col(suffix):  # logged where the throughput callback has them
+            lines.append(f"| {what} ({suffix}) | last {values[-1]:.3g}, median "
+                         f"{statistics.median(values):.3g} |")
     names = {"allocated_gib": "peak GPU allocated (torch)",
              "reserved_gib": "peak GPU reserved (torch)",
              "nvml_used_gib": "peak GPU memory used (NVML: the whole process, context included)",
