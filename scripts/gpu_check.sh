@@ -209,7 +209,7 @@ summary_table() {
 
 # report: $OUT/report.md (sections so far, the summary) and $OUT/runs.tar.gz, after every part
 report() {
-  { echo "# GPU check, $(date -u +%FT%TZ), $(hostname), rehearsal=$REHEARSE"
+  { echo "# GPU check, $(date -u +%FT%TZ), ${HOSTNAME:-?}, rehearsal=$REHEARSE"
     local s; for s in "${SECTIONS[@]}"; do [ -s "$MD/$s.md" ] && { echo; cat "$MD/$s.md"; }; done
     echo; summary_table; } >"$S/report.md"
   cp -f "$S/report.md" "$OUT/report.md"
@@ -238,8 +238,11 @@ install_wheels() {
 
 # shm_setup FILE: /dev/shm (loader workers, NCCL) checked; mounted if absent (root, not rehearsing)
 shm_setup() {
-  local file=$1 mount action="none" writable=no
-  mount=$(awk '$2 == "/dev/shm" {print $1, $3, $4}' /proc/mounts | tail -1)   # the one on top
+  local file=$1 mount="" action="none" writable=no
+  local dev mnt type opts rest
+  while read -r dev mnt type opts rest; do   # the last line for /dev/shm is the mount on top
+    [ "$mnt" = /dev/shm ] && mount="$dev $type $opts"
+  done </proc/mounts
   if [ -z "$mount" ]; then
     if [ "$REHEARSE" = 1 ]; then action="absent; a rehearsal mounts nothing"
     elif [ "$(id -u)" = 0 ]; then
@@ -254,7 +257,7 @@ shm_setup() {
   touch /dev/shm/gpucheck_probe 2>/dev/null && rm -f /dev/shm/gpucheck_probe && writable=yes
   { echo "### /dev/shm"; echo; echo "| item | value |"; echo "|---|---|"
     echo "| mount (/proc/mounts) | ${mount:-none} |"; echo "| action | $action |"
-    echo "| size, free | $(df -h --output=size,avail /dev/shm 2>/dev/null | tail -1 | xargs) |"
+    echo "| size, free | $(echo $(df -h --output=size,avail /dev/shm 2>/dev/null | tail -1)) |"
     echo "| writable | $writable |"; } | tee "$file"
   [ "$writable" = yes ]
 }
