@@ -38,14 +38,15 @@
 #                  measured rate
 #   plan 20        (d) SwinV2-G's memory plan at the largest batch (72 = its recipe's, or smaller)
 #                  estimated under 85% of this GPU: the run measures a peak instead of failing OOM
-#   giant 130 +    (d) pretrain model=swinv2_giant (ZeRO-3, bf16, activation checkpointing) 6 steps:
+#   giant 120 +    (d) pretrain model=swinv2_giant (ZeRO-3, bf16, activation checkpointing) 6 steps:
 #                  img/s, peak memory (torch, NVML) against the plan; every thread's traceback 15 s
 #                  before its limit
 #   base 50        (c) pretrain model=swinv2_base (its recipe: normalised target on) 30 steps: img/s
 #                  against (a)
 #   target 25      the normalised target alone and in a SwinV2-B step, off and on (issue 17)
-#   e2e 55         scripts/benchmark_e2e.py: ours against transformers' run_mim.py example
-#   eager_flex 40  (a) ours with FlexAttention, eager (its flex kernels compile cold in the process)
+#   e2e 70         scripts/benchmark_e2e.py: ours against transformers' run_mim.py example, SwinV2-T,
+#                  1000 generated JPEGs, batch 64, 30 steps, 8 workers, each as a whole command
+#   eager_flex 35  (a) ours with FlexAttention, eager (its flex kernels compile cold in the process)
 #   compiled 0 +   (a) torch.compile'd ours, transformers, timm, ours_flex: whatever time is left
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +65,7 @@ PARTS=${GPU_CHECK_PARTS:-all}
 ORDER=(wheels shm env sdpa eager_transformers eager_timm eager_ours plan giant base target e2e
        eager_flex compiled)
 declare -A CAP=([wheels]=20 [shm]=5 [env]=30 [sdpa]=25 [eager_transformers]=40 [eager_timm]=40
-                [eager_ours]=50 [plan]=20 [giant]=130 [base]=50 [target]=25 [e2e]=55 [eager_flex]=40
+                [eager_ours]=50 [plan]=20 [giant]=120 [base]=50 [target]=25 [e2e]=70 [eager_flex]=35
                 [compiled]=0)
 SLACK=" giant compiled "                  # may use the time earlier parts left unused
 for kv in ${GPU_CHECK_CAPS:-}; do CAP[${kv%%=*}]=${kv#*=}; done   # e.g. "giant=150 e2e=35"
@@ -98,7 +99,8 @@ if [ "$REHEARSE" = 1 ]; then
          trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy
          trainer.max_steps=3 callbacks.throughput.window_size=2 trainer.log_every_n_steps=1
          plan.gpu_memory_gb=2.0)
-  E2E=(--steps 2 --out "$MD/e2e.md")
+  E2E=(--images 12 --size 96x72 --img-size 64 --window 4 --batch-size 2 --steps 2 --workers 0
+       --out "$MD/e2e.md")
 else
   MODEL=(--variant base --img-size 192 --window 12 --batch 128 --precision bf16)
   STEPS=(--steps 20 --warmup 5); CSTEPS=(--steps 20 --warmup 3)
@@ -108,7 +110,9 @@ else
         trainer.log_every_n_steps=5)
   GIANT=(model=swinv2_giant trainer.devices=1 trainer.max_steps=6 callbacks.throughput.window_size=3
          trainer.log_every_n_steps=1)
-  E2E=(--steps 30 --out "$MD/e2e.md")
+  # three whole commands (transformers' example, ours with the recipe, ours with equal settings)
+  E2E=(--device cuda --precision bf16 --images 1000 --batch-size 64 --steps 30 --workers 8
+       --out "$MD/e2e.md")
 fi
 SDPA=("${MODEL[@]}")
 [ "$REHEARSE" = 1 ] || SDPA=(--variant base --img-size 192 --window 12 --batch 8 --precision bf16)
@@ -348,8 +352,8 @@ main() {
 
   run_part compiled "$PY" -X faulthandler scripts/benchmark_model.py "${MODEL[@]}" \
     --impls "$COMPILED_IMPLS" --rounds 1 "${CSTEPS[@]}" --compile-only --out "$S/compiled.md"
-  { echo "### model step, torch.compile (one process per row, cold compiles)"; echo
-    cat "$S/compiled.md" 2>/dev/null; } >"$MD/compiled.md"
+  [ -s "$S/compiled.md" ] && { echo "### model step, torch.compile (a process per row, cold compiles)"
+                               echo; cat "$S/compiled.md"; } >"$MD/compiled.md"
   report
   echo; echo "gpu_check: done after $((SECONDS - START))s"; echo; cat "$OUT/report.md"
   local failed=0
