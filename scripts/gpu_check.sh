@@ -44,8 +44,8 @@
 #   base 50        (c) pretrain model=swinv2_base (its recipe: normalised target on) 30 steps: img/s
 #                  against (a)
 #   target 25      the normalised target alone and in a SwinV2-B step, off and on (issue 17)
-#   e2e 70         scripts/benchmark_e2e.py: ours against transformers' run_mim.py example, SwinV2-T,
-#                  1000 generated JPEGs, batch 64, 30 steps, 8 workers, each as a whole command
+#   e2e 70         scripts/benchmark_e2e.py: ours against transformers' run_mim.py example (SwinV2-T,
+#                  1000 JPEGs, batch 64, 30 steps, 8 workers), each as a whole command
 #   eager_flex 35  (a) ours with FlexAttention, eager (its flex kernels compile cold in the process)
 #   compiled 0 +   (a) torch.compile'd ours, transformers, timm, ours_flex: whatever time is left
 set -uo pipefail
@@ -352,8 +352,10 @@ main() {
 
   run_part compiled "$PY" -X faulthandler scripts/benchmark_model.py "${MODEL[@]}" \
     --impls "$COMPILED_IMPLS" --rounds 1 "${CSTEPS[@]}" --compile-only --out "$S/compiled.md"
-  [ -s "$S/compiled.md" ] && { echo "### model step, torch.compile (a process per row, cold compiles)"
-                               echo; cat "$S/compiled.md"; } >"$MD/compiled.md"
+  if [ -s "$S/compiled.md" ]; then
+    { echo "### model step, torch.compile (a process per row, cold compiles)"; echo
+      cat "$S/compiled.md"; } >"$MD/compiled.md"
+  fi
   report
   echo; echo "gpu_check: done after $((SECONDS - START))s"; echo; cat "$OUT/report.md"
   local failed=0
