@@ -44,8 +44,8 @@
 #   base 50        (c) pretrain model=swinv2_base (its recipe: normalised target on) 30 steps: img/s
 #                  against (a)
 #   target 25      the normalised target alone and in a SwinV2-B step, off and on (issue 17)
-#   e2e 70         scripts/benchmark_e2e.py: ours against transformers' run_mim.py example (SwinV2-T,
-#                  1000 JPEGs, batch 64, 30 steps, 8 workers), each as a whole command
+#   e2e 70         scripts/benchmark_e2e.py: ours against transformers' run_mim.py example
+#                  (SwinV2-T, 1000 JPEGs, batch 64, 30 steps, 8 workers), each a whole command
 #   eager_flex 35  (a) ours with FlexAttention, eager (its flex kernels compile cold in the process)
 #   compiled 0 +   (a) torch.compile'd ours, transformers, timm, ours_flex: whatever time is left
 set -uo pipefail
