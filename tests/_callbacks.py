@@ -50,3 +50,37 @@ class KillAt(L.Callback):
 
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WaitAt(L.Callback):
+    """When a batch starts at optimizer step `s` (each of `steps`), every rank writes `<dirpath>/ready_<s>_<rank>` and
+    waits until the test writes `<dirpath>/go_<s>` (polling, so a signal's handler runs meanwhile; `timeout` s at
+    most): a signal sent from outside then lands at a known step, however fast or slow the machine. A resumed run
+    that starts past a step does not wait there."""
+
+    def __init__(self, dirpath: str, steps: list[int], timeout: float = 300.0) -> None:
+        self.dirpath, self.steps, self.timeout = Path(dirpath), set(steps), timeout
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import time
+
+        step = trainer.global_step
+        if step not in self.steps:
+            return
+        self.steps.discard(step)
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        (self.dirpath / f"ready_{step}_{trainer.global_rank}").touch()
+        deadline = time.monotonic() + self.timeout
+        while not (self.dirpath / f"go_{step}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class StopAt(L.Callback):
+    """Raises when a batch starts at optimizer step `step`: a run that ends there without saving anything."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise InterruptedError(f"stopped by the test at step {self.step}")

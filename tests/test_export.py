@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _reference import random_mask, rel_err, transformers
+from _reference import bound, random_mask, transformers
 from conftest import FAST, compose_config
+from helpers.numerics import assert_norm_close
 from PIL import Image
 from test_train import run_cli
 
@@ -59,7 +60,7 @@ def _mim_equal(theirs, ours: SimMIM) -> None:
     with torch.no_grad():
         expected = ours.eval()(x, mask).reconstruction
         got = theirs.eval()(x, bool_masked_pos=mask.flatten(1).bool()).reconstruction
-    assert rel_err(got, expected) < 1e-4
+    assert_norm_close(got, expected, bound(ours.encoder.cfg), "reconstruction")
 
 
 def test_class_names_come_from_the_data_set(class_tree, tmp_path):
@@ -127,7 +128,7 @@ def test_to_transformers_takes_our_pretraining_runs(source, our_runs, tmp_path, 
     enc = transformers.Swinv2Model.from_pretrained(tmp_path / "enc").eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert rel_err(enc(x).pooler_output, ours.encoder.eval()(x).pooler_output) < 1e-4
+        assert_norm_close(enc(x).pooler_output, ours.encoder.eval()(x).pooler_output, bound(ours.encoder.cfg))
 
 
 def test_to_transformers_takes_our_finetuning_runs_with_digit_names(our_runs, tmp_path):
@@ -139,7 +140,7 @@ def test_to_transformers_takes_our_finetuning_runs_with_digit_names(our_runs, tm
     ours = load_model(ft).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert rel_err(theirs(x).logits, ours(x).logits) < 1e-4
+        assert_norm_close(theirs(x).logits, ours(x).logits, bound(ours.encoder.cfg), "logits")
 
 
 def test_to_transformers_refuses_what_it_cannot_read(our_runs, tmp_path):
@@ -163,27 +164,6 @@ def _ok(result) -> str:
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     return result.stdout
-
-
-@pytest.mark.slow
-def test_pretrain_finetune_export_pipeline_command_lines(tmp_path):
-    """The journey as a user types it; the pipeline on the export answers as `predict` on the run."""
-    pre, ft, out = tmp_path / "pre", tmp_path / "ft", tmp_path / "hf"
-    _ok(run_cli("simmim_swinv2.pretrain", *ONE_STEP, f"hydra.run.dir={pre}"))
-    _ok(run_cli("simmim_swinv2.finetune", *ONE_STEP, f"pretrained={pre}", f"hydra.run.dir={ft}"))
-    printed = _ok(run_cli("simmim_swinv2.convert", "to-transformers", str(ft), str(out)))
-    assert f"wrote {out} (SwinV2Classifier from our checkpoint" in printed and "labels 0, 1, 2, 3, 4, …" in printed
-    images = _photos(tmp_path / "imgs", 2, seed=7, size=(50, 37)) + _photos(tmp_path / "imgs", 1, 8, (90, 120), "big")
-    result = json.loads(_ok(run_cli("simmim_swinv2.predict", f"checkpoint={ft}", f"images=[{tmp_path / 'imgs'}]",
-                                    "top_k=3", "output=json", f"hydra.run.dir={tmp_path / 'pred'}")))  # its log
-    expected = {r["image"]: r["predictions"] for r in result["results"]}
-    assert len(expected) == 3 and not result["skipped"]
-    pipe = transformers.pipeline("image-classification", model=str(out), device="cpu")
-    for path in images:
-        got = pipe(Image.open(path), top_k=3)
-        assert [p["label"] for p in got] == [p["label"] for p in expected[str(path)]], path
-        np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected[str(path)]], rtol=1e-5)
-    assert {p["label"] for p in got} <= {str(i) for i in range(10)}
 
 
 @pytest.mark.slow

@@ -172,20 +172,6 @@ def run_cli(module: str, *overrides: str, timeout: int = 600, env=None) -> subpr
 
 
 @pytest.mark.slow
-def test_pretrain_and_finetune_command_lines(tmp_path):
-    pre = run_cli("simmim_swinv2.pretrain", *FAST, f"hydra.run.dir={tmp_path / 'pre'}")
-    assert pre.returncode == 0, pre.stderr[-3000:]
-    assert "global batch 8 = 8 per device x 1 devices x 1 accumulation" in pre.stdout + pre.stderr
-    ft = run_cli("simmim_swinv2.finetune", *FAST, f"pretrained={tmp_path / 'pre'}", f"hydra.run.dir={tmp_path / 'ft'}")
-    assert ft.returncode == 0, ft.stderr[-3000:]
-    assert "validation: top-1" in ft.stdout
-    ev = run_cli("simmim_swinv2.evaluate", f"checkpoint={tmp_path / 'ft'}", f"hydra.run.dir={tmp_path / 'ev'}")
-    assert ev.returncode == 0 and "top-1" in ev.stdout, ev.stderr[-3000:]
-    bad = run_cli("simmim_swinv2.pretrain", "img_size=100", f"hydra.run.dir={tmp_path / 'bad'}")
-    assert bad.returncode != 0 and "multiple of the encoder stride 32" in bad.stderr
-
-
-@pytest.mark.slow
 def test_two_process_ddp_pretrain_on_cpu(tmp_path):
     """Lightning launches the second process itself (gloo); Hydra's run dir is shared by both."""
     run = tmp_path / "ddp"
@@ -200,41 +186,30 @@ def test_two_process_ddp_pretrain_on_cpu(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
-    """SIGKILL a CPU pretraining run after its epoch-1 checkpoint, start the same command again: it resumes by
-    itself, and its losses at the later steps equal those of a run that was never interrupted."""
-    import signal
-    import time
-
-    args = [*FAST, "trainer.max_epochs=4", "trainer.limit_train_batches=4", "num_workers=2",
-            "callbacks.reconstructions.every_n_steps=0"]
-    ref = run_cli("simmim_swinv2.pretrain", *args, f"hydra.run.dir={tmp_path / 'ref'}")
-    assert ref.returncode == 0, ref.stderr[-3000:]
-
-    run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "simmim_swinv2.pretrain", *args, f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list((run / "checkpoints").glob("epoch0001-*.ckpt")) and time.time() < deadline:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    assert not list((run / "checkpoints").glob("epoch0003-*.ckpt"))  # really interrupted
-
-    resumed = run_cli("simmim_swinv2.pretrain", *args, f"hydra.run.dir={run}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout + resumed.stderr
+def test_a_run_stopped_after_an_epoch_resumes_from_it_and_matches_an_uninterrupted_one(tmp_path, caplog):
+    """A run that dies in epoch 2 (nothing saved at the crash; SIGKILL itself: test_checkpoints) is started again
+    with the same command: it resumes by itself from the end of epoch 1, and its later losses equal those of a run
+    that was never interrupted (same seed, same data order)."""
+    caplog.set_level("INFO")
+    args = [*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=4", "callbacks.reconstructions.every_n_steps=0"]
+    pretrain(compose_config("pretrain", tmp_path / "ref", args))
+    run = tmp_path / "run"
+    with pytest.raises(InterruptedError):
+        pretrain(compose_config("pretrain", run, [*args, "+callbacks.stop._target_=_callbacks.StopAt",
+                                                  "+callbacks.stop.step=10"]))
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 8  # the end of epoch 1
+    caplog.clear()
+    pretrain(compose_config("pretrain", run, args))
+    assert f"resuming from {last}" in caplog.text
 
     def losses(path):  # the last value logged for each step (a resumed run logs its steps again)
         return {int(r["step"]): float(r["train/loss_step"]) for r in metrics(path) if r.get("train/loss_step")}
 
     expected, got = losses(tmp_path / "ref"), losses(run)
-    assert sorted(expected) == list(range(16))
-    later = [s for s in expected if s >= 8]  # epochs 2 and 3, trained after the resume
-    assert later and all(s in got for s in later)
-    for step in later:
+    assert sorted(expected) == sorted(got) == list(range(12))
+    for step in range(8, 12):  # epoch 2, trained after the resume
+        # the same operations on the same values in the same order: equal up to a few fp32 ulps
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
 
 
