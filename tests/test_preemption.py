@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,37 +145,37 @@ def _pretrain_process(run: Path, *overrides: str, log: Path, extra_env=None) -> 
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigterm_from_outside_saves_does_not_requeue_exits_143_and_the_run_resumes(tmp_path, scontrol):
     """What SLURM preemption, `scancel` and Kubernetes send: a real SIGTERM to a real training process, from
-    another process, mid-run. It saves once, does not requeue (the scheduler's call, even inside a SLURM job), and
-    exits with 143 (128 + SIGTERM: a run to restart, not a finished one); the same command then resumes from the
-    save and trains every remaining step once."""
-    import time
-
-    run, log = tmp_path / "run", tmp_path / "log.txt"
-    args = [*ARGS, "trainer.max_epochs=25"]  # 100 steps: the signal comes long before the end
+    another process, mid-run (the run waits at step 5 until the signal is sent: `_callbacks.WaitAt`). It saves once,
+    does not requeue (the scheduler's call, even inside a SLURM job), and exits with 143 (128 + SIGTERM: a run to
+    restart, not a finished one); the same command then resumes from the save and trains every remaining step once."""
+    run, log, gate = tmp_path / "run", tmp_path / "log.txt", tmp_path / "gate"
+    args = [*ARGS, "+callbacks.wait._target_=_callbacks.WaitAt", f"+callbacks.wait.dirpath={gate}",
+            "+callbacks.wait.steps=[5]"]
     proc = _pretrain_process(run, *args, log=log, extra_env={"SLURM_JOB_ID": "4242"})
-    deadline = time.monotonic() + 300
-    while "Preemption: on SIGUSR1" not in log.read_text():  # handlers installed: training has started
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
-    time.sleep(1.0)
-    sent = time.monotonic()
+    _wait_for(gate / "ready_5_0", proc, log)
     proc.send_signal(signal.SIGTERM)
+    (gate / "go_5").touch()
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
-    print(f"SIGTERM to exit: {time.monotonic() - sent:.2f} s")
     out = log.read_text()
     assert "SIGTERM received; saving" in out and "requeued" not in out
     assert not scontrol.exists()  # scontrol never ran
-    saved = torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"]
-    assert 0 < saved < 100
+    assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 6  # after the signalled step
 
     proc = _pretrain_process(run, *args, log=log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert f"resuming from {run / 'hpc_ckpt_1.ckpt'}" in log.read_text()
-    assert sorted(losses(run)) == list(range(100))  # every step trained; the resumed ones from `saved` on
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 100
+    assert sorted(losses(run)) == list(range(12))  # every step trained; the resumed ones from step 6 on
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
     assert not (run / "hpc_ckpt_1.ckpt").exists()  # superseded by the later checkpoints
 
 

@@ -1,6 +1,8 @@
-"""slurm/pretrain.sh on a real one-node SLURM (scripts/setup_slurm.sh starts one on localhost): a 2-task DDP job on
-the CPU, and SIGUSR1 mid-run -> both ranks save hpc_ckpt together (the Preemption callback), the job is requeued,
-and the requeued job resumes from it.
+"""slurm/pretrain.sh on a real one-node SLURM (scripts/setup_slurm.sh starts one on localhost): one 2-task DDP job on
+the CPU through every way a cluster stops it. SIGUSR1 mid-run (what `--signal=SIGUSR1@120` sends before the time
+limit) -> both ranks save hpc_ckpt together (the Preemption callback), the job is requeued, and the requeued job
+resumes from it; `scancel` mid-run (SIGTERM, SIGKILL after KillWait) -> both ranks save in time, the job ends
+CANCELLED and is not requeued; submitted again with the same run dir, it resumes from that save and finishes.
 Skipped, with the reason, where no SLURM controller answers."""
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,7 +38,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(_slurm_reason() is not None, 
 def sbatch(tmp_path, *overrides, wait=False, env=None) -> str:
     (tmp_path / "logs").mkdir(exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "SIMMIM_OUTPUT_ROOT": str(tmp_path), "WANDB_MODE": "offline", **(env or {})}
+           "SIMMIM_OUTPUT_ROOT": str(tmp_path), "WANDB_MODE": "offline",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     cmd = ["sbatch", "--parsable", *LOCAL, f"--output={tmp_path}/logs/%x-%j.out", *(["--wait"] if wait else []),
            "slurm/pretrain.sh", "debug=fast", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
            *overrides]
@@ -50,66 +54,59 @@ def job_state(job: str) -> str:
     return m.group(1) if m else "GONE"
 
 
-def test_sbatch_pretrain_two_tasks_ddp(tmp_path):
-    job = sbatch(tmp_path, wait=True)
-    run = tmp_path / "slurm" / f"simmim-pretrain_{job}"
-    log = (tmp_path / "logs" / f"simmim-pretrain-{job}.out").read_text()
-    assert "global batch 16 = 8 per device x 2 devices" in log, log[-3000:]
-    assert f"Preemption: on SIGUSR1: save hpc_ckpt_<n>.ckpt, requeue SLURM job {job}" in log
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+def _wait(what, job: str, log: Path, timeout: float = 300, states=("PENDING", "RUNNING")) -> None:
+    """Until `what()` holds, as long as the job is in one of `states`."""
+    deadline = time.time() + timeout
+    while not what():
+        text = log.read_text() if log.exists() else ""
+        assert time.time() < deadline and job_state(job) in states, text[-3000:]
+        time.sleep(0.2)
 
 
-def test_sigusr1_saves_requeues_and_resumes(tmp_path):
-    job = sbatch(tmp_path, "trainer.max_epochs=3", "trainer.limit_train_batches=60", "trainer.log_every_n_steps=5")
-    run = tmp_path / "slurm" / f"simmim-pretrain_{job}"
+def _gate(gate: Path, step: int) -> Callable[[], bool]:
+    return lambda: all((gate / f"ready_{step}_{rank}").exists() for rank in (0, 1))
+
+
+def test_a_job_is_requeued_on_sigusr1_cancelled_on_sigterm_and_resumes_each_time(tmp_path):
+    """3 epochs of 4 steps on 2 tasks; the ranks wait at steps 5 and 9 (`_callbacks.WaitAt`) until the test has
+    signalled the job, so each signal lands mid-run at a known step on a machine of any speed."""
+    run, gate = tmp_path / "run", tmp_path / "gate"
+    args = ["trainer.max_epochs=3", "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1",
+            "callbacks.reconstructions.every_n_steps=0", "+callbacks.wait._target_=_callbacks.WaitAt",
+            f"+callbacks.wait.dirpath={gate}", "+callbacks.wait.steps=[5,9]"]
+    env = {"SIMMIM_RUN_DIR": str(run)}
+    job = sbatch(tmp_path, *args, env=env)
     log = tmp_path / "logs" / f"simmim-pretrain-{job}.out"
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "last.ckpt").is_file():  # mid-run: after epoch 0, before the end
-        assert time.time() < deadline and job_state(job) in ("PENDING", "RUNNING"), log.read_text()[-3000:]
-        time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=SIGUSR1@120 sends
-    deadline = time.time() + 600
-    while job_state(job) not in ("COMPLETED", "FAILED", "CANCELLED", "GONE"):
-        assert time.time() < deadline, log.read_text()[-3000:]
-        time.sleep(1)
-    text = log.read_text()  # --open-mode=append: both runs of the job in one log
-    assert job_state(job) == "COMPLETED", text[-3000:]
-    saved = re.search(r"Preemption: SIGUSR1 received; saving (\S+) at step (\d+)", text)
-    assert saved and "Preemption: requeued SLURM job" in text, text[-3000:]
-    assert "(restart 1)" in text, text[-3000:]
-    assert f"resuming from {saved[1]}" in text, text[-3000:]
-    assert not Path(saved[1]).exists()  # superseded (removed) once the resumed job wrote its own checkpoints
-    assert 60 <= int(saved[2]) < 180  # saved mid-run, after the first epoch
-    import torch
 
-    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["global_step"] == 180 and last["epoch"] == 2  # 3 epochs of 60 steps, finished
+    # SIGUSR1 at step 5: saved after it, requeued; the requeued job resumes and waits at step 9
+    _wait(_gate(gate, 5), job, log)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    (gate / "go_5").touch()
+    _wait(_gate(gate, 9), job, log, states=("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "REQUEUE_HOLD"))
+    text = log.read_text()  # --open-mode=append: every run of the job in one log
+    assert "global batch 16 = 8 per device x 2 devices" in text, text[-3000:]
+    assert f"Preemption: on SIGUSR1: save hpc_ckpt_<n>.ckpt, requeue SLURM job {job}" in text, text[-3000:]
+    first = re.search(r"Preemption: SIGUSR1 received; saving (\S+) at step (\d+)", text)
+    assert first and int(first[2]) == 6 and "Preemption: requeued SLURM job" in text, text[-3000:]
+    assert "(restart 1)" in text and f"resuming from {first[1]}" in text, text[-3000:]
 
-
-def test_scancel_sigterm_saves_within_killwait_without_requeue_and_a_resubmission_resumes(tmp_path):
-    """`scancel` (like preemption) sends SIGTERM, then SIGKILL after KillWait (30 s here): both ranks save in time,
-    the job ends CANCELLED and is not requeued; resubmitted with the same run dir, it resumes from that save."""
-    run = tmp_path / "run"
-    args = ["trainer.max_epochs=2", "trainer.limit_train_batches=40", "trainer.log_every_n_steps=5"]
-    job = sbatch(tmp_path, *args, env={"SIMMIM_RUN_DIR": str(run)})
-    log = tmp_path / "logs" / f"simmim-pretrain-{job}.out"
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "last.ckpt").exists():  # after epoch 0, before the end
-        assert time.time() < deadline and job_state(job) in ("PENDING", "RUNNING"), log.read_text()[-3000:]
-        time.sleep(0.5)
+    # scancel at step 9: SIGTERM, both ranks save within KillWait, CANCELLED, not requeued
     subprocess.run(["scancel", job], check=True)
-    deadline = time.time() + 120
-    while job_state(job) not in ("CANCELLED", "COMPLETED", "FAILED", "GONE"):
-        assert time.time() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+    (gate / "go_9").touch()
+    _wait(lambda: job_state(job) in ("CANCELLED", "COMPLETED", "FAILED", "GONE"), job, log, timeout=120,
+          states=("RUNNING", "COMPLETING", "CANCELLED"))
     text = log.read_text()
-    saved = re.search(r"Preemption: SIGTERM received; saving (\S+) at step (\d+)", text)
-    assert saved and Path(saved[1]).is_file(), text[-3000:]
-    assert "requeued" not in text and job_state(job) in ("CANCELLED", "GONE"), text[-3000:]
-
-    again = sbatch(tmp_path, *args, wait=True, env={"SIMMIM_RUN_DIR": str(run)})
-    text = (tmp_path / "logs" / f"simmim-pretrain-{again}.out").read_text()
-    assert f"resuming from {saved[1]}" in text, text[-3000:]
+    second = re.search(r"Preemption: SIGTERM received; saving (\S+) at step (\d+)", text)
+    assert second and int(second[2]) == 10 and Path(second[1]).is_file(), text[-3000:]
+    assert job_state(job) in ("CANCELLED", "GONE") and text.count("requeued SLURM job") == 1, text[-3000:]
     import torch
 
-    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 80
+    assert torch.load(second[1], map_location="cpu", weights_only=True)["global_step"] == 10  # the SIGTERM save
+
+    # submitted again with the same run dir: resumes from the SIGTERM save and finishes
+    again = sbatch(tmp_path, *args, wait=True, env=env)
+    text = (tmp_path / "logs" / f"simmim-pretrain-{again}.out").read_text()
+    assert f"resuming from {second[1]}" in text, text[-3000:]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 12 and last["epoch"] == 2, text[-3000:]
+    assert (run / "config.yaml").is_file()
