@@ -50,3 +50,40 @@ class KillAt(L.Callback):
 
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WeightsAt(L.Callback):
+    """Every process writes its model's weights to `<dirpath>/step<s>_rank<global rank>.pt` when a
+    batch starts at each optimizer step in `steps`: the fp32 master weights under DeepSpeed
+    (gathered from the ZeRO partitions, every rank taking part), the parameters elsewhere."""
+
+    def __init__(self, dirpath: str, steps: list[int]) -> None:
+        self.dirpath, self.steps, self.done = Path(dirpath), set(steps), set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step not in self.steps or step in self.done:
+            return
+        self.done.add(step)
+        if hasattr(trainer.strategy, "deepspeed_engine"):
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            weights = {n: safe_get_full_fp32_param(p).detach().cpu().clone()
+                       for n, p in pl_module.model.named_parameters()}
+        else:
+            weights = {n: p.detach().cpu().clone() for n, p in pl_module.model.named_parameters()}
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        torch.save(weights, self.dirpath / f"step{step}_rank{trainer.global_rank}.pt")
+
+
+class PoisonWeightsAt(L.Callback):
+    """Makes one weight NaN when the batch of optimizer step `step` ends (after its optimizer step,
+    before the checkpoint callbacks run): weights gone bad by any route."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step + 1:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).view(-1)[0] = float("nan")
