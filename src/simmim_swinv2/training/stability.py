@@ -188,8 +188,8 @@ class Stability(L.Callback):
 
     _advice = (
         "Lower optim.base_lr, keep optim.grad_clip, use trainer.precision=bf16-mixed rather than "
-        "16-mixed, or model.attn_logits_fp32=true if logit scales are near their clamp "
-        "(train/logit_scale_max/*)"
+        "16-mixed; train/act_rms/*, train/grad_norm/* and train/logit_scale_max/* in metrics.csv "
+        "show which stage moved first"
     )
 
     # ---------------------------------------------------------------------------------------- start
