@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import deque
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +25,7 @@ from ..data.seeding import batch_sample_ids
 from ..distributed import numerics
 from ..weights.runs import STABILITY_KEY, keep_rollback_save, rollback_checkpoint
 from .bad_samples import BadSampleMonitor, _loaders
+from .spikes import SpikeDetector
 
 HEADER = ["step", "epoch", "event", "rank", "loss", "grad_norm", "lr_scale", "reason", "samples"]
 
@@ -39,53 +39,6 @@ class Diverged(SystemExit):
 
 class NonFiniteWeightsError(FloatingPointError):
     """A checkpoint was about to be written with a NaN or infinite weight; it was not written."""
-
-
-class SpikeDetector:
-    """The verdict of Lightning's `SpikeDetection` (lightning/fabric/utilities/spike.py, mode "min")
-    on a value every rank agrees on. Once `warmup` values were accepted, a value is a spike when it
-    is not below the last accepted one, and it exceeds the mean of the last `window` accepted values
-    by at least `atol` and by at least `rtol` x that mean (a tolerance of None always holds). A
-    non-finite value is always a spike (Lightning's `finite_only=True`: a non-finite step cannot be
-    applied). Only values that are not spikes are accepted. Unlike Lightning's, warmup counts
-    accepted values rather than the batches of the current epoch, and the state is plain numbers, so
-    a resumed run judges as the uninterrupted one would."""
-
-    def __init__(
-        self, window: int = 10, warmup: int = 1, atol: float | None = None, rtol: float | None = 2.0
-    ) -> None:
-        if window < 1 or warmup < 0:
-            raise ValueError(f"spike window={window} must be >= 1 and warmup={warmup} >= 0")
-        self.window, self.warmup, self.atol, self.rtol = window, warmup, atol, rtol
-        self.values: deque[float] = deque(maxlen=window)
-        self.last = 0.0
-        self.accepted = 0
-
-    @property
-    def mean(self) -> float:
-        return sum(self.values) / len(self.values) if self.values else math.nan
-
-    def is_spike(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return True
-        if self.accepted < max(self.warmup, 1) or value - self.last <= 0:
-            return False
-        mean = self.mean
-        return (self.atol is None or abs(value - mean) >= abs(self.atol)) and (
-            self.rtol is None or abs(value - mean) >= abs(self.rtol * mean)
-        )
-
-    def accept(self, value: float) -> None:
-        self.values.append(value)
-        self.last = value
-        self.accepted += 1
-
-    def state_dict(self) -> dict:
-        return {"values": list(self.values), "last": self.last, "accepted": self.accepted}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.values = deque(state["values"], maxlen=self.window)
-        self.last, self.accepted = state["last"], state["accepted"]
 
 
 class Stability(L.Callback):
@@ -153,21 +106,21 @@ class Stability(L.Callback):
         self._engine = numerics.EngineSkips()
 
     # ---------------------------------------------------------------------------------------- state
+    _STATE = (
+        "skipped",
+        "consecutive",
+        "rollbacks",
+        "rollbacks_in_a_row",
+        "streak_start",
+        "lr_scale",
+    )
+
     def state_dict(self) -> dict:
-        return {
-            "skipped": self.skipped,
-            "consecutive": self.consecutive,
-            "rollbacks": self.rollbacks,
-            "rollbacks_in_a_row": self.rollbacks_in_a_row,
-            "streak_start": self.streak_start,
-            "lr_scale": self.lr_scale,
-            "spikes": self.detector.state_dict(),
-        }
+        return {**{k: getattr(self, k) for k in self._STATE}, "spikes": self.detector.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.skipped, self.consecutive = state["skipped"], state["consecutive"]
-        self.rollbacks, self.rollbacks_in_a_row = state["rollbacks"], state["rollbacks_in_a_row"]
-        self.streak_start, self.lr_scale = state["streak_start"], state["lr_scale"]
+        for key in self._STATE:
+            setattr(self, key, state[key])
         self.detector.load_state_dict(state["spikes"])
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -201,26 +154,10 @@ class Stability(L.Callback):
             raise Diverged(
                 f"this run stopped at step {last[0]['step'] if last else '?'} and would walk into "
                 f"the same failure again: {reason}. Change what made it diverge, then start it "
-                f"again with "
-                f"callbacks.stability.resume_after_stop=true"
+                "again with callbacks.stability.resume_after_stop=true"
             )
         if stopped:
-            self._write(
-                trainer,
-                [
-                    [
-                        trainer.global_step,
-                        trainer.current_epoch,
-                        "resume",
-                        "-",
-                        "",
-                        "",
-                        self.lr_scale,
-                        "resume_after_stop=true",
-                        "",
-                    ]
-                ],
-            )
+            self._event(trainer, trainer.global_step, "resume", "resume_after_stop=true")
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._engine.reset(trainer)
@@ -322,6 +259,7 @@ class Stability(L.Callback):
             ]
         rows = BadSampleMonitor._gather(trainer, [self._local, names])
         epoch, shown = trainer.current_epoch, "" if norm is None else f"{norm:.4g}"
+        losses = {rank: " ".join(f"{v:.6g}" for v in local) for rank, (local, _) in rows}
         self._write(
             trainer,
             [
@@ -330,21 +268,20 @@ class Stability(L.Callback):
                     epoch,
                     "skip",
                     rank,
-                    " ".join(f"{v:.6g}" for v in local),
+                    losses[rank],
                     shown,
                     self.lr_scale,
                     self._reason,
                     ",".join(ids),
                 ]
-                for rank, (local, ids) in rows
+                for rank, (_, ids) in rows
             ],
         )
         first = rows[0][1][1][:3] if rows else []
         rank_zero_warn(
             f"step {step} skipped ({self._reason}; gradient norm {shown or 'n/a'}; samples "
             f"{', '.join(first)}{', ...' if len(first) == 3 else ''}): {self.skipped} skipped so "
-            f"far, "
-            f"{self.consecutive} in a row; listed in {self._path(trainer)}"
+            f"far, {self.consecutive} in a row; listed in {self._path(trainer)}"
         )
         if self.consecutive > self.max_consecutive_skips:
             self._rollback(trainer, pl_module, step)
@@ -395,23 +332,8 @@ class Stability(L.Callback):
         self.lr_scale *= scale
         self._engine.reset(trainer)
         streak, self.consecutive, self.streak_start = self.consecutive, 0, None
-        self._write(
-            trainer,
-            [
-                [
-                    step,
-                    trainer.current_epoch,
-                    "rollback",
-                    "-",
-                    "",
-                    "",
-                    self.lr_scale,
-                    f"{streak} steps in a row skipped; weights and optimizer state of step "
-                    f"{saved_step}",
-                    str(path),
-                ]
-            ],
-        )
+        why = f"{streak} steps in a row skipped; weights and optimizer state of step {saved_step}"
+        self._event(trainer, step, "rollback", why, str(path))
         rank_zero_warn(
             f"rollback {self.rollbacks} at step {step}: {streak} steps in a row skipped; weights "
             f"and optimizer state from {path} (step {saved_step}), the data of steps "
@@ -432,9 +354,7 @@ class Stability(L.Callback):
             f"in {self._path(trainer)}. "
             f"{self._advice}; then start again with callbacks.stability.resume_after_stop=true"
         )
-        self._write(
-            trainer, [[step, trainer.current_epoch, "stop", "-", "", "", self.lr_scale, why, ""]]
-        )
+        self._event(trainer, step, "stop", why)
         trainer.strategy.barrier("stability_stop")
         raise Diverged(report)
 
@@ -448,6 +368,11 @@ class Stability(L.Callback):
             return []
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f, delimiter="\t"))
+
+    def _event(self, trainer, step: int, event: str, reason: str, detail: str = "") -> None:
+        """A row of the report that is no skip: a rollback, a stop, a resume after a stop."""
+        row = [step, trainer.current_epoch, event, "-", "", "", self.lr_scale, reason, detail]
+        self._write(trainer, [row])
 
     def _write(self, trainer, rows: list[list]) -> None:
         """Rank 0 appends `rows` (columns: HEADER) to the report."""
