@@ -87,3 +87,31 @@ class PoisonWeightsAt(L.Callback):
         if trainer.global_step == self.step + 1:
             with torch.no_grad():
                 next(pl_module.model.parameters()).view(-1)[0] = float("nan")
+
+
+class PoisonGradAt(L.Callback):
+    """Makes one gradient element NaN after the backward of optimizer step `step` (the loss stays
+    finite): a gradient gone bad on its own, e.g. an overflow in a backward kernel."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            grad = next(p.grad for p in pl_module.model.parameters() if p.grad is not None)
+            grad.view(-1)[0] = float("nan")
+
+
+class CopyLastAt(L.Callback):
+    """Copies `<run dir>/checkpoints/last.ckpt` to `path` when the batch of optimizer step `step`
+    starts: the checkpoint a process killed at that moment would resume from."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero and not self.path.exists():
+            import shutil
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", self.path)

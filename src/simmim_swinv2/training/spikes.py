@@ -1,5 +1,5 @@
-"""Loss spikes: Lightning's `SpikeDetection` rule, as a verdict every rank can reach alike and a state
-a checkpoint carries (`training.stability` skips the steps it flags)."""
+"""Loss spikes: Lightning's `SpikeDetection` rule, as a verdict every rank can reach alike and a
+state a checkpoint carries (`training.stability` skips the steps it flags)."""
 
 from __future__ import annotations
 
