@@ -84,3 +84,68 @@ class StopAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise InterruptedError(f"stopped by the test at step {self.step}")
+
+
+class WeightsAt(L.Callback):
+    """Every process writes its model's weights to `<dirpath>/step<s>_rank<global rank>.pt` when a
+    batch starts at each optimizer step in `steps`: the fp32 master weights under DeepSpeed
+    (gathered from the ZeRO partitions, every rank taking part), the parameters elsewhere."""
+
+    def __init__(self, dirpath: str, steps: list[int]) -> None:
+        self.dirpath, self.steps, self.done = Path(dirpath), set(steps), set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step not in self.steps or step in self.done:
+            return
+        self.done.add(step)
+        if hasattr(trainer.strategy, "deepspeed_engine"):
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            weights = {n: safe_get_full_fp32_param(p).detach().cpu().clone()
+                       for n, p in pl_module.model.named_parameters()}
+        else:
+            weights = {n: p.detach().cpu().clone() for n, p in pl_module.model.named_parameters()}
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        torch.save(weights, self.dirpath / f"step{step}_rank{trainer.global_rank}.pt")
+
+
+class PoisonWeightsAt(L.Callback):
+    """Makes one weight NaN when the batch of optimizer step `step` ends (after its optimizer step,
+    before the checkpoint callbacks run): weights gone bad by any route."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step + 1:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).view(-1)[0] = float("nan")
+
+
+class PoisonGradAt(L.Callback):
+    """Makes one gradient element NaN after the backward of optimizer step `step` (the loss stays
+    finite): a gradient gone bad on its own, e.g. an overflow in a backward kernel."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            grad = next(p.grad for p in pl_module.model.parameters() if p.grad is not None)
+            grad.view(-1)[0] = float("nan")
+
+
+class CopyLastAt(L.Callback):
+    """Copies `<run dir>/checkpoints/last.ckpt` to `path` when the batch of optimizer step `step`
+    starts: the checkpoint a process killed at that moment would resume from."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero and not self.path.exists():
+            import shutil
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", self.path)

@@ -50,6 +50,8 @@ TARGETS: dict[str, tuple[str, dict]] = {
     "ThroughputMonitor": ("lightning.pytorch.callbacks.ThroughputMonitor", {  # the monitor sets the other two
         "follow": "lightning.fabric.utilities.throughput.Throughput", "follow_exclude": ("available_flops", "world_size")}),
     "BadSampleMonitor": ("simmim_swinv2.training.bad_samples.BadSampleMonitor", {}),
+    "Stability": ("simmim_swinv2.training.stability.Stability", {}),
+    "NumericsMonitor": ("simmim_swinv2.training.numerics.NumericsMonitor", {}),
     "ReconstructionImages": ("simmim_swinv2.training.callbacks.ReconstructionImages", {}),
     "KNNMonitor": ("simmim_swinv2.training.knn.KNNMonitor", {"exclude": ("train", "val")}),  # the run's data sets
     "ResumableCSVLogger": ("simmim_swinv2.training.loggers.ResumableCSVLogger", {}),

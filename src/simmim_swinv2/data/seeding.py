@@ -46,6 +46,13 @@ class SeededSampler(DistributedSampler):
         tag = tracker.start_pass() if tracker is not None else 0  # here, in the main process, once per pass
         return ((epoch, i, tag) for i in itertools.islice(indices, skip, None))
 
+    def batch_indices(self, batch: int, batch_size: int) -> list[int]:
+        """The dataset indices in batch `batch` of this rank's current epoch, counted from the
+        epoch's start (as Lightning's `batch_idx` is, also after a mid-epoch resume): recomputed
+        from `(seed, epoch)`."""
+        order = DistributedSampler.__iter__(self)
+        return list(itertools.islice(order, batch * batch_size, (batch + 1) * batch_size))
+
 
 class PerSampleSeed(Dataset):
     """Wraps a map-style dataset: item `(epoch, index[, tag])` is `dataset[index]` drawn with its own seed,
@@ -72,6 +79,20 @@ class PerSampleSeed(Dataset):
         if self.fixed_epoch is not None:
             epoch = self.fixed_epoch
         return seeded(sample_seed(self.seed, epoch, index), self.dataset.__getitem__, index)
+
+
+def batch_sample_ids(loader, batch: int) -> list[str] | None:
+    """What batch `batch` of a training loader's current epoch holds on this rank, to name it in a
+    report: file paths for datasets that list files (`samples[i] = (path, label)`), dataset indices
+    otherwise; None for a loader that cannot say without reading its data (streamed shards: their
+    samples are named by shard and key inside the workers)."""
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, SeededSampler) or not loader.batch_size:
+        return None
+    indices = sampler.batch_indices(batch, loader.batch_size)
+    dataset = getattr(loader.dataset, "dataset", loader.dataset)  # inside PerSampleSeed
+    samples = getattr(dataset, "samples", None)
+    return [str(samples[i][0]) if samples is not None else str(i) for i in indices]
 
 
 def seeded(seed: int, fn, *args):

@@ -1,6 +1,7 @@
 """What pretraining and fine-tuning share: the official optimisation recipe (no-decay groups, LR scaled by the
-global batch, per-iteration warmup + schedule), a stop on non-finite loss, and the start-up summary of the derived
-quantities. Nothing here depends on the strategy (`distributed/` owns that, the gradient norm included)."""
+global batch, per-iteration warmup + schedule), the loss handed to the stability guard (without
+it, a stop on a non-finite loss), and the start-up summary of the derived quantities. Nothing here
+depends on the strategy (`distributed/` owns that, the gradient norm included)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from ..weights.meta import CHECKPOINT_KEY, ModelMeta
 from . import optim
 from .optim import OptimConfig, ScheduleConfig
+from .stability import Stability
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -97,10 +99,35 @@ class TrainTask(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = ModelMeta.of(self.model).to_dict()
 
     # ------------------------------------------------------------------------------------------ checks
-    def check_loss(self, loss: torch.Tensor) -> None:
-        """Stop at once on NaN/inf: later steps would only spread it into the weights and the checkpoints."""
+    def _guard(self) -> Stability | None:
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, Stability)), None)
+
+    def check_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to backpropagate. With the `Stability` callback (`callbacks.stability`, on by
+        default) every rank's loss is judged together and a bad step is skipped on all of them;
+        without it, a NaN/inf loss stops the run at once (later steps would only spread it into the
+        weights and the checkpoints)."""
+        guard = self._guard()
+        if guard is not None:
+            return guard.judge_loss(self.trainer, self, loss)
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.detach().float().item()}) at step {self.global_step} "
                 f"(epoch {self.current_epoch}). Lower optim.base_lr, use trainer.precision=bf16-mixed instead "
                 f"of 16-mixed, keep optim.grad_clip, or resume from the last good checkpoint.")
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """After every callback's hook (they read the gradients first): the guard skips a bad step
+        here."""
+        guard = self._guard()
+        if guard is not None:
+            guard.before_optimizer_step(self.trainer, self)
+
+    def log_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """`train/loss_step` at every step (NaN at a skipped non-finite one, never a stale value)
+        and `train/loss_epoch`, the mean over the epoch's finite losses."""
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=batch_size)
+        if torch.isfinite(loss.detach()).all():
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)

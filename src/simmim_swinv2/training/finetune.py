@@ -31,9 +31,8 @@ class FinetuneTask(TrainTask):
         targets = labels
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
-        loss = self.model(images, targets).loss
-        self.check_loss(loss)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        loss = self.check_loss(self.model(images, targets).loss)
+        self.log_loss(loss, images.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

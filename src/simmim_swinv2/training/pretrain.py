@@ -20,9 +20,8 @@ class PretrainTask(TrainTask):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch[0], batch[1]
-        loss = self.model(images, masks).loss
-        self.check_loss(loss)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        loss = self.check_loss(self.model(images, masks).loss)
+        self.log_loss(loss, images.shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

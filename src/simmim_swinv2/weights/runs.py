@@ -4,13 +4,20 @@ exports and `pretrained=` read)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from ..distributed.zero import is_universal_checkpoint, is_zero_checkpoint
+from ..distributed.zero import is_universal_checkpoint, is_zero_checkpoint, zero_model_states
+
+# What `training.stability.Stability` records in every checkpoint: `{"good": bool, ...}`; `good` is
+# False for a checkpoint saved while a streak of skipped steps was running (its weights are the
+# ones the streak could not use).
+STABILITY_KEY = "stability"
+LAST = Path("checkpoints") / "last.ckpt"  # in a run directory: what `resume=auto` looks at first
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -51,7 +58,7 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
             return max((p / n).stat().st_mtime for n in ("latest", "latest_universal") if (p / n).is_file())
         return p.stat().st_mtime
 
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = run_dir / LAST
     regular = [p for p in run_dir.glob("checkpoints/*.ckpt") if complete(p)]
     if complete(last):  # last.ckpt, unless a universal copy (simmim_swinv2.reshard) is newer
         regular = [last, *(p for p in regular if is_universal_checkpoint(p))]
@@ -73,3 +80,50 @@ def zero_checkpoint(source: str | Path) -> Path:
         raise FileNotFoundError(f"{source}: neither a ZeRO checkpoint directory nor a run directory whose newest "
                                 f"checkpoint is one (newest: {found})")
     return found
+
+
+def checkpoint_record(path: str | Path) -> tuple[int, dict]:
+    """`(global_step, stability record)` of one of our checkpoints (a file or a ZeRO directory),
+    read memory-mapped: the tensors are not loaded. A checkpoint without a record (written without
+    `callbacks.stability`) reads as `{"good": True}`."""
+    path = Path(path)
+    if is_zero_checkpoint(path):
+        ckpt = zero_model_states(path)
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(ckpt.get("global_step", 0)), dict(ckpt.get(STABILITY_KEY) or {"good": True})
+
+
+def rollback_checkpoint(run_dir: str | Path, streak_start: int) -> tuple[Path, int] | None:
+    """`(path, global_step)` of the newest checkpoint of a run saved before optimizer step
+    `streak_start` ran (its `global_step <= streak_start`) at a good point (no streak of skipped
+    steps running), or None. Looked for where the run writes them: `checkpoints/` (links resolved),
+    `checkpoints/keep/` and the preemption saves."""
+    run_dir = Path(run_dir)
+    patterns = ("checkpoints/*.ckpt", "checkpoints/keep/*.ckpt", "hpc_ckpt_*.ckpt")
+    paths = {p.resolve() for pattern in patterns for p in run_dir.glob(pattern)
+             if p.is_file() or is_zero_checkpoint(p)}
+    best = None
+    for path in sorted(paths):
+        step, record = checkpoint_record(path)
+        if step <= streak_start and record.get("good", True) and (best is None or step > best[1]):
+            best = (path, step)
+    return best
+
+
+def keep_rollback_save(run_dir: str | Path, path: str | Path) -> None:
+    """After a rollback saved its state to `path` (`checkpoints/rollback-step*.ckpt`, a name no
+    checkpoint callback tracks, so retention never deletes it): `last.ckpt` becomes a link to it
+    (what `resume=auto` picks; the checkpoint callbacks replace the link with their next save, never
+    the file) and older rollback saves, which it supersedes, are removed. File operations: one
+    process calls it."""
+    run_dir, path = Path(run_dir), Path(path)
+    for old in path.parent.glob("rollback-step*.ckpt"):
+        if old != path:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    last = run_dir / LAST
+    if last.is_symlink() or last.is_file():
+        last.unlink()
+    elif last.is_dir():
+        shutil.rmtree(last)
+    last.symlink_to(path.name if path.parent == last.parent else path.resolve())
