@@ -49,6 +49,7 @@ TARGETS: dict[str, tuple[str, dict]] = {
     "LearningRateMonitor": ("lightning.pytorch.callbacks.LearningRateMonitor", {}),
     "ThroughputMonitor": ("lightning.pytorch.callbacks.ThroughputMonitor", {  # the monitor sets the other two
         "follow": "lightning.fabric.utilities.throughput.Throughput", "follow_exclude": ("available_flops", "world_size")}),
+    "TrainThroughput": ("simmim_swinv2.training.throughput.TrainThroughput", {}),
     "BadSampleMonitor": ("simmim_swinv2.training.bad_samples.BadSampleMonitor", {}),
     "ReconstructionImages": ("simmim_swinv2.training.callbacks.ReconstructionImages", {}),
     "KNNMonitor": ("simmim_swinv2.training.knn.KNNMonitor", {"exclude": ("train", "val")}),  # the run's data sets
