@@ -8,6 +8,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..weights.meta import CHECKPOINT_KEY, ModelMeta
@@ -60,7 +61,11 @@ class TrainTask(L.LightningModule):
     def configure_optimizers(self):
         spec = self.optimizer_config
         self.lr_factor = optim.scale_lr(1.0, self.global_batch, spec.reference_batch)
-        opt = optim.build_optimizer(self.model, spec, lr_factor=self.lr_factor)
+        changes = {}
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        if spec.fused is None and mixed and self.trainer.gradient_clip_val:
+            changes["fused"] = False  # Lightning's mixed precision refuses to clip a fused optimizer's gradients
+        opt = optim.build_optimizer(self.model, spec, lr_factor=self.lr_factor, **changes)
         total, per_epoch = self._optimizer_steps()
         schedule, warmup = optim.scheduler_from_config(opt, self.schedule_config, total_steps=total,
                                                        steps_per_epoch=per_epoch, lr_factor=self.lr_factor,

@@ -77,7 +77,8 @@ class OptimConfig:
     reference_batch: int = REFERENCE_BATCH      # the batch the LRs are given for (scaled to the global batch)
     grad_clip: float | None = 5.0               # max gradient norm; the Trainer applies it (trainer.gradient_clip_val)
     fused: bool | None = None                   # None: the fused kernel when every parameter is on a CUDA device
-                                                # or the CPU (torch's fused AdamW/SGD run on both)
+                                                # or the CPU (torch's fused AdamW/SGD run on both); not
+                                                # under mixed precision with clipping (Lightning refuses)
 
     def __post_init__(self) -> None:
         self.name = _enum(OptimizerName, self.name, "optimizer")
