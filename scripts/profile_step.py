@@ -1,14 +1,16 @@
-"""Where the time of a whole `pretrain` run goes, per optimizer step: the data wait, forward, backward, the
-optimizer, each callback (kNN monitor, reconstructions, throughput, ...), validation, checkpoint writes and logging.
+"""Where the time of a whole `pretrain` run goes, per optimizer step: the data wait, forward,
+backward, the optimizer, each callback (kNN monitor, reconstructions, throughput, ...), validation,
+checkpoint writes and logging.
 
-Runs `simmim_swinv2.pretrain` in this process on the composed config (the defaults, or the overrides given) with
-Lightning's `SimpleProfiler`, then sums its actions into those parts. Every part is shown as milliseconds per
-optimizer step (its total over the run divided by the steps) and as a share of the run's wall time per step (the
-`fit` call, so epoch-end work such as validation and checkpoints counts, spread over the steps of an epoch).
-"rest" is the fit time no action accounts for (the loops themselves, the progress bar).
+Runs `simmim_swinv2.pretrain` in this process on the composed config (the defaults, or the
+overrides given) with Lightning's `SimpleProfiler`, then sums its actions into those parts. Every
+part is shown as milliseconds per optimizer step (its total over the run divided by the steps) and
+as a share of the run's wall time (the whole `pretrain` call, so epoch-end work such as
+validation, the kNN monitor and checkpoints counts, spread over the steps). "rest" is the time no
+action accounts for (set-up before `fit`, the loops themselves, the progress bar).
 
-    python scripts/profile_step.py                               # the defaults: SwinV2-debug on digits, 8 epochs
-    python scripts/profile_step.py trainer.max_epochs=2          # any pretrain override
+    python scripts/profile_step.py                       # the defaults: SwinV2-debug on digits
+    python scripts/profile_step.py trainer.max_epochs=2  # any pretrain override
 """
 
 from __future__ import annotations
@@ -32,22 +34,23 @@ PROFILERS: list[SimpleProfiler] = []
 
 
 class RecordingProfiler(SimpleProfiler):
-    """Lightning's SimpleProfiler, kept where this script can read its recorded durations after `fit`."""
+    """Lightning's SimpleProfiler, kept where this script reads its durations after `fit`."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         PROFILERS.append(self)
 
 
-# (part, regular expression over Lightning's action names), first match wins. The closure (forward, backward)
-# runs inside the LightningModule's optimizer_step: "optimizer" is that action minus the two.
+# (part, regular expression over Lightning's action names), first match wins. The closure (forward,
+# backward) runs inside the LightningModule's optimizer_step: "optimizer" is that action minus both.
 PARTS = [
     ("data wait (train loader next)", r"^\[_TrainingEpochLoop\]\.train_dataloader_next$"),
     ("forward (training_step)", r"^\[Strategy\]\w+\.training_step$"),
     ("backward", r"^\[Strategy\]\w+\.backward$"),
-    ("optimizer step (+ zero_grad, clip)", r"^\[LightningModule\]\w+\.(optimizer_step|optimizer_zero_grad|"
-                                           r"configure_gradient_clipping)$"),
-    ("validation: loader + steps", r"^\[_EvaluationLoop\]\.val_next$|^\[Strategy\]\w+\.validation_step$"),
+    ("optimizer step (+ zero_grad, clip)",
+     r"^\[LightningModule\]\w+\.(optimizer_step|optimizer_zero_grad|configure_gradient_clipping)$"),
+    ("validation: loader + steps",
+     r"^\[_EvaluationLoop\]\.val_next$|^\[Strategy\]\w+\.validation_step$"),
     ("checkpoint writes", r"^\[Callback\](ModelCheckpoint|WallClockCheckpoint)"),
     ("callback: kNN monitor", r"^\[Callback\]KNNMonitor"),
     ("callback: reconstructions", r"^\[Callback\]ReconstructionImages"),
@@ -57,12 +60,12 @@ PARTS = [
     ("LightningModule hooks (logging, lr schedule)", r"^\[LightningModule\]"),
     ("strategy / loop hooks", r"^\[Strategy\]|^\[_\w+Loop\]"),
 ]
-# Actions that contain others (summing them would count twice): the epoch, the batch, the batch's transfer, and
-# the checkpoint save that the checkpoint callbacks make.
+# Actions that contain others (summing them would count twice): the epoch, the batch, the batch's
+# transfer, and the checkpoint save that the checkpoint callbacks make.
 NESTED = re.compile(r"^run_training_(epoch|batch)$|batch_to_device$|^save_checkpoint$")
 
 
-def breakdown(durations: dict[str, list[float]], steps: int, fit_s: float) -> list[tuple[str, float]]:
+def breakdown(durations: dict[str, list[float]], fit_s: float) -> list[tuple[str, float]]:
     """(part, seconds over the run) for each part of PARTS, 'rest' last."""
     parts: dict[str, float] = defaultdict(float)
     for action, times in durations.items():
@@ -78,7 +81,8 @@ def breakdown(durations: dict[str, list[float]], steps: int, fit_s: float) -> li
     inner = parts["forward (training_step)"] + parts["backward"]
     parts["optimizer step (+ zero_grad, clip)"] -= inner  # the closure ran inside it
     rows = [(p, parts[p]) for p, _ in PARTS if parts.get(p)]
-    rows += sorted(((p, s) for p, s in parts.items() if p.startswith("unmatched")), key=lambda r: -r[1])
+    unmatched = ((p, s) for p, s in parts.items() if p.startswith("unmatched"))
+    rows += sorted(unmatched, key=lambda r: -r[1])
     rows.append(("rest (loops, progress bar, unprofiled)", fit_s - sum(s for _, s in rows)))
     return rows
 
@@ -93,9 +97,10 @@ def main(overrides: list[str]) -> None:
     fit_s = time.perf_counter() - t0
     durations = PROFILERS[-1].recorded_durations
     steps = len(durations["run_training_batch"])
-    rows = breakdown(durations, steps, fit_s)
-    print(f"\npretrain {' '.join(overrides) or '(defaults)'}: {steps} optimizer steps, {fit_s:.1f} s whole run "
-          f"({1000 * fit_s / steps:.1f} ms per step, everything included)\n")
+    rows = breakdown(durations, fit_s)
+    print(f"\npretrain {' '.join(overrides) or '(defaults)'}: {steps} optimizer steps, "
+          f"{fit_s:.1f} s whole run ({1000 * fit_s / steps:.1f} ms per step, everything included)"
+          "\n")
     print("| part | ms per step | share of a step |")
     print("|---|---|---|")
     for part, total in rows:

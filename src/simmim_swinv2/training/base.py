@@ -64,7 +64,8 @@ class TrainTask(L.LightningModule):
         changes = {}
         mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
         if spec.fused is None and mixed and self.trainer.gradient_clip_val:
-            changes["fused"] = False  # Lightning's mixed precision refuses to clip a fused optimizer's gradients
+            # Lightning's mixed precision refuses to clip the gradients of a fused optimizer
+            changes["fused"] = False
         opt = optim.build_optimizer(self.model, spec, lr_factor=self.lr_factor, **changes)
         total, per_epoch = self._optimizer_steps()
         schedule, warmup = optim.scheduler_from_config(opt, self.schedule_config, total_steps=total,
