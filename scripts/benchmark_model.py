@@ -6,8 +6,9 @@ Each measurement runs in a fresh process (so peak memory is each implementation'
 implementations take turns round by round (so drift on a shared machine hits them alike). The table reports the
 median over rounds. Every implementation runs the same weights: transformers' initialisation at seed 0, loaded into
 ours and timm's (their own initialisations zero the residual post-norms, which a GPU multiplies faster than data). MFU
-is the FLOPs of one step of the model, counted once by torch's FlopCounterMode on ours, over the step time and each
-`--peak-tflops`. An implementation that fails is reported as failed, and the others still run.
+is the FLOPs of one step of the model, counted once on ours (`simmim_swinv2.training.throughput.step_flops`, as
+training counts them), over the step time and each `--peak-tflops`. An implementation that fails is reported as
+failed, and the others still run.
 
     python scripts/benchmark_model.py                                   # SwinV2-T, 192 px, window 6, batch 4, fp32, CPU
     python scripts/benchmark_model.py --compile                         # eager and torch.compile
@@ -15,10 +16,12 @@ is the FLOPs of one step of the model, counted once by torch's FlopCounterMode o
     python scripts/benchmark_model.py --variant base --window 12 --batch 128 --precision bf16   # on a GPU
     python scripts/benchmark_model.py --impls ours,ours_flex --compile --precision bf16          # FlexAttention
     python scripts/benchmark_model.py ... --mfu --peak-tflops 989,790 --out table.md  # MFU against two peaks; a file
+    python scripts/benchmark_model.py --impls ours,ours_norm_target --batch 8 --rounds 7
 
 `ours_eager` is our model with `attn_backend="eager"` (timm's attention, the reference), `ours_flex` with
 `attn_backend="flex"`; in the eager rows its flex call is still compiled on CUDA
 (`simmim_swinv2.models.flex.COMPILE`). FlexAttention has no CPU backward in torch 2.14, so it trains on CUDA only.
+`ours_norm_target` is ours with SimMIM's normalised target (47-px window).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from simmim_swinv2.models import SimMIM, masked_l1_loss, swinv2_config  # noqa: E402
 
 IMPLS = ("ours", "transformers", "timm")
-EXTRA_IMPLS = ("ours_eager", "ours_flex")  # opt-in through --impls
+EXTRA_IMPLS = ("ours_eager", "ours_flex", "ours_norm_target")  # opt-in through --impls
 
 
 class TimmSimMIM(nn.Module):
@@ -104,9 +107,10 @@ def build(impl: str, cfg) -> tuple[nn.Module, callable]:
         model = _transformers_model(cfg)
         return model, lambda x, m: model(x, bool_masked_pos=m.flatten(1).bool()).loss
     encoder, decoder = _reference_weights(cfg)
-    if impl in ("ours", "ours_eager", "ours_flex"):
-        backend = {"ours": cfg.attn_backend, "ours_eager": "eager", "ours_flex": "flex"}[impl]
-        model = SimMIM.from_config(cfg.replace(attn_backend=backend))
+    if impl.startswith("ours"):
+        backend = {"ours_eager": "eager", "ours_flex": "flex"}.get(impl, cfg.attn_backend)
+        norm_target = impl == "ours_norm_target"
+        model = SimMIM.from_config(cfg.replace(attn_backend=backend), norm_target=norm_target)
         _load(model.encoder, encoder)
         model.decoder.load_state_dict(decoder)
         return model, lambda x, m: model(x, m).loss
@@ -117,15 +121,6 @@ def build(impl: str, cfg) -> tuple[nn.Module, callable]:
         model.decoder.load_state_dict(decoder)
         return model, model
     raise ValueError(impl)
-
-
-def step_flops(loss_fn, x, mask) -> float:
-    """FLOPs of one forward + backward, counted by torch's FlopCounterMode (SDPA included)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        loss_fn(x, mask).backward()
-    return float(counter.get_total_flops())
 
 
 def _setup(impl: str, args: argparse.Namespace):
@@ -146,9 +141,10 @@ def _setup(impl: str, args: argparse.Namespace):
 
 def count_flops(args: argparse.Namespace) -> dict:
     """The model FLOPs of one training step (forward + backward), counted on ours: the same for every row."""
-    model, loss_fn, x, mask, device, autocast = _setup("ours", args)
-    with autocast():
-        return dict(flops=step_flops(loss_fn, x, mask))
+    from simmim_swinv2.training.throughput import step_flops  # the count training logs FLOP/s and MFU with
+
+    cfg = swinv2_config(args.variant, img_size=args.img_size, window_size=args.window)
+    return dict(flops=step_flops(SimMIM.from_config(cfg), args.batch))
 
 
 def measure(impl: str, args: argparse.Namespace, compiled: bool) -> dict:

@@ -181,3 +181,42 @@ def test_normalised_target_matches_a_direct_computation():
             win = x[:, :, max(0, i - 2):i + 3, max(0, j - 2):j + 3].flatten(2)
             expected[:, :, i, j] = (x[:, :, i, j] - win.mean(-1)) / (win.var(-1, unbiased=True) + 1e-6).sqrt()
     torch.testing.assert_close(got, expected)
+
+
+def _official_norm_targets(x: torch.Tensor, window: int) -> torch.Tensor:
+    """microsoft/Swin-Transformer models/simmim.py `norm_targets`, written out, evaluated in float64."""
+    import torch.nn.functional as F
+    x = x.double()
+    pool = dict(kernel_size=window, stride=1, padding=window // 2)
+    mean = F.avg_pool2d(x, count_include_pad=False, **pool)
+    mean_sq = F.avg_pool2d(x**2, count_include_pad=False, **pool)
+    count = F.avg_pool2d(torch.ones_like(x), count_include_pad=True, **pool) * window**2
+    var = (mean_sq - mean**2) * (count / (count - 1))
+    return (x - mean) / (var + 1e-6) ** 0.5
+
+
+def _smooth_image(b: int, c: int, h: int, w: int) -> torch.Tensor:
+    """Photo-like normalised pixels: smooth gradients and low texture on an offset, with a flat patch (variance 0:
+    only the 1e-6 under the root bounds the target there), where running sums in float32 lose the variance."""
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    phase = torch.rand(b, c, 1, 1) * 6
+    img = 1.5 + 0.6 * torch.sin(3 * xx + phase) * torch.cos(2 * yy) + 0.02 * torch.randn(b, c, h, w)
+    img[..., h // 3 : h // 3 + 20, w // 4 : w // 4 + 30] = 2.0
+    return img
+
+
+@pytest.mark.parametrize("shape,window,dtype", [
+    ((1, 3, 64, 112), 47, torch.float32),      # the recipe's window, non-square
+    ((1, 3, 64, 112), 47, torch.bfloat16),     # a bf16 batch: statistics in float64, float32 out
+    ((2, 3, 40, 72), 47, torch.float32),       # the window taller than the image
+    ((1, 2, 21, 13), 101, torch.float32),      # the window larger than the image both ways
+    ((1, 1, 64, 64), 5, torch.float32),
+])
+def test_normalised_target_equals_the_official_formula(shape, window, dtype):
+    from simmim_swinv2.models import normalize_target
+    x = _smooth_image(*shape).to(dtype)
+    got = normalize_target(x, window)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    # the formula's float64 value rounded to float32 (6e-8); flat pixels' targets are ~0 (hence atol)
+    torch.testing.assert_close(got.double(), _official_norm_targets(x, window), rtol=1e-5, atol=1e-6)

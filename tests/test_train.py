@@ -61,6 +61,18 @@ def test_pretrain_writes_checkpoints_metrics_pictures_and_config(pretrained_run)
     assert meta["kind"] == "SimMIM" and meta["config"]["variant"] == "debug"
 
 
+def test_pretrain_logs_data_wait_flops_and_mfu(pretrained_run):
+    """Every run logs the share of time spent waiting for data, and FLOP/s and MFU from the model's FLOPs counted
+    once (the CPU's peak: its measured matmul rate)."""
+    rows = metrics(pretrained_run[0])
+    waits = [float(r["train/data_wait"]) for r in rows if r.get("train/data_wait")]
+    flops = [float(r["train/device/flops_per_sec"]) for r in rows if r.get("train/device/flops_per_sec")]
+    mfu = [float(r["train/device/mfu"]) for r in rows if r.get("train/device/mfu")]
+    assert waits and all(0.0 <= w <= 1.0 for w in waits)
+    assert flops and all(f > 0 for f in flops)
+    assert mfu and all(m > 0 for m in mfu)
+
+
 def test_finetune_from_the_pretrain_run_then_evaluate(pretrained_run, tmp_path, capsys):
     run, _ = pretrained_run
     cfg = compose_config("finetune", tmp_path / "ft", [*FAST, f"pretrained={run}"])

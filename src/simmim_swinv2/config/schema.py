@@ -49,6 +49,7 @@ TARGETS: dict[str, tuple[str, dict]] = {
     "LearningRateMonitor": ("lightning.pytorch.callbacks.LearningRateMonitor", {}),
     "ThroughputMonitor": ("lightning.pytorch.callbacks.ThroughputMonitor", {  # the monitor sets the other two
         "follow": "lightning.fabric.utilities.throughput.Throughput", "follow_exclude": ("available_flops", "world_size")}),
+    "TrainThroughput": ("simmim_swinv2.training.throughput.TrainThroughput", {}),
     "BadSampleMonitor": ("simmim_swinv2.training.bad_samples.BadSampleMonitor", {}),
     "Stability": ("simmim_swinv2.training.stability.Stability", {}),
     "NumericsMonitor": ("simmim_swinv2.training.numerics.NumericsMonitor", {}),

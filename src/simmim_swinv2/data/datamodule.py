@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -30,11 +31,37 @@ def _batches_done(trainer) -> int:
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
+class _TimedIterator:
+    """A loader's iterator that adds the time each `next()` takes to `loader.wait_seconds`: how long the training
+    loop waited for data (`training.throughput.TrainThroughput` logs it as `train/data_wait`)."""
+
+    def __init__(self, iterator: Iterator, loader: _ResumableLoader) -> None:
+        self._iterator, self._loader = iterator, loader
+
+    def __iter__(self) -> _TimedIterator:
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self._iterator)
+        finally:
+            self._loader.wait_seconds += time.perf_counter() - start
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+
 class _ResumableLoader(DataLoader):
-    """A loader that resumes mid-epoch where training stopped: its sampler (map-style) or its dataset (shards)
-    leaves out the batches done (`_batches_done`). Lightning warns that mid-epoch resumes are unreliable unless
-    the loader has `state_dict` / `load_state_dict`; the position lives in the loop's progress instead, so these
-    hold nothing."""
+    """A training loader that resumes mid-epoch where training stopped: its sampler (map-style) or its dataset
+    (shards) leaves out the batches done (`_batches_done`). Lightning warns that mid-epoch resumes are unreliable
+    unless the loader has `state_dict` / `load_state_dict`; the position lives in the loop's progress instead, so
+    these hold nothing. `wait_seconds`: the time spent waiting for its batches so far (`_TimedIterator`)."""
+
+    wait_seconds = 0.0
+
+    def __iter__(self) -> _TimedIterator:
+        return _TimedIterator(super().__iter__(), self)
 
     def state_dict(self) -> dict:
         return {}

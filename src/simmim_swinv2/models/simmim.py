@@ -10,23 +10,60 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import SwinV2Config
 from .swinv2 import SwinV2Encoder
 
 
+def _window_counts(length: int, window: int, device: torch.device) -> torch.Tensor:
+    """Pixels inside the image in each stride-1 window along one side: `(length,)` float64."""
+    i = torch.arange(length, device=device, dtype=torch.float64)
+    return (i + window // 2 + 1).clamp(max=length) - (i - window // 2).clamp(min=0)
+
+
 def normalize_target(target: torch.Tensor, window: int = 47) -> torch.Tensor:
-    """Per-pixel standardisation over a `window`×`window` neighbourhood (the SwinV2-B SimMIM recipe):
-    mean and unbiased variance from stride-1 average pooling that ignores the padding. `(B, C, H, W)` → same."""
+    """Per-pixel standardisation over a `window`×`window` neighbourhood (SimMIM's normalised target,
+    microsoft/Swin-Transformer models/simmim.py `norm_targets`): the mean and the unbiased variance of the
+    pixels of the window that lie inside the image (stride-1 average pools with `count_include_pad=False`),
+    then `(x - mean) / sqrt(var + 1e-6)`.
+
+    The window sums are running sums: a cumulative sum along each side and one difference per pixel, so the
+    cost does not depend on `window` (a stride-1 pool adds `window²` numbers per pixel).
+
+    Args:
+        target: `(B, C, H, W)`, any float dtype; any size, also smaller than the window.
+        window: odd side of the neighbourhood.
+
+    Returns:
+        `(B, C, H, W)` in float32 (float64 for float64 input).
+    """
     if window % 2 != 1:
         raise ValueError(f"the normalised-target window must be odd, got {window}")
-    pool = dict(kernel_size=window, stride=1, padding=window // 2)
-    mean = F.avg_pool2d(target, count_include_pad=False, **pool)
-    mean_sq = F.avg_pool2d(target**2, count_include_pad=False, **pool)
-    count = F.avg_pool2d(torch.ones_like(target[:, :1]), count_include_pad=True, **pool) * window**2
-    var = ((mean_sq - mean**2) * (count / (count - 1))).clamp(min=0.0)
-    return (target - mean) / (var + 1e-6).sqrt()
+    B, C, H, W = target.shape
+    p = window // 2
+    # Sums and statistics in float64. A running sum's difference loses the bits of the partial sums: with
+    # |x| <= M and sides of L pixels, the box sum of x² is off by at most ~L²·M²·2^-53 (L = 1024, M = 3: ~1e-9),
+    # so the variance by ~1e-12, far below the 1e-6 added under the root; in float32 the same error (2^-24)
+    # would pass that floor. The official float32 pools lose E[x²] - E[x]² the same way on smooth images.
+    # (Autocast leaves float64 and in-place ops alone.)
+    f64 = dict(dtype=torch.float64, device=target.device)
+    # Rows: x and x² between p + 1 zeros in front and p behind; after the cumulative sum, column j + 2p + 1
+    # minus column j is the sum over [j - p, j + p] ∩ [0, W).
+    rows = torch.zeros(2, B, C, H, W + 2 * p + 1, **f64)
+    inner = rows[..., p + 1 : p + 1 + W]
+    inner[0] = target
+    torch.mul(inner[0], inner[0], out=inner[1])
+    rows.cumsum_(-1)
+    cols = torch.zeros(2, B, C, H + 2 * p + 1, W, **f64)
+    torch.sub(rows[..., 2 * p + 1 :], rows[..., :W], out=cols[..., p + 1 : p + 1 + H, :])
+    del rows
+    cols.cumsum_(-2)  # then the same along the columns
+    sums = cols[..., 2 * p + 1 :, :] - cols[..., :H, :]  # (2, B, C, H, W): Σx, Σx²
+    n = _window_counts(H, window, target.device)[:, None] * _window_counts(W, window, target.device)
+    mean = sums[0].div_(n)
+    var = sums[1].div_(n).addcmul_(mean, mean, value=-1).mul_(n / (n - 1))
+    out = mean.neg_().add_(target).mul_(var.add_(1e-6).rsqrt_())
+    return out.to(torch.promote_types(target.dtype, torch.float32))
 
 
 def masked_l1_loss(
@@ -81,6 +118,6 @@ class SimMIM(nn.Module):
         reconstruction = self.decoder(z.permute(0, 3, 1, 2))
         target = pixel_values
         if self.norm_target:
-            target = normalize_target(target.float(), self.norm_target_window)
+            target = normalize_target(target, self.norm_target_window)  # float32 out
         loss = masked_l1_loss(target, reconstruction, mask, self.encoder.cfg.patch_size)
         return SimMIMOutput(loss=loss, reconstruction=reconstruction)

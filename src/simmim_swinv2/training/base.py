@@ -9,12 +9,14 @@ import math
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..weights.meta import CHECKPOINT_KEY, ModelMeta
 from . import optim
 from .optim import OptimConfig, ScheduleConfig
 from .stability import Stability
+from .throughput import step_flops
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -33,12 +35,25 @@ class TrainTask(L.LightningModule):
         self.batch_size = batch_size
         self.compile_model = compile
         self.lr_factor = 1.0
+        self._flops_per_batch: int | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
     @property
     def global_batch(self) -> int:
         trainer = self.trainer
         return self.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+    @property
+    def flops_per_batch(self) -> int | None:
+        """FLOPs of one training step on this device (forward and backward, `throughput.step_flops`), counted
+        once; what Lightning's `ThroughputMonitor` turns into FLOP/s and MFU. None if they cannot be counted."""
+        if self._flops_per_batch is None:
+            try:
+                self._flops_per_batch = step_flops(self.model, self.batch_size)
+            except Exception as err:  # a metric only: training goes on without it
+                rank_zero_warn(f"FLOPs per step not counted ({type(err).__name__}: {err}): no FLOP/s or MFU")
+                self._flops_per_batch = 0
+        return self._flops_per_batch or None
 
     def configure_model(self) -> None:
         if self.compile_model and not getattr(self, "_compiled", False):
@@ -48,7 +63,12 @@ class TrainTask(L.LightningModule):
     def configure_optimizers(self):
         spec = self.optimizer_config
         self.lr_factor = optim.scale_lr(1.0, self.global_batch, spec.reference_batch)
-        opt = optim.build_optimizer(self.model, spec, lr_factor=self.lr_factor)
+        changes = {}
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        if spec.fused is None and mixed and self.trainer.gradient_clip_val:
+            # Lightning's mixed precision refuses to clip the gradients of a fused optimizer
+            changes["fused"] = False
+        opt = optim.build_optimizer(self.model, spec, lr_factor=self.lr_factor, **changes)
         total, per_epoch = self._optimizer_steps()
         schedule, warmup = optim.scheduler_from_config(opt, self.schedule_config, total_steps=total,
                                                        steps_per_epoch=per_epoch, lr_factor=self.lr_factor,

@@ -125,8 +125,3 @@ class RNGState(L.Callback):
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def batch_size(batch) -> int:
-    """Images in a batch `(images, …)`, for Lightning's ThroughputMonitor."""
-    return int(batch[0].shape[0])

@@ -77,6 +77,8 @@ class OptimConfig:
     reference_batch: int = REFERENCE_BATCH      # the batch the LRs are given for (scaled to the global batch)
     grad_clip: float | None = 5.0               # max gradient norm; the Trainer applies it (trainer.gradient_clip_val)
     fused: bool | None = None                   # None: the fused kernel when every parameter is on a CUDA device
+                                                # or the CPU (torch's fused AdamW/SGD run on both); not
+                                                # under mixed precision with clipping (Lightning refuses)
 
     def __post_init__(self) -> None:
         self.name = _enum(OptimizerName, self.name, "optimizer")
@@ -212,7 +214,9 @@ def build_optimizer(model: nn.Module, config: OptimConfig | None = None, *, lr_f
     groups = param_groups(model, config.weight_decay, layer_decay=config.layer_decay, base_lr=lr)
     fused = config.fused
     if fused is None:
-        fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
+        # fused: one kernel over all parameters (CPU: ~3x faster than foreach, docs/benchmarks.md)
+        params = [p for g in groups for p in g["params"]]
+        fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
     if config.name is OptimizerName.sgd:
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay,
                                fused=fused)
