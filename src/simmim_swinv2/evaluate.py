@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from .config import CONFIG_DIR, ConfigError
-from .config.checks import check_values
+from .config.checks import check_values, model_normalization
 from .config.schema import EvaluateConfig, to_object
 from .data import build_eval_transform
 from .models import SwinV2Classifier
@@ -28,7 +28,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     with open_dict(cfg):
         cfg.img_size = size  # the data config renders images at ${img_size}
     job = to_object(cfg, EvaluateConfig)
-    _, val = build.build_datasets(job.data, None, build_eval_transform(size, crop_pct=job.crop_pct))
+    mean, std = model_normalization(model, job.data)
+    _, val = build.build_datasets(job.data, None, build_eval_transform(size, job.crop_pct, mean, std))
     if val is None:
         raise ConfigError(f"data={cfg.data} has no validation split configured (data.val)")
     task = FinetuneTask(model, OptimConfig(), ScheduleConfig(), batch_size=job.batch_size)  # validation only

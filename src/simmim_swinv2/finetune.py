@@ -17,12 +17,13 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
 from .config import CONFIG_DIR, ConfigError
-from .config.checks import check_schedule, check_values, model_config
+from .config.checks import check_schedule, check_values, data_normalization, model_config
 from .config.schema import FinetuneConfig, to_object
 from .data import build_eval_transform, build_finetune_transform, build_mixup
 from .models import SwinV2Classifier, SwinV2Encoder
 from .training import FinetuneTask, build
 from .weights import load_pretrained_encoder
+from .weights.meta import set_normalization
 
 
 def class_names(dataset) -> list[str] | None:
@@ -46,32 +47,37 @@ def class_names(dataset) -> list[str] | None:
 def finetune(cfg: DictConfig) -> dict[str, float]:
     """Run a fine-tuning job from a composed config; returns the final logged metrics."""
     check_values(cfg)
-    if not cfg.num_classes:
-        raise ConfigError("num_classes is unknown for this data source: set num_classes=N")
     model_cfg = model_config(cfg)  # validated before any data or weights are touched
     check_schedule(cfg.scheduler)
+    mean, std = data_normalization(cfg.data, model_cfg.in_chans)
     run_dir = cfg.paths.run_dir
     build.save_resolved_config(cfg, run_dir)
     job = to_object(cfg, FinetuneConfig)  # typed from here on (the Trainer's node stays Hydra's: build_trainer)
     seed_everything(job.seed, workers=True)
 
     aug = asdict(job.augment)
-    val_tf = build_eval_transform(job.img_size, crop_pct=aug.pop("crop_pct"))
-    train_tf = build_finetune_transform(job.img_size, **aug)
+    val_tf = build_eval_transform(job.img_size, crop_pct=aug.pop("crop_pct"), mean=mean, std=std)
+    train_tf = build_finetune_transform(job.img_size, **aug, mean=mean, std=std)
+    if len(mean) != 3 and (aug["auto_augment"] or aug["color_jitter"]):
+        print(f"fine-tuning {len(mean)}-channel data: RandAugment and colour jitter (RGB operations) are left out")
     train, val = build.build_datasets(job.data, train_tf, val_tf)
+    names = class_names(train)
+    num_classes = job.num_classes or (len(names) if names else None)  # a data set that names its classes
+    if not num_classes:
+        raise ConfigError("num_classes is unknown for this data source: set num_classes=N")
 
     encoder = SwinV2Encoder(model_cfg)
     if job.pretrained:
         load_pretrained_encoder(encoder, job.pretrained)
-    names = class_names(train)
-    if names is not None and len(names) != job.num_classes:
+    if names is not None and len(names) != num_classes:
         raise ConfigError(f"the data set names {len(names)} classes ({', '.join(names[:5])}"
-                                  f"{', …' if len(names) > 5 else ''}) but num_classes={job.num_classes}: "
+                                  f"{', …' if len(names) > 5 else ''}) but num_classes={num_classes}: "
                                   f"set num_classes={len(names)}")
     id2label = dict(enumerate(names)) if names is not None else None
-    model = SwinV2Classifier(encoder, job.num_classes, id2label=id2label,
+    model = SwinV2Classifier(encoder, num_classes, id2label=id2label,
                              label_smoothing=job.mixup.label_smoothing)
-    mixup = build_mixup(job.num_classes, **asdict(job.mixup))
+    set_normalization(model, mean, std)  # into its checkpoints, exports and predict
+    mixup = build_mixup(num_classes, **asdict(job.mixup))
     task = FinetuneTask(model, job.optim, job.scheduler, batch_size=job.batch_size, mixup=mixup, compile=job.compile)
     extra = []
     if job.ema:

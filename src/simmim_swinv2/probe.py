@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import CONFIG_DIR, ConfigError
-from .config.checks import check_values
+from .config.checks import check_values, model_normalization
 from .data import build_eval_transform
 from .data.views import eval_view, has_labels
 from .inference import resolve_device
@@ -23,12 +23,17 @@ from .inference.probe import probe as probe_features
 from .models import SwinV2Encoder, encoder_of
 from .training.build import build_val
 from .weights import load_model
+from .weights.meta import set_normalization
 
 
 def load_encoder(source, **overrides) -> SwinV2Encoder:
-    """The encoder of whatever `source` holds (an encoder, SimMIM or a classifier)."""
+    """The encoder of whatever `source` holds (an encoder, SimMIM or a classifier), with the model's recorded
+    input normalisation (`weights.meta.set_normalization`)."""
     model = load_model(source, **overrides)
-    return encoder_of(model)
+    encoder = encoder_of(model)
+    if getattr(model, "pixel_mean", None) is not None:
+        set_normalization(encoder, model.pixel_mean, model.pixel_std)
+    return encoder
 
 
 def probe(cfg: DictConfig) -> dict[str, float]:
@@ -43,7 +48,7 @@ def probe(cfg: DictConfig) -> dict[str, float]:
     if not (cfg.data.get("val") or cfg.data.get("val_root")):
         raise ConfigError("the data source has no validation split (data.val; image folders: data.val_root=PATH): "
                           "the probes score on it")
-    transform = build_eval_transform(size, crop_pct=cfg.crop_pct)
+    transform = build_eval_transform(size, cfg.crop_pct, *model_normalization(encoder, cfg.data))
     train = eval_view(instantiate(cfg.data.train, transform=transform), transform)
     val = eval_view(build_val(cfg.data, transform), transform)
     if has_labels(train) is False or has_labels(val) is False:

@@ -94,20 +94,27 @@ ModelConfig = schema_of(
 
 # ------------------------------------------------------------------------------------------ transforms, mixing
 # Pretraining: SimMIMTransform's crop, flip and normalisation (its defaults: microsoft/SimMIM data/data_simmim.py).
-PretrainAugmentConfig = schema_of(SimMIMTransform, exclude=("input_size", "mask_generator"),
+# The normalisation (mean, std) is the data's: data.mean / data.std.
+PretrainAugmentConfig = schema_of(SimMIMTransform, exclude=("input_size", "mask_generator", "mean", "std"),
                                   name="PretrainAugmentConfig")
 # Fine-tuning: the train transform's arguments and the eval transform's crop_pct.
-FinetuneAugmentConfig = schema_of(build_finetune_transform, exclude=("input_size",), name="FinetuneAugmentConfig",
-                                  extra=parameters(build_eval_transform, exclude=("input_size",)))
+FinetuneAugmentConfig = schema_of(build_finetune_transform, exclude=("input_size", "mean", "std"),
+                                  name="FinetuneAugmentConfig",
+                                  extra=parameters(build_eval_transform, exclude=("input_size", "mean", "std")))
 AugmentHints = hints_of(FinetuneAugmentConfig, "AugmentHints")  # data.augment: a source's suggestions
 MixupConfig = schema_of(build_mixup, exclude=("num_classes",), name="MixupConfig")
 
 
 # ------------------------------------------------------------------------------------------ data sources
+# Every source's per-channel input normalisation (data/transforms.py check_normalization): null = ImageNet's for
+# 3 channels; other channel counts (model.in_chans) give them, one value or one per channel
+# (`python -m simmim_swinv2.stats` computes them from the data).
 @dataclass
 class DataConfig:
     """A source that needs no location (digits, synthetic)."""
 
+    mean: list[float] | None = None
+    std: list[float] | None = None
     num_classes: int | None = None       # fine-tuning: classes of the source (null: set num_classes=N)
     train: Any = MISSING                 # the builder's `_target_` node (schema/target/<builder>)
     val: Any = None                      # the same, or null: no validation
@@ -121,6 +128,8 @@ class FolderDataConfig:
 
     root: str | None = None
     val_root: str | None = None  # image folders for validation, built like `train` (when `val` is null)
+    mean: list[float] | None = None
+    std: list[float] | None = None
     num_classes: int | None = None
     listing_dir: str | None = None
     listing: str = "auto"
@@ -135,6 +144,8 @@ class ShardDataConfig:
 
     __unions__ = {"urls": str | list[str]}  # checked by config.checks.check_values
     urls: Any = MISSING
+    mean: list[float] | None = None
+    std: list[float] | None = None
     num_classes: int | None = None
     train: Any = MISSING
     val: Any = None
@@ -286,6 +297,7 @@ class VisualizeConfig:
     images: Any = MISSING
     output_dir: str = MISSING
     mask: VisualizeMask = field(default_factory=VisualizeMask)
+    channels: list[int] | None = None  # which to show (3 as RGB, 1 as grey); null = the first three (or one)
     norm_target: bool | None = None
     seed: int = 0
     crop_pct: float = 1.0
@@ -293,8 +305,22 @@ class VisualizeConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class StatsConfig:
+    data: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "stats"
+    channels: int = 3
+    max_samples: int | None = 10000
+    num_workers: int = 2
+    img_size: int = 192
+    seed: int = 0
+    output: str = MISSING
+
+
 COMMANDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "evaluate": EvaluateConfig,
-            "predict": PredictConfig, "probe": ProbeConfig, "visualize": VisualizeConfig}
+            "predict": PredictConfig, "probe": ProbeConfig, "visualize": VisualizeConfig,
+            "stats": StatsConfig}
 
 
 def to_object(node, cls: type | None = None):
