@@ -50,7 +50,11 @@ def probe(cfg: DictConfig) -> dict[str, float]:
                           "the probes score on it")
     transform = build_eval_transform(size, cfg.crop_pct, *model_normalization(encoder, cfg.data))
     train = eval_view(instantiate(cfg.data.train, transform=transform), transform)
-    val = eval_view(build_val(cfg.data, transform), transform)
+    val = build_val(cfg.data, transform)
+    if val is None:  # a val node that builds nothing (data=hf without data.val_split)
+        raise ConfigError("the data source has no validation split (data=hf: data.val_split=NAME or a fraction): "
+                          "the probes score on it")
+    val = eval_view(val, transform)
     if has_labels(train) is False or has_labels(val) is False:
         raise ConfigError("the data is unlabelled (label -1): the probes need a labelled source (data=digits, a "
                           "folder of class subfolders, ImageNet)")

@@ -33,6 +33,7 @@ from .signature import hints_of, parameters, schema_of
 TARGETS: dict[str, tuple[str, dict]] = {
     "build_digits": ("simmim_swinv2.data.build_digits", {"exclude": ("transform",)}),
     "build_folder": ("simmim_swinv2.data.build_folder", {"exclude": ("transform",)}),
+    "build_hf": ("simmim_swinv2.data.build_hf", {"exclude": ("transform",)}),
     "build_imagenet1k": ("simmim_swinv2.data.build_imagenet1k", {
         "exclude": ("transform",), "follow": "simmim_swinv2.data.build_imagenet", "follow_exclude": ("variant",)}),
     "build_imagenet22k": ("simmim_swinv2.data.build_imagenet22k", {
@@ -152,7 +153,27 @@ class ShardDataConfig:
     augment: AugmentHints | None = None
 
 
-DATA_SCHEMAS = {"plain": DataConfig, "folder": FolderDataConfig, "shards": ShardDataConfig}
+@dataclass
+class HFDataConfig:
+    """A Hugging Face `datasets` data set (data/hf.py): where it is, its splits and its columns."""
+
+    __unions__ = {"val_split": str | float | None}  # checked by config.checks.check_values
+    path: str = MISSING
+    split: str = "train"
+    val_split: Any = None
+    image_column: str | None = "auto"
+    label_column: str | None = "auto"
+    streaming: bool = False
+    max_samples: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    num_classes: int | None = None
+    train: Any = MISSING
+    val: Any = None
+    augment: AugmentHints | None = None
+
+
+DATA_SCHEMAS = {"plain": DataConfig, "folder": FolderDataConfig, "shards": ShardDataConfig, "hf": HFDataConfig}
 
 
 # ------------------------------------------------------------------------------------------ the commands

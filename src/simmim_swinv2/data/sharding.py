@@ -1,7 +1,8 @@
 """Write an image folder as WebDataset tar shards (the engine behind ``scripts/make_shards.py``).
 
 Output in ``out_dir``: ``000000.tar, 000001.tar, …`` (each sample: ``<key>.jpg`` — or, for ``.npy`` arrays and
-TIFF files of any channel count, the file as it is, ``<key>.npy`` / ``<key>.tif`` —, ``<key>.cls`` when labelled, ``<key>.path`` = path relative to the source), ``classes.json`` (list, index =
+TIFF files of any channel count, the file as it is, ``<key>.npy`` / ``<key>.tif`` —, ``<key>.cls`` when
+labelled, ``<key>.path`` = path relative to the source), ``classes.json`` (list, index =
 label), ``sizes.json`` (samples per shard), ``bad_files.tsv`` (path, reason) and
 ``manifest.json`` (the settings; a re-run with other settings is refused).
 
