@@ -184,6 +184,8 @@ class ReplacingDataset(Dataset):
         return f"#{index}"
 
     def __getitem__(self, index: int) -> tuple:
+        if not -len(self) <= index < len(self):  # the end of the data, not a bad sample (iteration stops here)
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
         try:
             out = self._load(index)
         except Exception as err:  # noqa: BLE001 - any read/decode/transform failure is a bad sample
