@@ -167,6 +167,14 @@ def stored_value(value, dtype: np.dtype | None = None):
     return np.asarray(value, dtype=dtype)
 
 
+def _first(column):
+    """The first value of a pyarrow column as numpy: an array cell (`Array3D`'s extension type, nested lists)
+    stacked to an ndarray, a scalar as a scalar. (`datasets`' numpy formatting is not used: it also widens integer
+    pixels to int64, and in older releases it imports torchvision.io.VideoReader, gone from torchvision 0.29.)"""
+    value = column.combine_chunks().to_numpy(zero_copy_only=False)[0]
+    return np.asarray(value.tolist()) if isinstance(value, np.ndarray) and value.dtype == object else value
+
+
 class HFDataset(ReplacingDataset):
     """Map-style rows of one split of a Hugging Face data set; item = transform outputs + label (-1 if unlabelled).
 
@@ -197,8 +205,8 @@ class HFDataset(ReplacingDataset):
         columns = [self.image_column] + ([self.label_column] if self.label_column else [])
         self._rows = self.dataset.select_columns(columns)  # only what a sample needs is read
         self.dtype = array_dtype(ds.features[self.image_column])
-        if self.dtype is not None:
-            self._rows = self._rows.with_format("numpy")
+        if self.dtype is not None:  # arrays come out of arrow directly (no per-pixel Python objects)
+            self._rows = self._rows.with_format("arrow")
         self.path, self.split = path, split
         self.classes = names if names is not None else ([] if self.label_column is None else None)
         self.num_classes = len(names) if names is not None else None
@@ -209,7 +217,10 @@ class HFDataset(ReplacingDataset):
         return len(self.dataset)
 
     def _row(self, index: int) -> dict:
-        return self._rows[index]
+        row = self._rows[index]
+        if self.dtype is None:
+            return row
+        return {name: _first(row.column(name)) for name in row.column_names}  # a one-row pyarrow Table
 
     def where(self, index: int) -> str:
         """`hf:PATH:split#row`, and the image's file when the row stores one (an image folder)."""
@@ -243,7 +254,7 @@ class HFStreamDataset(ShardDataset):
         self.dtype = array_dtype(ds.features[self.image_column])
         self.path, self.split, self.max_samples = path, split, max_samples
         self.classes = names if names is not None else ([] if self.label_column is None else None)
-        n = self.stream.num_shards
+        n = getattr(self.stream, "num_shards", None) or self.stream.n_shards  # n_shards: its name before datasets 3.x
         super().__init__([f"hf:{path}:{split}#shard{i}" for i in range(n)],
                          num_classes=len(names) if names is not None else None, **kwargs)
 
