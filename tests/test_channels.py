@@ -1,6 +1,7 @@
-"""`model.in_chans=N` end to end, N = 1 (grey PNG folders) and 7 (folders of 7-band .npy arrays): pretrain ->
-fine-tune -> transformers export, which loads in `Swinv2ForMaskedImageModeling` / `Swinv2ForImageClassification` with
-`num_channels=N` and gives our outputs; `predict` reads the arrays with the run's normalisation."""
+"""`model.in_chans=N` end to end, N = 1 (grey PNG folders) and 7 (folders of 7-band .npy arrays):
+pretrain -> fine-tune -> transformers export, which loads in `Swinv2ForMaskedImageModeling` /
+`Swinv2ForImageClassification` with `num_channels=N` and gives our outputs; `predict` reads the
+arrays with the run's normalisation."""
 
 from __future__ import annotations
 
@@ -35,9 +36,13 @@ def _write(root, channels: int) -> None:
             base = rng.random((6, 7, channels))
             pixels = np.kron(base, np.ones((8, 8, 1)))
             if channels == 1:
-                Image.fromarray((pixels[:, :, 0] * 255).astype(np.uint8)).save(root / name / f"{i}.png")
+                Image.fromarray((pixels[:, :, 0] * 255).astype(np.uint8)).save(
+                    root / name / f"{i}.png"
+                )
             else:
-                np.save(root / name / f"{i}.npy", (pixels * 65535).astype(np.uint16).transpose(2, 0, 1))
+                np.save(
+                    root / name / f"{i}.npy", (pixels * 65535).astype(np.uint16).transpose(2, 0, 1)
+                )
 
 
 @pytest.fixture(scope="module", params=[1, 7])
@@ -45,19 +50,31 @@ def runs(request, tmp_path_factory):
     n = request.param
     root = tmp_path_factory.mktemp(f"data{n}")
     _write(root, n)
-    data = ["data=folder", f"data.root={root}", f"model.in_chans={n}",
-            f"data.mean={MEAN[n]}".replace(" ", ""), f"data.std={STD[n]}".replace(" ", "")]
+    data = [
+        "data=folder",
+        f"data.root={root}",
+        f"model.in_chans={n}",
+        f"data.mean={MEAN[n]}".replace(" ", ""),
+        f"data.std={STD[n]}".replace(" ", ""),
+    ]
     pre, ft = tmp_path_factory.mktemp(f"pre{n}"), tmp_path_factory.mktemp(f"ft{n}")
     pretrain(compose_config("pretrain", pre, [*ONE_STEP, *data]))
-    finetune(compose_config("finetune", ft, [*ONE_STEP, *data, f"pretrained={pre}",
-                                             "callbacks.checkpoint.monitor=null"]))
+    finetune(
+        compose_config(
+            "finetune",
+            ft,
+            [*ONE_STEP, *data, f"pretrained={pre}", "callbacks.checkpoint.monitor=null"],
+        )
+    )
     return n, root, pre, ft
 
 
 def test_runs_record_channels_and_normalisation(runs):
     n, _, pre, ft = runs
     mim, clf = load_model(pre), load_model(ft)
-    assert mim.encoder.cfg.in_chans == n and mim.decoder[0].out_channels == 32**2 * n  # stride^2 x N outputs
+    assert (
+        mim.encoder.cfg.in_chans == n and mim.decoder[0].out_channels == 32**2 * n
+    )  # stride^2 x N outputs
     assert (mim.pixel_mean, clf.pixel_std) == (tuple(MEAN[n]), tuple(STD[n]))
     assert clf.id2label == {0: "a", 1: "b"}  # the class folders; num_classes from them
     assert sorted(p.name for p in (pre / "reconstructions").glob("*.png"))
@@ -78,12 +95,19 @@ def test_exports_load_in_transformers_and_match(runs, tmp_path):
         got = theirs(x, bool_masked_pos=mask.flatten(1).bool())
         expected = ours(x, mask)
     # float32 forward of a 2.2M-parameter model on both sides: relative error of the whole tensor
-    assert got.reconstruction.shape == (2, n, 64, 64) and rel_err(got.reconstruction, expected.reconstruction) < 1e-4
-    assert abs(float(got.loss) - float(expected.loss)) < 1e-4 * float(expected.loss)  # the same masked L1 over N
+    assert (
+        got.reconstruction.shape == (2, n, 64, 64)
+        and rel_err(got.reconstruction, expected.reconstruction) < 1e-4
+    )
+    assert abs(float(got.loss) - float(expected.loss)) < 1e-4 * float(
+        expected.loss
+    )  # the same masked L1 over N
     clf = transformers.Swinv2ForImageClassification.from_pretrained(tmp_path / "clf").eval()
     with torch.no_grad():
         assert rel_err(clf(x).logits, load_model(ft).eval()(x).logits) < 1e-4
-    assert load_model(tmp_path / "clf").pixel_mean == tuple(MEAN[n])  # and back, with its normalisation
+    assert load_model(tmp_path / "clf").pixel_mean == tuple(
+        MEAN[n]
+    )  # and back, with its normalisation
 
 
 def test_predict_reads_the_samples_with_the_run_normalisation(runs):
@@ -92,7 +116,9 @@ def test_predict_reads_the_samples_with_the_run_normalisation(runs):
     predictor = Predictor(ft, device="cpu")
     results = predictor.predict(files, top_k=2, progress=False)
     assert [r["image"] for r in results] == [str(f) for f in files]
-    first = predictor.processor.pixels(np.load(files[0]).transpose(1, 2, 0) if n == 7 else Image.open(files[0]))
+    first = predictor.processor.pixels(
+        np.load(files[0]).transpose(1, 2, 0) if n == 7 else Image.open(files[0])
+    )
     with torch.no_grad():
         probs = predictor.model(first[None]).logits.softmax(-1)[0]
     top = results[0]["predictions"][0]

@@ -1,11 +1,11 @@
 """Per-channel pixel statistics of a data set, for `data.mean` / `data.std`:
 `python -m simmim_swinv2.stats data=… channels=N [max_samples=10000]`.
 
-Reads the training split (a fixed-seed subset of `max_samples`; shards: the first ones) at full resolution, each
-sample scaled as training scales it (`data.arrays`: uint8 / 255, uint16 / 65535, float as stored; images as RGB for
-3 channels, grey for 1), and computes the mean and standard deviation of every channel over all pixels. Writes them
-to `output` (YAML: `data: {mean: […], std: […]}`) and prints the overrides that use them.
-"""
+Reads the training split (a fixed-seed subset of `max_samples`; shards: the first ones) at full
+resolution, each sample scaled as training scales it (`data.arrays`: uint8 / 255, uint16 / 65535,
+float as stored; images as RGB for 3 channels, grey for 1), and computes the mean and standard
+deviation of every channel over all pixels. Writes them to `output` (YAML: `data: {mean: […], std:
+[…]}`) and prints the overrides that use them."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from .inference.probe import subset_indices, take
 
 
 class ChannelSums:
-    """Sample → float64 `(2C + 1,)`: per-channel sums of the scaled pixels, of their squares, and the pixel count
-    (a fixed size, so the default collate stacks them)."""
+    """Sample → float64 `(2C + 1,)`: per-channel sums of the scaled pixels, of their squares, and
+    the pixel count (a fixed size, so the default collate stacks them)."""
 
     accepts_bytes = True
 
@@ -35,12 +35,22 @@ class ChannelSums:
         self.channels = channels
 
     def __call__(self, data) -> torch.Tensor:
-        x = pixels_to_float(load_pixels(data, self.channels)).astype(np.float64).reshape(-1, self.channels)
+        x = (
+            pixels_to_float(load_pixels(data, self.channels))
+            .astype(np.float64)
+            .reshape(-1, self.channels)
+        )
         return torch.from_numpy(np.concatenate([x.sum(0), (x * x).sum(0), [x.shape[0]]]))
 
 
-def channel_stats(dataset, channels: int, max_samples: int | None = 10000, num_workers: int = 0, seed: int = 0,
-                  progress: bool = True) -> dict:
+def channel_stats(
+    dataset,
+    channels: int,
+    max_samples: int | None = 10000,
+    num_workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """`{"mean", "std", "samples"}` over a data set whose transform is `ChannelSums(channels)`."""
     if isinstance(dataset, IterableDataset):
         batches = take(DataLoader(dataset, batch_size=32, num_workers=num_workers), max_samples)
@@ -55,12 +65,17 @@ def channel_stats(dataset, channels: int, max_samples: int | None = 10000, num_w
         raise ConfigError("no samples read: check data.* (the training split is empty)")
     count = total[-1]
     mean = total[:channels] / count
-    std = (total[channels:2 * channels] / count - mean**2).clamp(min=0).sqrt()
-    return {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std], "samples": samples}
+    std = (total[channels : 2 * channels] / count - mean**2).clamp(min=0).sqrt()
+    return {
+        "mean": [round(float(m), 6) for m in mean],
+        "std": [round(float(s), 6) for s in std],
+        "samples": samples,
+    }
 
 
 def stats(cfg: DictConfig) -> dict:
-    """Compute, write `cfg.output`, print the overrides; returns `{"mean", "std", "samples", "output"}`."""
+    """Compute, write `cfg.output`, print the overrides; returns `{"mean", "std", "samples",
+    "output"}`."""
     check_values(cfg)
     if cfg.channels < 1:
         raise ConfigError(f"channels={cfg.channels} must be >= 1 (the model's in_chans)")
@@ -68,8 +83,10 @@ def stats(cfg: DictConfig) -> dict:
     result = channel_stats(dataset, cfg.channels, cfg.max_samples, cfg.num_workers, cfg.seed)
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# python -m simmim_swinv2.stats: {result['samples']} samples, {cfg.channels} channel(s)\n"
-                   + OmegaConf.to_yaml({"data": {"mean": result["mean"], "std": result["std"]}}))
+    out.write_text(
+        f"# python -m simmim_swinv2.stats: {result['samples']} samples, {cfg.channels} channel(s)\n"
+        + OmegaConf.to_yaml({"data": {"mean": result["mean"], "std": result["std"]}})
+    )
     mean, std = (",".join(f"{v:g}" for v in result[k]) for k in ("mean", "std"))
     print(f"{result['samples']} samples, {cfg.channels} channel(s) -> {out}")
     print(f"data.mean=[{mean}] data.std=[{std}]")

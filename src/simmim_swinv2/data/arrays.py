@@ -1,15 +1,17 @@
-"""Pixels with any number of channels: `.npy` arrays and multi-band TIFF files, read to `(H, W, C)` arrays, and the
-one rule that turns a stored image or array into the pixels a transform works on (`load_pixels`).
+"""Pixels with any number of channels: `.npy` arrays and multi-band TIFF files, read to `(H, W, C)`
+arrays, and the one rule that turns a stored image or array into the pixels a transform works on
+(`load_pixels`).
 
-Arrays are `(H, W, C)` or `(C, H, W)` (told apart by the channel count the model expects), or `(H, W)` for one
-channel; uint8, uint16 or float. Integer pixels are scaled to [0, 1] by their type's maximum (255, 65535), as
-torchvision's `ToTensor` scales uint8; float pixels are taken as they are. `data.mean` / `data.std` are per-channel
-statistics of these scaled values (`python -m simmim_swinv2.stats` computes them).
+Arrays are `(H, W, C)` or `(C, H, W)` (told apart by the channel count the model expects), or
+`(H, W)` for one channel; uint8, uint16 or float. Integer pixels are scaled to [0, 1] by their type's
+maximum (255, 65535), as torchvision's `ToTensor` scales uint8; float pixels are taken as they are.
+`data.mean` / `data.std` are per-channel statistics of these scaled values
+(`python -m simmim_swinv2.stats` computes them).
 
-TIFF files are read with `tifffile` (Pillow decodes no more than 4 samples per pixel: a 7-band TIFF is refused there);
-LZW- or JPEG-compressed ones need `imagecodecs` beside it, uncompressed and deflate ones do not. Encoded images
-(JPEG, PNG, …) keep the PIL / libjpeg-turbo path of `decode.py`: RGB for 3 channels, grey ('L') for 1.
-"""
+TIFF files are read with `tifffile` (Pillow decodes no more than 4 samples per pixel: a 7-band TIFF
+is refused there); LZW- or JPEG-compressed ones need `imagecodecs` beside it, uncompressed and
+deflate ones do not. Encoded images (JPEG, PNG, …) keep the PIL / libjpeg-turbo path of `decode.py`:
+RGB for 3 channels, grey ('L') for 1."""
 
 from __future__ import annotations
 
@@ -20,7 +22,12 @@ from PIL import Image
 
 ARRAY_EXTENSIONS = (".npy", ".tif", ".tiff")
 NPY_MAGIC = b"\x93NUMPY"
-TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+TIFF_MAGICS = (
+    b"II*\x00",
+    b"MM\x00*",
+    b"II+\x00",
+    b"MM\x00+",
+)  # classic and BigTIFF, both byte orders
 IMAGE_CHANNELS = (1, 3)  # what an encoded image file (JPEG, PNG, ...) is converted to: grey or RGB
 
 
@@ -31,7 +38,7 @@ def is_array_bytes(data: bytes) -> bool:
 
 
 def read_array(data: bytes) -> np.ndarray:
-    """The array an `.npy` file or a TIFF file holds, as stored (no pickles: `allow_pickle=False`)."""
+    """The array an `.npy` or TIFF file holds, as stored (no pickles: `allow_pickle=False`)."""
     if bytes(data[:6]).startswith(NPY_MAGIC):
         return np.load(io.BytesIO(data), allow_pickle=False)
     import tifffile  # only TIFF input needs it
@@ -40,8 +47,9 @@ def read_array(data: bytes) -> np.ndarray:
 
 
 def to_hwc(arr: np.ndarray, channels: int | None = None) -> np.ndarray:
-    """`(H, W)`, `(H, W, C)` or `(C, H, W)` → `(H, W, C)`. With `channels`, the axis of that length is the channel
-    axis (the last one when both fit) and an array with neither is refused; without, the shorter end axis is."""
+    """`(H, W)`, `(H, W, C)` or `(C, H, W)` → `(H, W, C)`. With `channels`, the axis of that length
+    is the channel axis (the last one when both fit) and an array with neither is refused;
+    without, the shorter end axis is."""
     if arr.ndim == 2:
         arr = arr[:, :, None]
     elif arr.ndim != 3:
@@ -49,8 +57,11 @@ def to_hwc(arr: np.ndarray, channels: int | None = None) -> np.ndarray:
     elif channels is not None:
         if arr.shape[-1] != channels:
             if arr.shape[0] != channels:
-                raise ValueError(f"an array of shape {arr.shape} has no axis of {channels} channels (model.in_chans="
-                                 f"{channels}): give (H, W, {channels}) or ({channels}, H, W) arrays")
+                raise ValueError(
+                    f"an array of shape {arr.shape} has no axis of {channels} channels "
+                    "(model.in_chans="
+                    f"{channels}): give (H, W, {channels}) or ({channels}, H, W) arrays"
+                )
             arr = arr.transpose(1, 2, 0)
     elif arr.shape[0] < arr.shape[-1]:
         arr = arr.transpose(1, 2, 0)
@@ -62,7 +73,8 @@ def to_hwc(arr: np.ndarray, channels: int | None = None) -> np.ndarray:
 
 
 def pixel_scale(dtype: np.dtype) -> float:
-    """What an array of `dtype` is divided by to make its pixels [0, 1]: 255 for uint8, 65535 for uint16, else 1."""
+    """What an array of `dtype` is divided by to make its pixels [0, 1]: 255 for uint8, 65535 for
+    uint16, else 1."""
     return {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(np.dtype(dtype), 1.0)
 
 
@@ -74,14 +86,17 @@ def as_float(arr: np.ndarray) -> np.ndarray:
 
 
 def image_to_channels(img: Image.Image, channels: int) -> Image.Image:
-    """An encoded image as `channels` channels: RGB (3) or grey 'L' (1); 16-bit grey is scaled to 8 bits first."""
+    """An encoded image as `channels` channels: RGB (3) or grey 'L' (1); 16-bit grey is scaled to 8
+    bits first."""
     from .decode import to_rgb
 
     if channels == 3:
         return to_rgb(img)
     if channels != 1:
-        raise ValueError(f"an image file ({img.format or img.mode}) gives 1 or 3 channels, not model.in_chans="
-                         f"{channels}: store {channels}-channel data as .npy or multi-band .tif files")
+        raise ValueError(
+            f"an image file ({img.format or img.mode}) gives 1 or 3 channels, not model.in_chans="
+            f"{channels}: store {channels}-channel data as .npy or multi-band .tif files"
+        )
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         return Image.fromarray((255 * arr / max(arr.max(), 1)).astype(np.uint8))
@@ -91,8 +106,9 @@ def image_to_channels(img: Image.Image, channels: int) -> Image.Image:
 
 
 def load_pixels(data, channels: int = 3) -> Image.Image | np.ndarray:
-    """Any sample's pixels: encoded image bytes or a PIL image → an upright PIL image of `channels` channels (RGB or
-    'L'); `.npy` / TIFF bytes or an array (a data set's array column) → an `(H, W, C)` array as stored."""
+    """Any sample's pixels: encoded image bytes or a PIL image → an upright PIL image of `channels`
+    channels (RGB or 'L'); `.npy` / TIFF bytes or an array (a data set's array column) → an
+    `(H, W, C)` array as stored."""
     from .decode import decode_image
 
     if isinstance(data, np.ndarray):
@@ -110,5 +126,15 @@ def pixels_to_float(pixels: Image.Image | np.ndarray) -> np.ndarray:
     return as_float(arr[:, :, None] if arr.ndim == 2 else arr)
 
 
-__all__ = ["ARRAY_EXTENSIONS", "IMAGE_CHANNELS", "as_float", "image_to_channels", "is_array_bytes", "load_pixels",
-           "pixel_scale", "pixels_to_float", "read_array", "to_hwc"]
+__all__ = [
+    "ARRAY_EXTENSIONS",
+    "IMAGE_CHANNELS",
+    "as_float",
+    "image_to_channels",
+    "is_array_bytes",
+    "load_pixels",
+    "pixel_scale",
+    "pixels_to_float",
+    "read_array",
+    "to_hwc",
+]
