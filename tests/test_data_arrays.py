@@ -21,7 +21,8 @@ from simmim_swinv2.data import (
     build_eval_transform,
     build_finetune_transform,
 )
-from simmim_swinv2.data.arrays import is_array_bytes, load_pixels, read_array, to_hwc
+from simmim_swinv2.data.arrays import is_array_bytes, read_array, to_hwc
+from simmim_swinv2.data.decode import load_pixels
 from simmim_swinv2.data.sharding import make_shards
 from simmim_swinv2.data.transforms import check_normalization
 from simmim_swinv2.stats import ChannelSums, channel_stats

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from .config import CONFIG_DIR, ConfigError
 from .config.checks import check_values
 from .config.schema import OutputFormat, PredictConfig, to_object
-from .data.arrays import is_array_bytes, load_pixels
+from .data.arrays import is_array_bytes
+from .data.decode import load_pixels
 from .inference import ImageProcessor, resolve_device
 from .inference.inputs import Input, expand_images, expand_inputs
 from .models import SwinV2Classifier

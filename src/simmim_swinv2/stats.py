@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from .config import CONFIG_DIR, ConfigError
 from .config.checks import check_values
-from .data.arrays import load_pixels, pixels_to_float
+from .data.arrays import pixels_to_float
+from .data.decode import load_pixels
 from .inference.probe import subset_indices, take
 
 

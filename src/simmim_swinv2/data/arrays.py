@@ -1,10 +1,11 @@
 """Pixels with any number of channels: `.npy` arrays and multi-band TIFF files, read to `(H, W, C)`
-arrays, and the one rule that turns a stored image or array into the pixels a transform works on
-(`load_pixels`).
+arrays (the one rule that turns any stored image or array into pixels, `decode.load_pixels`, reads
+arrays through here).
 
 Arrays are `(H, W, C)` or `(C, H, W)` (told apart by the channel count the model expects), or
-`(H, W)` for one channel; uint8, uint16 or float. Integer pixels are scaled to [0, 1] by their type's
-maximum (255, 65535), as torchvision's `ToTensor` scales uint8; float pixels are taken as they are.
+`(H, W)` for one channel; uint8, uint16 or float. Integer pixels are scaled to [0, 1] by their
+type's maximum (255, 65535), as torchvision's `ToTensor` scales uint8; float pixels are taken as
+they are.
 `data.mean` / `data.std` are per-channel statistics of these scaled values
 (`python -m simmim_swinv2.stats` computes them).
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
 
 ARRAY_EXTENSIONS = (".npy", ".tif", ".tiff")
 NPY_MAGIC = b"\x93NUMPY"
@@ -85,42 +85,7 @@ def as_float(arr: np.ndarray) -> np.ndarray:
     return out / scale if scale != 1.0 else out
 
 
-def image_to_channels(img: Image.Image, channels: int) -> Image.Image:
-    """An encoded image as `channels` channels: RGB (3) or grey 'L' (1); 16-bit grey is scaled to 8
-    bits first."""
-    from .decode import to_rgb
-
-    if channels == 3:
-        return to_rgb(img)
-    if channels != 1:
-        raise ValueError(
-            f"an image file ({img.format or img.mode}) gives 1 or 3 channels, not model.in_chans="
-            f"{channels}: store {channels}-channel data as .npy or multi-band .tif files"
-        )
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        return Image.fromarray((255 * arr / max(arr.max(), 1)).astype(np.uint8))
-    if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
-        img = to_rgb(img)  # transparency onto black, as for RGB
-    return img.convert("L")
-
-
-def load_pixels(data, channels: int = 3) -> Image.Image | np.ndarray:
-    """Any sample's pixels: encoded image bytes or a PIL image → an upright PIL image of `channels`
-    channels (RGB or 'L'); `.npy` / TIFF bytes or an array (a data set's array column) → an
-    `(H, W, C)` array as stored."""
-    from .decode import decode_image
-
-    if isinstance(data, np.ndarray):
-        return to_hwc(data, channels)
-    if isinstance(data, Image.Image):
-        return image_to_channels(data, channels)
-    if is_array_bytes(data):
-        return to_hwc(read_array(data), channels)
-    return image_to_channels(decode_image(data), channels)
-
-
-def pixels_to_float(pixels: Image.Image | np.ndarray) -> np.ndarray:
+def pixels_to_float(pixels) -> np.ndarray:
     """`(H, W, C)` float32 pixels in the scaled space the normalisation statistics are given in."""
     arr = np.asarray(pixels)
     return as_float(arr[:, :, None] if arr.ndim == 2 else arr)
@@ -130,9 +95,7 @@ __all__ = [
     "ARRAY_EXTENSIONS",
     "IMAGE_CHANNELS",
     "as_float",
-    "image_to_channels",
     "is_array_bytes",
-    "load_pixels",
     "pixel_scale",
     "pixels_to_float",
     "read_array",

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .arrays import as_float, is_array_bytes, load_pixels
+from .arrays import as_float, is_array_bytes, read_array, to_hwc
 
 JPEG_MAGIC = b"\xff\xd8"
 _FAST_COLORSPACES = ("YCbCr", "Gray", "RGB")  # what libjpeg-turbo converts to RGB exactly like PIL
@@ -80,6 +80,37 @@ def decode_image(data: bytes, min_shorter: int | None = None) -> Image.Image:
     img.load()
     ImageOps.exif_transpose(img, in_place=True)
     return img
+
+
+def image_to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """An encoded image as `channels` channels: RGB (3) or grey 'L' (1); 16-bit grey is scaled to 8
+    bits first."""
+    if channels == 3:
+        return to_rgb(img)
+    if channels != 1:
+        raise ValueError(
+            f"an image file ({img.format or img.mode}) gives 1 or 3 channels, not model.in_chans="
+            f"{channels}: store {channels}-channel data as .npy or multi-band .tif files"
+        )
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        return Image.fromarray((255 * arr / max(arr.max(), 1)).astype(np.uint8))
+    if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+        img = to_rgb(img)  # transparency onto black, as for RGB
+    return img.convert("L")
+
+
+def load_pixels(data, channels: int = 3) -> Image.Image | np.ndarray:
+    """Any sample's pixels: encoded image bytes or a PIL image → an upright PIL image of `channels`
+    channels (RGB or 'L'); `.npy` / TIFF bytes or an array (a data set's array column) → an
+    `(H, W, C)` array as stored."""
+    if isinstance(data, np.ndarray):
+        return to_hwc(data, channels)
+    if isinstance(data, Image.Image):
+        return image_to_channels(data, channels)
+    if is_array_bytes(data):
+        return to_hwc(read_array(data), channels)
+    return image_to_channels(decode_image(data), channels)
 
 
 def jpeg_orientation(data: bytes) -> int:

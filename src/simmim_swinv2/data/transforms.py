@@ -18,8 +18,8 @@ from timm.data import Mixup, auto_augment, create_transform
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
-from .arrays import as_float, load_pixels
-from .decode import decode_resized_crop
+from .arrays import as_float
+from .decode import decode_resized_crop, load_pixels
 from .mask import MaskGenerator, _pair
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
