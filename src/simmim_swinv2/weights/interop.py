@@ -102,8 +102,13 @@ def to_transformers(model: Model, out_dir: str | Path) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(out_dir / "model.safetensors"),
               metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    # AutoImageProcessor / pipeline(...) load it as is; the normalisation the model was trained with
-    ImageProcessor(encoder.cfg.img_size, *normalization(model)).save(out_dir)
+    # AutoImageProcessor / pipeline(...) load it as is; the normalisation the model was trained with (a model of
+    # other than 3 channels that records none, e.g. converted foreign weights: mean 0, std 1, the pixels as given)
+    try:
+        mean, std = normalization(model)
+    except ValueError:
+        mean, std = (0.0,) * encoder.cfg.in_chans, (1.0,) * encoder.cfg.in_chans
+    ImageProcessor(encoder.cfg.img_size, mean, std).save(out_dir)
     return out_dir
 
 
