@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Convert an image folder (ImageFolder layout, e.g. ImageNet-1K/22K train/) into WebDataset tar shards.
 
+Folders of ``.npy`` arrays and (multi-band) TIFF files are taken too: each is checked and stored as it is.
+
 Example:
     python scripts/make_shards.py /data/imagenet/train /data/imagenet-shards/train \\
         --samples-per-shard 1000 --workers 16 --resize-shorter 320
 
-Writes 000000.tar, 000001.tar, … (jpg + cls per sample), classes.json and sizes.json into
+Writes 000000.tar, 000001.tar, … (jpg — npy / tif for arrays — + cls per sample), classes.json and sizes.json into
 OUT_DIR. Re-running resumes: complete shards are kept. Unreadable images are listed (path and
 reason) on stderr and in OUT_DIR/bad_files.tsv, and left out.
 """

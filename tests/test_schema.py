@@ -208,7 +208,7 @@ def test_every_target_node_of_every_option_is_typed_by_its_target(group, tmp_pat
 def test_every_data_option_has_its_source_schema(tmp_path):
     kinds = {"digits": schema.DataConfig, "synthetic": schema.DataConfig, "folder": schema.FolderDataConfig,
              "imagenet1k": schema.FolderDataConfig, "imagenet22k": schema.FolderDataConfig,
-             "webdataset": schema.ShardDataConfig}
+             "webdataset": schema.ShardDataConfig, "hf": schema.HFDataConfig}
     assert set(kinds) == set(options("data"))
     for data, kind in kinds.items():
         cfg = compose_config("finetune", tmp_path, [f"data={data}"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, open_dict
 
 from .config import ConfigError
-from .config.checks import check_machine, check_values
+from .config.checks import check_machine, check_values, model_normalization
 from .config.compose import command
 from .config.schema import EvaluateConfig, to_object
 from .data import build_eval_transform
@@ -31,7 +31,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     with open_dict(cfg):
         cfg.img_size = size  # the data config renders images at ${img_size}
     job = to_object(cfg, EvaluateConfig)
-    _, val = build.build_datasets(job.data, None, build_eval_transform(size, crop_pct=job.crop_pct))
+    mean, std = model_normalization(model, job.data)
+    _, val = build.build_datasets(job.data, None, build_eval_transform(size, job.crop_pct, mean, std))
     if val is None:
         raise ConfigError(f"evaluate scores a validation split and this data source has none: {ADD_VAL_SPLIT}")
     names = class_names(val)

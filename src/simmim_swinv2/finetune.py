@@ -16,7 +16,7 @@ from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, open_dict
 
 from .config import ConfigError
-from .config.checks import check_machine, check_schedule, check_values, model_config
+from .config.checks import check_machine, check_schedule, check_values, data_normalization, model_config
 from .config.compose import command
 from .config.schema import FinetuneConfig, to_object
 from .data import build_eval_transform, build_finetune_transform, build_mixup
@@ -24,6 +24,7 @@ from .data.views import has_labels
 from .models import SwinV2Classifier, SwinV2Encoder
 from .training import FinetuneTask, build
 from .weights import load_pretrained_encoder
+from .weights.meta import set_normalization
 
 
 def class_names(dataset) -> list[str] | None:
@@ -49,10 +50,12 @@ def count_classes(train, names: list[str] | None, num_classes: int | None) -> in
     classes.json), checked against `num_classes` when that is given. An unlabelled source is refused: fine-tuning
     needs labels."""
     if has_labels(train) is False:
-        where = getattr(train, "root", None) or "this data source"
-        raise ConfigError(f"fine-tuning needs labelled images and {where} has no class subfolders: put each "
-                          "class's images in a subfolder of its own (photos/cat/*.jpg, photos/dog/*.jpg), or "
-                          "pretrain on it instead (python -m simmim_swinv2.pretrain data=folder data.root=...)")
+        if root := getattr(train, "root", None):
+            raise ConfigError(f"fine-tuning needs labelled images and {root} has no class subfolders: put each "
+                              "class's images in a subfolder of its own (photos/cat/*.jpg, photos/dog/*.jpg), or "
+                              "pretrain on it instead (python -m simmim_swinv2.pretrain data=folder data.root=...)")
+        raise ConfigError("fine-tuning needs labelled images and this data source has no labels (data=hf: name "
+                          "a ClassLabel column with data.label_column=NAME), or pretrain on it instead")
     if names is None:
         if not num_classes:
             raise ConfigError("the data source names no classes, so their number is unknown: set num_classes=N")
@@ -70,16 +73,19 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     check_machine(cfg)
     model_cfg = model_config(cfg)  # validated before any data or weights are touched
     check_schedule(cfg.scheduler)
+    mean, std = data_normalization(cfg.data, model_cfg.in_chans)
     run_dir = cfg.paths.run_dir
     job = to_object(cfg, FinetuneConfig)  # typed from here on (the Trainer's node stays Hydra's: build_trainer)
     seed_everything(job.seed, workers=True)
 
     aug = asdict(job.augment)
-    val_tf = build_eval_transform(job.img_size, crop_pct=aug.pop("crop_pct"))
-    train_tf = build_finetune_transform(job.img_size, **aug)
+    val_tf = build_eval_transform(job.img_size, crop_pct=aug.pop("crop_pct"), mean=mean, std=std)
+    train_tf = build_finetune_transform(job.img_size, **aug, mean=mean, std=std)
+    if len(mean) != 3 and (aug["auto_augment"] or aug["color_jitter"]):
+        print(f"fine-tuning {len(mean)}-channel data: RandAugment and colour jitter (RGB operations) are left out")
     train, val = build.build_datasets(job.data, train_tf, val_tf)
     names = class_names(train)
-    job.num_classes = count_classes(train, names, job.num_classes)
+    num_classes = job.num_classes = count_classes(train, names, job.num_classes)
     with open_dict(cfg):
         cfg.num_classes = job.num_classes  # config.yaml records what was counted
     build.save_resolved_config(cfg, run_dir)
@@ -88,9 +94,10 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     if job.pretrained:
         load_pretrained_encoder(encoder, job.pretrained)
     id2label = dict(enumerate(names)) if names is not None else None
-    model = SwinV2Classifier(encoder, job.num_classes, id2label=id2label,
+    model = SwinV2Classifier(encoder, num_classes, id2label=id2label,
                              label_smoothing=job.mixup.label_smoothing)
-    mixup = build_mixup(job.num_classes, **asdict(job.mixup))
+    set_normalization(model, mean, std)  # into its checkpoints, exports and predict
+    mixup = build_mixup(num_classes, **asdict(job.mixup))
     task = FinetuneTask(model, job.optim, job.scheduler, batch_size=job.batch_size, mixup=mixup, compile=job.compile)
     extra = []
     if job.ema:

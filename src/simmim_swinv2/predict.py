@@ -11,46 +11,47 @@ and skipped.
 
 from __future__ import annotations
 
-import glob
+import io
 import json
 import sys
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .config import ConfigError
 from .config.checks import check_values
 from .config.compose import command
 from .config.schema import OutputFormat, PredictConfig, to_object
-from .data import IMAGE_EXTENSIONS
+from .data.arrays import is_array_bytes
+from .data.decode import load_pixels
 from .inference import ImageProcessor, resolve_device
+from .inference.inputs import Input, expand_images, expand_inputs
 from .models import SwinV2Classifier
 from .weights import load_model
+from .weights.meta import normalization
+
+__all__ = ["Predictor", "expand_images", "prepare", "predict"]
 
 
-def expand_images(specs: list[str] | str) -> list[Path]:
-    """Files, folders (recursively, image extensions in any case) and globs → sorted unique paths."""
-    specs = [specs] if isinstance(specs, str) else list(specs)
-    found: list[Path] = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif path.is_file():
-            found.append(path)
-        else:
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            if not matches:
-                raise FileNotFoundError(f"{spec}: no such file, folder or matching glob")
-            found += matches
-    return list(dict.fromkeys(found))
+def prepare(processor: ImageProcessor, data) -> torch.Tensor:
+    """`(C, H, W)` model input of a stored sample (encoded bytes or an array). RGB images as
+    pipeline("image-classification") loads them: EXIF orientation applied, then a plain RGB conversion (transparency
+    dropped; the processor alone would composite it); arrays and grey images through `ImageProcessor.pixels`."""
+    channels = len(processor.mean)
+    if channels == 3 and isinstance(data, bytes) and not is_array_bytes(data):
+        with Image.open(io.BytesIO(data)) as img:
+            return processor.one(ImageOps.exif_transpose(img).convert("RGB"))
+    pixels = load_pixels(data, channels)
+    if isinstance(pixels, Image.Image) and channels == 3:
+        return processor.one(pixels)
+    return processor.pixels(pixels)
 
 
 class Predictor:
-    """A classifier with its preprocessing; `predict(paths)` → one result per readable image."""
+    """A classifier with its preprocessing; `predict(inputs)` → one result per readable input."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
         model = load_model(checkpoint)
@@ -60,26 +61,25 @@ class Predictor:
         self.model = model.to(self.device).eval()
         path = Path(checkpoint)
         self.processor = (ImageProcessor.from_dir(path) if path.is_dir() else None) or ImageProcessor(
-            model.encoder.cfg.img_size)
+            model.encoder.cfg.img_size, *normalization(model))
 
     @torch.no_grad()
-    def predict(self, paths: list[Path], top_k: int = 5, batch_size: int = 32, progress: bool = True,
+    def predict(self, inputs: list[Input | Path], top_k: int = 5, batch_size: int = 32, progress: bool = True,
                 on_error=None) -> list[dict]:
+        """Top-k `{"label", "score"}` per input (`Input`s or file paths); an unreadable one goes to `on_error`."""
+        inputs = [Input(str(i), i.read_bytes) if isinstance(i, Path) else i for i in inputs]
         k = min(top_k, self.model.num_classes)
         results = []
-        batches = range(0, len(paths), batch_size)
+        batches = range(0, len(inputs), batch_size)
         for start in tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2,
                           file=sys.stderr):
             images, names = [], []
-            for path in paths[start:start + batch_size]:
+            for item in inputs[start:start + batch_size]:
                 try:
-                    with Image.open(path) as img:
-                        # as pipeline("image-classification") loads images: EXIF orientation applied, then a
-                        # plain RGB conversion (transparency dropped; the processor alone would composite it)
-                        images.append(self.processor.one(ImageOps.exif_transpose(img).convert("RGB")))
-                    names.append(str(path))
-                except (OSError, UnidentifiedImageError, ValueError) as err:
-                    (on_error or _report)(path, err)
+                    images.append(prepare(self.processor, item.read()))
+                    names.append(item.name)
+                except Exception as err:  # noqa: BLE001 - any unreadable input is reported and skipped
+                    (on_error or _report)(item.name, err)
             if not images:
                 continue
             logits = self.model(torch.stack(images).to(self.device)).logits.float()
@@ -97,7 +97,7 @@ def _report(path: Path, err: Exception) -> None:
 def predict(cfg: DictConfig) -> list[dict]:
     check_values(cfg)
     job = to_object(cfg, PredictConfig)  # output: text | json, checked at composition
-    paths = expand_images(job.images)
+    paths = expand_inputs(job.images)
     if not paths:
         raise ConfigError(f"no images found in {job.images}")
     skipped: list[str] = []

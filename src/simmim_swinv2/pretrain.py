@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
-from .config.checks import check_pretrain_config
+from .config.checks import check_pretrain_config, data_normalization
 from .config.compose import command
 from .config.schema import PretrainConfig, to_object
 from .data import SimMIMTransform
@@ -23,6 +23,7 @@ from .distributed import planning
 from .models import SimMIM
 from .training import PretrainTask, build
 from .training.init_from import load_pretrained_simmim, pretrained_start
+from .weights.meta import set_normalization
 
 
 def pretrain(cfg: DictConfig) -> dict[str, float]:
@@ -35,10 +36,13 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     job = to_object(cfg, PretrainConfig)  # typed from here on (the Trainer's node stays Hydra's: build_trainer)
     seed_everything(job.seed, workers=True)
 
-    transform = SimMIMTransform(input_size=job.img_size, mask_generator=instantiate(job.mask), **asdict(job.augment))
+    mean, std = data_normalization(job.data, job.model.in_chans)
+    transform = SimMIMTransform(input_size=job.img_size, mask_generator=instantiate(job.mask), mean=mean, std=std,
+                                **asdict(job.augment))
     train, val = build.build_datasets(job.data, transform, transform)
     model = SimMIM.from_config(instantiate(job.model), norm_target=job.norm_target,
                                norm_target_window=job.norm_target_window)
+    set_normalization(model, mean, std)  # into its checkpoints and exports
     if from_pretrained:  # continued pretraining: the weights only; optimizer and schedule start fresh
         load_pretrained_simmim(model, job.pretrained)
     task = PretrainTask(model, job.optim, job.scheduler, batch_size=job.batch_size, compile=job.compile)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError
-from .config.checks import check_values
+from .config.checks import check_values, model_normalization
 from .config.compose import command
 from .data import build_eval_transform
 from .data.views import ADD_VAL_SPLIT, eval_view, has_labels
@@ -22,12 +22,17 @@ from .inference.probe import probe as probe_features
 from .models import SwinV2Encoder, encoder_of
 from .training.build import build_datasets
 from .weights import load_model
+from .weights.meta import set_normalization
 
 
 def load_encoder(source, **overrides) -> SwinV2Encoder:
-    """The encoder of whatever `source` holds (an encoder, SimMIM or a classifier)."""
+    """The encoder of whatever `source` holds (an encoder, SimMIM or a classifier), with the model's recorded
+    input normalisation (`weights.meta.set_normalization`)."""
     model = load_model(source, **overrides)
-    return encoder_of(model)
+    encoder = encoder_of(model)
+    if getattr(model, "pixel_mean", None) is not None:
+        set_normalization(encoder, model.pixel_mean, model.pixel_std)
+    return encoder
 
 
 def probe(cfg: DictConfig) -> dict[str, float]:
@@ -41,8 +46,11 @@ def probe(cfg: DictConfig) -> dict[str, float]:
         cfg.img_size = size  # the data config renders images at ${img_size}
     if not (cfg.data.get("val") or cfg.data.get("val_root") or cfg.data.get("val_split")):
         raise ConfigError(f"the probes score on a validation split and this data source has none: {ADD_VAL_SPLIT}")
-    transform = build_eval_transform(size, crop_pct=cfg.crop_pct)
-    train, val = (eval_view(d, transform) for d in build_datasets(cfg.data, transform, transform))
+    transform = build_eval_transform(size, cfg.crop_pct, *model_normalization(encoder, cfg.data))
+    train, val = build_datasets(cfg.data, transform, transform)
+    if val is None:  # a val node that builds nothing (data=hf without data.val_split)
+        raise ConfigError(f"the probes score on a validation split and this data source has none: {ADD_VAL_SPLIT}")
+    train, val = eval_view(train, transform), eval_view(val, transform)
     if has_labels(train) is False or has_labels(val) is False:
         raise ConfigError("the data is unlabelled (label -1): the probes need a labelled source (data=digits, a "
                           "folder of class subfolders, ImageNet)")

@@ -13,24 +13,28 @@ ratio default to the run's (its `config.yaml`), else SimMIM's 32 px at 0.6.
 
 from __future__ import annotations
 
+import io
+import re
 import sys
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torchvision.utils import save_image
 
 from .config import ConfigError
 from .config.checks import check_values
 from .config.compose import command
 from .data import MaskGenerator
+from .data.arrays import is_array_bytes
 from .inference import resolve_device
+from .inference.inputs import expand_inputs
 from .models import SimMIM
-from .predict import expand_images
 from .training.callbacks import ReconstructionImages
 from .training.knn import eval_transform
 from .weights import load_model
+from .weights.meta import normalization
 
 SIMMIM_MASK = {"mask_patch_size": 32, "mask_ratio": 0.6}  # microsoft/SimMIM data/data_simmim.py defaults
 
@@ -74,36 +78,45 @@ def visualize(cfg: DictConfig) -> list[dict]:
     enc = model.encoder.cfg
     mask = MaskGenerator(enc.img_size, setting("mask_patch_size", cfg.mask.mask_patch_size), enc.patch_size,
                          setting("mask_ratio", cfg.mask.mask_ratio))
-    paths = expand_images(list(cfg.images) if not isinstance(cfg.images, str) else cfg.images)
+    paths = expand_inputs(list(cfg.images) if not isinstance(cfg.images, str) else cfg.images)
     if not paths:
         raise ConfigError(f"no images found in {cfg.images}")
     device = resolve_device(cfg.device)
+    mean, std = normalization(model)
+    channels = list(cfg.channels) if cfg.get("channels") else None
     model = model.to(device).eval()
-    transform = eval_transform(enc.img_size, cfg.crop_pct)
+    transform = eval_transform(enc.img_size, cfg.crop_pct, mean, std)
     generator = torch.Generator().manual_seed(cfg.seed)  # masks in image order: the same run draws the same masks
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{cfg.checkpoint}: {enc.img_size[0]}x{enc.img_size[1]} px, {mask}, normalised target {model.norm_target}")
     results, names = [], set()
-    for path in paths:
+    for item in paths:
         try:
-            with Image.open(path) as img:
-                x = transform(ImageOps.exif_transpose(img).convert("RGB")).unsqueeze(0)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            print(f"skipping {path}: cannot read it as an image ({type(err).__name__}: {err})", file=sys.stderr)
+            data = item.read()
+            if len(mean) == 3 and isinstance(data, bytes) and not is_array_bytes(data):
+                with Image.open(io.BytesIO(data)) as img:
+                    data = ImageOps.exif_transpose(img).convert("RGB")
+            x = transform(data).unsqueeze(0)
+        except Exception as err:  # noqa: BLE001 - any unreadable input is reported and skipped
+            print(f"skipping {item.name}: cannot read it ({type(err).__name__}: {err})", file=sys.stderr)
             continue
         m = mask(generator).unsqueeze(0)
         with torch.no_grad():
             out = model(x.to(device), m.to(device))
-        grid = ReconstructionImages.grid(x, m, out.reconstruction.float().cpu(), enc.patch_size, model.norm_target)
-        name, n = path.stem, 1
+        grid = ReconstructionImages.grid(x, m, out.reconstruction.float().cpu(), enc.patch_size, model.norm_target,
+                                         mean, std, channels)
+        stem = Path(item.name).stem
+        if item.name.startswith("hf:"):  # hf:PATH:split#row -> PATH_split_row
+            stem = re.sub(r"[^\w.-]+", "_", item.name.removeprefix("hf:")).strip("_")
+        name, n = stem, 1
         while name in names:
-            name, n = f"{path.stem}_{n}", n + 1
+            name, n = f"{stem}_{n}", n + 1
         names.add(name)
         picture = out_dir / f"{name}.png"
         save_image(grid, picture)
-        results.append({"image": str(path), "picture": str(picture), "l1": float(out.loss)})
-        print(f"{path}: masked-pixel L1 {float(out.loss):.4f} -> {picture}")
+        results.append({"image": item.name, "picture": str(picture), "l1": float(out.loss)})
+        print(f"{item.name}: masked-pixel L1 {float(out.loss):.4f} -> {picture}")
     return results
 
 

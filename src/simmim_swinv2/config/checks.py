@@ -11,6 +11,39 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from . import ConfigError
 from .signature import describe, matches
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # data.transforms'
+
+
+def data_normalization(data, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel `(mean, std)` of a data source's config (`data.mean` / `data.std`, a node or its typed
+    object) for a model of `in_chans` channels: null = ImageNet's for 3 channels; any other count needs them."""
+    from ..data.transforms import check_normalization
+
+    get = data.get if hasattr(data, "get") else (lambda k, d=None: getattr(data, k, d))
+    mean, std = get("mean", None), get("std", None)
+    if mean is None and std is None:
+        if in_chans == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        raise ConfigError(f"model.in_chans={in_chans} needs data.mean and data.std ({in_chans} values each, or one "
+                          f"for all): compute them with `python -m simmim_swinv2.stats channels={in_chans} data=…` "
+                          "(it prints the overrides)")
+    if mean is None or std is None:
+        raise ConfigError(f"data.mean={mean} and data.std={std}: give both, or neither (ImageNet's, 3 channels)")
+    try:
+        return check_normalization(list(mean), list(std), in_chans)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def model_normalization(model, data) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """What a loaded model's inputs are normalised with: its own record (`weights.meta.normalization`), else the
+    data source's (`data_normalization`)."""
+    if getattr(model, "pixel_mean", None) is not None:
+        return tuple(model.pixel_mean), tuple(model.pixel_std)
+    from ..models import encoder_of
+
+    return data_normalization(data, encoder_of(model).cfg.in_chans)
+
 
 def check_values(cfg: DictConfig) -> None:
     """The values whose type OmegaConf cannot check at composition (the unions of a schema's `__unions__`:
@@ -75,6 +108,7 @@ def check_pretrain_config(cfg: DictConfig) -> None:
                           f"({model.patch_size})")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be >= 1 (it is per device)")
+    data_normalization(cfg.data, model.in_chans)
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume={cfg.resume}: no such checkpoint; use auto, never or an existing path")
 

@@ -33,6 +33,7 @@ from .signature import hints_of, parameters, schema_of
 TARGETS: dict[str, tuple[str, dict]] = {
     "build_digits": ("simmim_swinv2.data.build_digits", {"exclude": ("transform",)}),
     "build_folder": ("simmim_swinv2.data.build_folder", {"exclude": ("transform",)}),
+    "build_hf": ("simmim_swinv2.data.build_hf", {"exclude": ("transform",)}),
     "build_imagenet1k": ("simmim_swinv2.data.build_imagenet1k", {
         "exclude": ("transform",), "follow": "simmim_swinv2.data.build_imagenet", "follow_exclude": ("variant",)}),
     "build_imagenet22k": ("simmim_swinv2.data.build_imagenet22k", {
@@ -97,20 +98,27 @@ ModelConfig = schema_of(
 
 # ------------------------------------------------------------------------------------------ transforms, mixing
 # Pretraining: SimMIMTransform's crop, flip and normalisation (its defaults: microsoft/SimMIM data/data_simmim.py).
-PretrainAugmentConfig = schema_of(SimMIMTransform, exclude=("input_size", "mask_generator"),
+# The normalisation (mean, std) is the data's: data.mean / data.std.
+PretrainAugmentConfig = schema_of(SimMIMTransform, exclude=("input_size", "mask_generator", "mean", "std"),
                                   name="PretrainAugmentConfig")
 # Fine-tuning: the train transform's arguments and the eval transform's crop_pct.
-FinetuneAugmentConfig = schema_of(build_finetune_transform, exclude=("input_size",), name="FinetuneAugmentConfig",
-                                  extra=parameters(build_eval_transform, exclude=("input_size",)))
+FinetuneAugmentConfig = schema_of(build_finetune_transform, exclude=("input_size", "mean", "std"),
+                                  name="FinetuneAugmentConfig",
+                                  extra=parameters(build_eval_transform, exclude=("input_size", "mean", "std")))
 AugmentHints = hints_of(FinetuneAugmentConfig, "AugmentHints")  # data.augment: a source's suggestions
 MixupConfig = schema_of(build_mixup, exclude=("num_classes",), name="MixupConfig")
 
 
 # ------------------------------------------------------------------------------------------ data sources
+# Every source's per-channel input normalisation (data/transforms.py check_normalization): null = ImageNet's for
+# 3 channels; other channel counts (model.in_chans) give them, one value or one per channel
+# (`python -m simmim_swinv2.stats` computes them from the data).
 @dataclass
 class DataConfig:
     """A source that needs no location (digits, synthetic)."""
 
+    mean: list[float] | None = None
+    std: list[float] | None = None
     num_classes: int | None = None       # fine-tuning: classes of the source (null: set num_classes=N)
     train: Any = MISSING                 # the builder's `_target_` node (schema/target/<builder>)
     val: Any = None                      # the same, or null: no validation
@@ -126,6 +134,8 @@ class FolderDataConfig:
 
     root: str | None = None
     val_root: str | None = None  # image folders for validation, built like `train` (when `val` is null)
+    mean: list[float] | None = None
+    std: list[float] | None = None
     num_classes: int | None = None
     listing_dir: str | None = None
     listing: str = "auto"
@@ -142,6 +152,8 @@ class ShardDataConfig:
 
     __unions__ = {"urls": str | list[str]}  # checked by config.checks.check_values
     urls: Any = MISSING
+    mean: list[float] | None = None
+    std: list[float] | None = None
     num_classes: int | None = None
     train: Any = MISSING
     val: Any = None
@@ -150,7 +162,28 @@ class ShardDataConfig:
     val_split_seed: int = 0
 
 
-DATA_SCHEMAS = {"plain": DataConfig, "folder": FolderDataConfig, "shards": ShardDataConfig}
+@dataclass
+class HFDataConfig:
+    """A Hugging Face `datasets` data set (data/hf.py): where it is, its splits and its columns."""
+
+    __unions__ = {"val_split": str | float | None}  # checked by config.checks.check_values
+    path: str = MISSING
+    split: str = "train"
+    val_split: Any = None
+    val_split_seed: int = 0
+    image_column: str | None = "auto"
+    label_column: str | None = "auto"
+    streaming: bool = False
+    max_samples: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    num_classes: int | None = None
+    train: Any = MISSING
+    val: Any = None
+    augment: AugmentHints | None = None
+
+
+DATA_SCHEMAS = {"plain": DataConfig, "folder": FolderDataConfig, "shards": ShardDataConfig, "hf": HFDataConfig}
 
 
 # ------------------------------------------------------------------------------------------ the commands
@@ -295,6 +328,7 @@ class VisualizeConfig:
     images: Any = MISSING
     output_dir: str = MISSING
     mask: VisualizeMask = field(default_factory=VisualizeMask)
+    channels: list[int] | None = None  # which to show (3 as RGB, 1 as grey); null = the first three (or one)
     norm_target: bool | None = None
     seed: int = 0
     crop_pct: float = 1.0
@@ -302,8 +336,22 @@ class VisualizeConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class StatsConfig:
+    data: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "stats"
+    channels: int = 3
+    max_samples: int | None = 10000
+    num_workers: int = 2
+    img_size: int = 192
+    seed: int = 0
+    output: str = MISSING
+
+
 COMMANDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "evaluate": EvaluateConfig,
-            "predict": PredictConfig, "probe": ProbeConfig, "visualize": VisualizeConfig}
+            "predict": PredictConfig, "probe": ProbeConfig, "visualize": VisualizeConfig,
+            "stats": StatsConfig}
 
 
 def to_object(node, cls: type | None = None):

@@ -1,4 +1,5 @@
-"""Data layer: mask generator, transforms, sources (digits, folder, shards, ImageNet, synthetic), datamodule.
+"""Data layer: mask generator, transforms, sources (digits, folder, shards, Hugging Face `datasets`, ImageNet,
+synthetic), datamodule; images of any number of channels (`arrays`: .npy, multi-band TIFF).
 
 Every source yields ``(*transform_outputs, label)``: ``(image, mask, label)`` with the SimMIM
 transform, ``(image, label)`` otherwise; ``label = -1`` when unlabelled. Masks: 1 = masked.
@@ -14,6 +15,7 @@ from .decode import decode_resized_crop, decode_rgb, to_rgb
 from .digits import DigitsDataset, build_digits
 from .faults import BadSampleTracker, TooManyBadSamples
 from .folder import IMAGE_EXTENSIONS, FolderDataset, build_folder, scan_folder
+from .hf import HFDataset, HFStreamDataset, build_hf
 from .mask import MaskGenerator
 from .presets import SyntheticDataset, build_imagenet, build_imagenet1k, build_imagenet22k, build_synthetic
 from .shards import ShardDataset, ShardError, build_webdataset, expand_shards, plan_epoch, shard_sizes
@@ -30,9 +32,10 @@ from .transforms import (
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS",
-    "BadSampleTracker", "DigitsDataset", "FolderDataset", "MaskGenerator", "ShardDataset", "ShardError",
+    "BadSampleTracker", "DigitsDataset", "FolderDataset", "HFDataset", "HFStreamDataset", "MaskGenerator",
+    "ShardDataset", "ShardError",
     "SimMIMDataModule", "SimMIMTransform", "SyntheticDataset", "TooManyBadSamples",
-    "build_digits", "build_eval_transform", "build_finetune_transform", "build_folder", "build_imagenet",
+    "build_digits", "build_eval_transform", "build_finetune_transform", "build_folder", "build_hf", "build_imagenet",
     "build_imagenet1k", "build_imagenet22k", "build_mixup", "build_pretrain_transform",
     "build_reference_pretrain_transform", "build_synthetic", "build_webdataset",
     "decode_resized_crop", "decode_rgb", "expand_shards", "plan_epoch", "scan_folder", "shard_sizes", "to_rgb",

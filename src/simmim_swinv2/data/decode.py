@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from .arrays import as_float, is_array_bytes, read_array, to_hwc
+
 JPEG_MAGIC = b"\xff\xd8"
 _FAST_COLORSPACES = ("YCbCr", "Gray", "RGB")  # what libjpeg-turbo converts to RGB exactly like PIL
 
@@ -64,6 +66,11 @@ def decode_rgb(data: bytes, min_shorter: int | None = None) -> Image.Image:
     With ``min_shorter``, JPEGs are decoded at the largest DCT reduction that keeps the shorter
     side ``>= min_shorter`` (a no-op for images already near that size).
     """
+    return to_rgb(decode_image(data, min_shorter))
+
+
+def decode_image(data: bytes, min_shorter: int | None = None) -> Image.Image:
+    """:func:`decode_rgb` without the conversion: the upright image in its own mode (grey stays grey)."""
     img = Image.open(io.BytesIO(data))
     if min_shorter is not None and img.format == "JPEG":
         w, h = img.size
@@ -72,7 +79,38 @@ def decode_rgb(data: bytes, min_shorter: int | None = None) -> Image.Image:
             img.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
     img.load()
     ImageOps.exif_transpose(img, in_place=True)
-    return to_rgb(img)
+    return img
+
+
+def image_to_channels(img: Image.Image, channels: int) -> Image.Image:
+    """An encoded image as `channels` channels: RGB (3) or grey 'L' (1); 16-bit grey is scaled to 8
+    bits first."""
+    if channels == 3:
+        return to_rgb(img)
+    if channels != 1:
+        raise ValueError(
+            f"an image file ({img.format or img.mode}) gives 1 or 3 channels, not model.in_chans="
+            f"{channels}: store {channels}-channel data as .npy or multi-band .tif files"
+        )
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        return Image.fromarray((255 * arr / max(arr.max(), 1)).astype(np.uint8))
+    if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+        img = to_rgb(img)  # transparency onto black, as for RGB
+    return img.convert("L")
+
+
+def load_pixels(data, channels: int = 3) -> Image.Image | np.ndarray:
+    """Any sample's pixels: encoded image bytes or a PIL image → an upright PIL image of `channels`
+    channels (RGB or 'L'); `.npy` / TIFF bytes or an array (a data set's array column) → an
+    `(H, W, C)` array as stored."""
+    if isinstance(data, np.ndarray):
+        return to_hwc(data, channels)
+    if isinstance(data, Image.Image):
+        return image_to_channels(data, channels)
+    if is_array_bytes(data):
+        return to_hwc(read_array(data), channels)
+    return image_to_channels(decode_image(data), channels)
 
 
 def jpeg_orientation(data: bytes) -> int:
@@ -149,14 +187,20 @@ def _hwc_to_nchw(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
 
 
-def _crop_resize(arr: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
-    """Crop ``box = (top, left, bottom, right)`` of an HWC uint8 array, resize (antialiased bilinear).
+def _crop_resize(arr: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int],
+                 mode: str = "bilinear") -> torch.Tensor:
+    """Crop ``box = (top, left, bottom, right)`` of an HWC array, resize (antialiased ``mode``).
 
-    Returns uint8 ``(3, H, W)``, channels-last in memory (strides ``(1, 3W, 3)``).
+    uint8 pixels resized bilinearly stay uint8 ``(C, H, W)``, channels-last in memory (strides ``(1, CW, C)``);
+    any other pixels (uint16, float, bicubic) come back as float32 ``(C, H, W)`` scaled by
+    :func:`~.arrays.pixel_scale` (uint16 / 65535).
     """
     top, left, bottom, right = box
+    if arr.dtype != np.uint8 or mode != "bilinear":
+        arr = as_float(arr[top:bottom, left:right])
+        top, left, bottom, right = 0, 0, arr.shape[0], arr.shape[1]
     x = _hwc_to_nchw(arr)[:, :, top:bottom, left:right].contiguous(memory_format=torch.channels_last)
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)[0]
 
 
 def _dct_reduction(h: int, w: int, out_h: int, out_w: int) -> int:
@@ -181,18 +225,29 @@ def _fast_jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_resized_crop(
-    data: bytes | Image.Image,
+    data: bytes | Image.Image | np.ndarray,
     size: tuple[int, int],
     scale: tuple[float, float] = (0.67, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
     fast: bool = True,
+    channels: int = 3,
+    mode: str = "bilinear",
 ) -> torch.Tensor:
-    """Decode and random-resized-crop one image → uint8 ``(3, H, W)``, ``(H, W) = size``, channels-last.
+    """Decode and random-resized-crop one sample → ``(C, H, W)``, ``(H, W) = size``, ``C = channels``.
 
+    Images (RGB, or grey for ``channels=1``) come back as uint8, channels-last; ``.npy`` / TIFF arrays (bytes or an
+    ``(H, W, C)`` / ``(C, H, W)`` array) of uint8 as uint8 too, of any other type as float32 scaled to [0, 1] (uint16)
+    or as stored (float): see :mod:`.arrays`. ``mode="bicubic"`` (fine-tuning's) resizes in float32.
     ``fast=False`` uses fancy chroma upsampling (PIL's and torchvision's default) instead of the
     plain one: then JPEG pixels match PIL's decode to within 1 level.
     """
+    if channels != 3 or mode != "bilinear" or isinstance(data, np.ndarray) or (
+            not isinstance(data, Image.Image) and is_array_bytes(data)):
+        arr = np.asarray(load_pixels(data, channels))
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        top, left, h, w = sample_crop(arr.shape[0], arr.shape[1], scale, ratio, generator)
+        return _crop_resize(arr, (top, left, top + h, left + w), size, mode)
     jpeg_size = None if isinstance(data, Image.Image) else _fast_jpeg_size(data)
     if jpeg_size is None:
         img = to_rgb(data) if isinstance(data, Image.Image) else decode_rgb(data)
@@ -218,8 +273,9 @@ def decode_resized_crop(
     return _crop_resize(arr, (t0, l0, t1, l1), size)
 
 
-def apply_transform(transform, data: bytes | Image.Image, label: int) -> tuple:
-    """Run ``transform`` on encoded bytes (if it ``accepts_bytes``) or on the upright RGB PIL image.
+def apply_transform(transform, data: bytes | Image.Image | np.ndarray, label: int) -> tuple:
+    """Run ``transform`` on the stored sample (encoded bytes, a PIL image or an array) if it ``accepts_bytes``,
+    else on its upright RGB PIL image (an array: its ``(H, W, C)`` pixels, :func:`~.arrays.load_pixels`).
 
     Returns the transform's outputs flattened, then the label: ``(image, mask, label)`` for
     :class:`~.transforms.SimMIMTransform`, ``(image, label)`` for single-output transforms.
@@ -228,6 +284,6 @@ def apply_transform(transform, data: bytes | Image.Image, label: int) -> tuple:
     if transform is not None and getattr(transform, "accepts_bytes", False):
         out = transform(data)
     else:
-        img = to_rgb(data) if isinstance(data, Image.Image) else decode_rgb(data)
+        img = load_pixels(data, 3)
         out = transform(img) if transform is not None else img
     return (*out, label) if isinstance(out, tuple) else (out, label)

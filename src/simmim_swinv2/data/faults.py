@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import shutil
 import tempfile
 import weakref
 
 import torch
-from torch.utils.data import get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +160,50 @@ class BadSampleTracker:
             cell[0] = tag
         cell[1] += seen
         cell[2] += bad
+
+
+_REPLACEMENT_TRIES = 64  # candidates tried in place of an unreadable sample before giving up
+
+
+class ReplacingDataset(Dataset):
+    """A map-style data set whose unreadable samples are counted, named and replaced: subclasses give `_load(index)`
+    (the sample, raising when it cannot be read), `where(index)` (what names it: a path, `hf:PATH:split#row`),
+    `self.tracker` and `unreadable_hint` (what to check when most of the data fails).
+
+    A failure is counted and named in `tracker` and the sample replaced by the next readable one, so batch shapes and
+    per-rank counts stay fixed; the run stops once the bad samples of an epoch, over all loader workers and ranks,
+    pass `max_bad_fraction` of it (`training.bad_samples.BadSampleMonitor`)."""
+
+    tracker: BadSampleTracker
+    unreadable_hint = "check the data"
+
+    def _load(self, index: int) -> tuple:
+        raise NotImplementedError
+
+    def where(self, index: int) -> str:
+        return f"#{index}"
+
+    def __getitem__(self, index: int) -> tuple:
+        if not -len(self) <= index < len(self):  # the end of the data, not a bad sample (iteration stops here)
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        try:
+            out = self._load(index)
+        except Exception as err:  # noqa: BLE001 - any read/decode/transform failure is a bad sample
+            self.tracker.bad(self.where(index), err)
+        else:
+            self.tracker.good()
+            return out
+        # The replacement: the next readable sample (a broken run is passed over by jumping ahead; random jumps
+        # under PerSampleSeed are the same in every run). Failed candidates are not counted here: each is counted
+        # once, when its own index comes.
+        n = len(self)
+        for attempt in range(1, _REPLACEMENT_TRIES + 1):
+            candidate = (index + attempt) % n if attempt <= 8 else random.randrange(n)
+            try:
+                return self._load(candidate)
+            except Exception:  # noqa: BLE001, S112 - try the next candidate
+                continue
+        raise TooManyBadSamples(
+            f"{_REPLACEMENT_TRIES} samples tried in place of the unreadable {self.where(index)} could not be read "
+            f"either: most of the data seems unreadable; {self.unreadable_hint}"
+        )

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 
-from torch.utils.data import Dataset
-
 from .decode import apply_transform
-from .faults import BadSampleTracker, TooManyBadSamples
+from .faults import BadSampleTracker, ReplacingDataset
 from .listing import IMAGE_EXTENSIONS, build_listing
 from .listing_shared import load_listing
 
@@ -30,16 +27,14 @@ def scan_folder(root: str | Path, labelled: bool | None = None) -> tuple[list[tu
     return listing.tolist(), listing.classes
 
 
-_REPLACEMENT_TRIES = 64  # candidates tried in place of an unreadable image before giving up
-
-
-class FolderDataset(Dataset):
+class FolderDataset(ReplacingDataset):
     """Map-style dataset over an image folder; item = transform outputs + label (-1 if unlabelled).
 
     An unreadable image is counted and named (its path) in ``self.tracker``
-    (:class:`~.faults.BadSampleTracker`) and replaced by the next readable one, so batch shapes and
-    per-rank counts stay fixed; the run stops once the bad images of an epoch, over all loader workers and
-    ranks, pass ``max_bad_fraction`` of it (:class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor`).
+    (:class:`~.faults.BadSampleTracker`) and replaced by the next readable one
+    (:class:`~.faults.ReplacingDataset`), so batch shapes and per-rank counts stay fixed; the run stops once the
+    bad images of an epoch, over all loader workers and ranks, pass ``max_bad_fraction`` of it
+    (:class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor`).
     Under DDP, use a ``DistributedSampler`` (Lightning adds one): it pads by repeating so every rank gets the
     same number of batches, and reshuffles on ``set_epoch``.
 
@@ -70,35 +65,16 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    unreadable_hint = "check the folder (scripts/make_shards.py lists unreadable files)"
+
+    def where(self, index: int) -> str:
+        return self.samples[index][0]
+
     def _load(self, index: int) -> tuple:
         path, label = self.samples[index]
         with open(path, "rb") as f:
             data = f.read()
         return apply_transform(self.transform, data, label)
-
-    def __getitem__(self, index: int) -> tuple:
-        try:
-            out = self._load(index)
-        except Exception as err:  # noqa: BLE001 - any read/decode/transform failure is a bad sample
-            self.tracker.bad(self.samples[index][0], err)
-        else:
-            self.tracker.good()
-            return out
-        # The replacement: the next readable image (a broken run of files is passed over by jumping ahead;
-        # random jumps under PerSampleSeed are the same in every run). Failed candidates are not counted
-        # here: each is counted once, when its own index comes.
-        n = len(self)
-        for attempt in range(1, _REPLACEMENT_TRIES + 1):
-            candidate = (index + attempt) % n if attempt <= 8 else random.randrange(n)
-            try:
-                return self._load(candidate)
-            except Exception:  # noqa: BLE001, S112 - try the next candidate
-                continue
-        raise TooManyBadSamples(
-            f"{_REPLACEMENT_TRIES} images tried in place of the unreadable {self.samples[index][0]} could not be "
-            f"read either: most of {self.root} seems unreadable; check the folder (scripts/make_shards.py lists "
-            "unreadable files)"
-        )
 
 
 def build_folder(

@@ -42,7 +42,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# images, then arrays of any channel count (.npy, multi-band TIFF: data/arrays.py)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".npy", ".tif", ".tiff")
 MAGIC = b"SIMMIMLS"
 FORMAT_VERSION = 1
 THREADS = 8  # folder reads in flight while walking or checking a tree (they wait on the file system, not the CPU)

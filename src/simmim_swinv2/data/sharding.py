@@ -1,7 +1,8 @@
 """Write an image folder as WebDataset tar shards (the engine behind ``scripts/make_shards.py``).
 
-Output in ``out_dir``: ``000000.tar, 000001.tar, …`` (each sample: ``<key>.jpg``, ``<key>.cls``
-when labelled, ``<key>.path`` = path relative to the source), ``classes.json`` (list, index =
+Output in ``out_dir``: ``000000.tar, 000001.tar, …`` (each sample: ``<key>.jpg`` — or, for ``.npy`` arrays and
+TIFF files of any channel count, the file as it is, ``<key>.npy`` / ``<key>.tif`` —, ``<key>.cls`` when
+labelled, ``<key>.path`` = path relative to the source), ``classes.json`` (list, index =
 label), ``sizes.json`` (samples per shard), ``bad_files.tsv`` (path, reason) and
 ``manifest.json`` (the settings; a re-run with other settings is refused).
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from .arrays import is_array_bytes, read_array, to_hwc
 from .decode import to_rgb
 from .folder import scan_folder
 
@@ -73,6 +75,15 @@ def encode_image(data: bytes, resize_shorter: int | None, quality: int = 95) -> 
     return out.getvalue()
 
 
+def encode_sample(data: bytes, resize_shorter: int | None, quality: int = 95) -> tuple[str, bytes]:
+    """``(extension, payload)`` of one source file: an array (``.npy``, TIFF) read in full to check it and kept as
+    it is (``npy`` / ``tif``; ``resize_shorter`` does not apply), any other image through :func:`encode_image`."""
+    if is_array_bytes(data):
+        to_hwc(read_array(data))
+        return ("npy" if data[:1] == b"\x93" else "tif"), data
+    return "jpg", encode_image(data, resize_shorter, quality)
+
+
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(payload), 0o444, 0
@@ -88,12 +99,12 @@ def write_shard(job: dict) -> dict:
         for index, path, rel, label in job["samples"]:
             try:
                 with open(path, "rb") as f:
-                    payload = encode_image(f.read(), job["resize_shorter"], job["quality"])
+                    ext, payload = encode_sample(f.read(), job["resize_shorter"], job["quality"])
             except Exception as err:  # noqa: BLE001 - reported and left out
                 bad.append([path, f"{type(err).__name__}: {err}"])
                 continue
             key = f"{index:09d}"
-            _add(tar, f"{key}.jpg", payload)
+            _add(tar, f"{key}.{ext}", payload)
             if label >= 0:
                 _add(tar, f"{key}.cls", str(label).encode())
             _add(tar, f"{key}.path", rel.encode())

@@ -50,7 +50,7 @@ from .decode import apply_transform
 from .faults import BadSampleTracker, TooManyBadSamples
 from .seeding import sample_seed, seeded
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "npy", "tif", "tiff")  # arrays of any channel count: data/arrays.py
 _WHOLE = 1 << 62  # "to the end of the shard" (streaming reads whole shards; their sizes are not needed)
 
 

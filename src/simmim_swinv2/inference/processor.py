@@ -3,7 +3,10 @@
 uint8 image to the model size (antialiased), rescale 1/255 and ImageNet normalisation fused into one step.
 
 `ImageProcessor.to_dict()` is the `preprocessor_config.json` our transformers exports carry, so that
-`AutoImageProcessor.from_pretrained(export_dir)` rebuilds this very processor.
+`AutoImageProcessor.from_pretrained(export_dir)` rebuilds this very processor. Models of other than 3 channels take
+arrays (`.npy`, multi-band TIFF) or grey images (1 channel): `ImageProcessor.pixels` resizes their scaled pixels
+(`data.arrays`) the same way, in float32; their config says `do_convert_rgb: false` and lists one mean and std per
+channel.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as tvF
 from PIL import Image
 
+from ..data.arrays import pixels_to_float
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 _BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as transformers' configs write it
@@ -32,15 +38,16 @@ def to_rgb_white(img: Image.Image) -> Image.Image:
 
 @dataclass
 class ImageProcessor:
-    """`processor(images) -> (B, 3, H, W)` float tensor; `size` is (height, width)."""
+    """`processor(images) -> (B, C, H, W)` float tensor; `size` is (height, width), `C = len(mean)`."""
 
     size: tuple[int, int] = (224, 224)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     _scaled: tuple[torch.Tensor, torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.size = (int(self.size[0]), int(self.size[1]))
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
         # rescale (1/255) folded into the normalisation, as transformers fuses them
         self._scaled = (torch.tensor(self.mean) * 255.0, torch.tensor(self.std) * 255.0)
 
@@ -50,6 +57,13 @@ class ImageProcessor:
         pixels = tvF.resize(pixels, list(self.size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
         return tvF.normalize(pixels.to(torch.float32), self._scaled[0].tolist(), self._scaled[1].tolist())
 
+    def pixels(self, pixels: Image.Image | np.ndarray) -> torch.Tensor:
+        """`(C, H, W)` for an `(H, W, C)` array or a grey image (`data.arrays.load_pixels`): scaled to float32
+        (uint8 / 255, uint16 / 65535), bicubic antialiased resize, normalised."""
+        x = torch.from_numpy(pixels_to_float(pixels)).permute(2, 0, 1).unsqueeze(0)
+        x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False)[0]
+        return (x - torch.tensor(self.mean).view(-1, 1, 1)) / torch.tensor(self.std).view(-1, 1, 1)
+
     def __call__(self, images: Image.Image | list[Image.Image]) -> torch.Tensor:
         images = [images] if isinstance(images, Image.Image) else images
         return torch.stack([self.one(img) for img in images])
@@ -57,7 +71,7 @@ class ImageProcessor:
     def to_dict(self) -> dict:
         return {
             "image_processor_type": "ViTImageProcessor",
-            "do_convert_rgb": True,
+            "do_convert_rgb": len(self.mean) == 3,
             "do_resize": True,
             "size": {"height": self.size[0], "width": self.size[1]},
             "resample": _BICUBIC,

@@ -32,13 +32,14 @@ def build_datasets(data, train_transform, val_transform):
     The validation split is the source's `val` node, else, for image folders, `val_root` built with the train
     node's settings (`data=folder data.root=/data/train data.val_root=/data/val`), else, with `data.val_split`, a
     fixed fraction of the training samples (`data.views.hold_out`, seeded by `data.val_split_seed`), which
-    training then never sees."""
+    training then never sees. A builder that takes `val_split` itself (`data.build_hf`: a split's name, or a
+    fraction through `datasets`' `train_test_split`) makes both parts in its `train` and `val` nodes."""
     train = instantiate(data.train, transform=train_transform)
     val = _build_val(data, val_transform)
     if len(train) == 0:
         raise ConfigError("the training set is empty: check data.root / data.urls")
     fraction = _get(data, "val_split")
-    if fraction is not None:
+    if fraction is not None and _get(data.train, "val_split") is None:  # data=hf's builder splits its own data
         if val is not None:
             raise ConfigError(f"data.val_split={fraction} holds training images out only when the source has no "
                               "validation split, and this one has (data.val / data.val_root): drop one of them")

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torchvision.utils import make_grid, save_image
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..weights.meta import normalization
 
 
 class ReconstructionImages(L.Callback):
@@ -21,12 +22,15 @@ class ReconstructionImages(L.Callback):
     images (the first batch's first `num_images`), one row each: original | masked input | reconstruction |
     reconstruction pasted into the visible pixels. Saved as `<run_dir>/<dirname>/step_XXXXXXX.png` and sent to
     the loggers that take images (wandb, TensorBoard). With SimMIM's normalised target the reconstruction is
-    of the locally standardised image, shown min-max scaled."""
+    of the locally standardised image, shown min-max scaled. Images of other than 3 channels show `channels`
+    (three indices as RGB, or one as grey; default: the first three, or the first alone), see `grid`."""
 
-    def __init__(self, every_n_steps: int = 100, num_images: int = 8, dirname: str = "reconstructions") -> None:
+    def __init__(self, every_n_steps: int = 100, num_images: int = 8, dirname: str = "reconstructions",
+                 channels: list[int] | None = None) -> None:
         self.every_n_steps = every_n_steps
         self.num_images = num_images
         self.dirname = dirname
+        self.channels = channels
         self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_step = -1
         self.saved: list[Path] = []
@@ -54,8 +58,9 @@ class ReconstructionImages(L.Callback):
         model.train(was_training)
         if not trainer.is_global_zero:
             return None
+        mean, std = normalization(model)
         grid = self.grid(images.float().cpu(), masks.cpu(), out.reconstruction.float().cpu(),
-                         model.encoder.cfg.patch_size, getattr(model, "norm_target", False))
+                         model.encoder.cfg.patch_size, getattr(model, "norm_target", False), mean, std, self.channels)
         path = Path(trainer.default_root_dir) / self.dirname / f"step_{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
@@ -69,21 +74,38 @@ class ReconstructionImages(L.Callback):
 
     @staticmethod
     def grid(images: torch.Tensor, masks: torch.Tensor, reconstruction: torch.Tensor, patch_size: int,
-             norm_target: bool = False) -> torch.Tensor:
-        """`(N, 3, H, W)` normalised images, `(N, h, w)` masks → `(3, H', W')` picture in [0, 1]."""
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        original = (images * std + mean).clamp(0, 1)
-        if norm_target:
-            lo = reconstruction.amin(dim=(1, 2, 3), keepdim=True)
-            hi = reconstruction.amax(dim=(1, 2, 3), keepdim=True)
-            recon = (reconstruction - lo) / (hi - lo).clamp(min=1e-6)
+             norm_target: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+             channels: list[int] | None = None) -> torch.Tensor:
+        """`(N, C, H, W)` images normalised with `mean` / `std`, `(N, h, w)` masks → `(3, H', W')` picture in [0, 1].
+
+        Shown: `channels` (three indices → RGB, one → grey; default: the first three, or the first when there are
+        fewer). 1- and 3-channel images are shown as they are (clamped to [0, 1]); others, whose values have no
+        display range, min-max stretched per image and channel by the original's range (the reconstruction the same)."""
+        C = images.shape[1]
+        channels = list(channels) if channels else list(range(3) if C >= 3 else range(1))
+        if len(channels) not in (1, 3) or not all(0 <= c < C for c in channels):
+            raise ValueError(f"channels={channels}: give 1 or 3 indices of the model's {C} channels")
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        original = (images * std_t + mean_t)[:, channels]
+        if C in (1, 3):
+            lo, hi = torch.zeros(()), torch.ones(())
         else:
-            recon = (reconstruction * std + mean).clamp(0, 1)
+            lo, hi = original.amin(dim=(2, 3), keepdim=True), original.amax(dim=(2, 3), keepdim=True)
+        span = (hi - lo).clamp(min=1e-6)
+        shown = ((original - lo) / span).clamp(0, 1)
+        if norm_target:
+            r = reconstruction[:, channels]
+            r_lo, r_hi = r.amin(dim=(1, 2, 3), keepdim=True), r.amax(dim=(1, 2, 3), keepdim=True)
+            recon = (r - r_lo) / (r_hi - r_lo).clamp(min=1e-6)
+        else:
+            recon = (((reconstruction * std_t + mean_t)[:, channels] - lo) / span).clamp(0, 1)
+        if len(channels) == 1:  # grey: the same plane in R, G and B
+            shown, recon = shown.expand(-1, 3, -1, -1), recon.expand(-1, 3, -1, -1)
         pixel_mask = masks.float().repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2).unsqueeze(1)
-        masked = original * (1 - pixel_mask) + 0.5 * pixel_mask
-        pasted = original * (1 - pixel_mask) + recon * pixel_mask
-        tiles = torch.stack([original, masked, recon, pasted], dim=1).flatten(0, 1)
+        masked = shown * (1 - pixel_mask) + 0.5 * pixel_mask
+        pasted = shown * (1 - pixel_mask) + recon * pixel_mask
+        tiles = torch.stack([shown, masked, recon, pasted], dim=1).flatten(0, 1)
         return make_grid(tiles, nrow=4, padding=2, pad_value=1.0)
 
 

@@ -23,20 +23,18 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
-from torchvision import transforms as T
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..data import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
 from ..data.views import ADD_VAL_SPLIT, eval_view, has_labels
 from ..inference.probe import knn_top1, labelled, pooled_features, subset_indices, take
 from ..models import encoder_of
+from ..weights.meta import normalization
 
 
-def eval_transform(img_size: tuple[int, int], crop_pct: float = 0.875) -> T.Compose:
-    """Resize the shorter side to `size / crop_pct` (bicubic), centre-crop to `img_size` `(H, W)`, normalise:
-    `data.build_eval_transform`, for square and non-square model sizes."""
-    h, w = img_size
-    return T.Compose([T.Resize(int(max(h, w) / crop_pct), interpolation=T.InterpolationMode.BICUBIC),
-                      T.CenterCrop((h, w)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def eval_transform(img_size: tuple[int, int], crop_pct: float = 0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Resize the shorter side to `size / crop_pct` (bicubic), centre-crop to `img_size` `(H, W)`, normalise with
+    `mean` / `std` (one per channel): `data.build_eval_transform`, for square and non-square model sizes."""
+    return build_eval_transform(tuple(img_size), crop_pct, mean, std)
 
 
 def gather_rows(strategy, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -125,7 +123,7 @@ class KNNMonitor(L.Callback):
             return self._disable("the data is unlabelled (label -1): it needs a labelled source (digits, class "
                                  "folders, ImageNet)")
         encoder = encoder_of(pl_module.model)
-        transform = eval_transform(tuple(encoder.cfg.img_size), self.crop_pct)
+        transform = eval_transform(tuple(encoder.cfg.img_size), self.crop_pct, *normalization(pl_module.model))
         self._views = (eval_view(train, transform), eval_view(val, transform))
         return self._views
 

@@ -34,7 +34,7 @@ from .keys import (
     recorded_pretrained_windows,
     timm_to_ours,
 )
-from .meta import BUFFERS, Model, ModelMeta, load_strict
+from .meta import BUFFERS, Model, ModelMeta, load_strict, normalization, set_normalization
 
 
 # --------------------------------------------------------------------------------------------- transformers
@@ -71,6 +71,9 @@ def from_transformers(path: str | Path, **config_overrides) -> Model:
         model.head.load_state_dict({"weight": sd["classifier.weight"], "bias": sd["classifier.bias"]})
     elif isinstance(model, SimMIM):
         model.decoder.load_state_dict(_split(sd, "decoder."))
+    processor = ImageProcessor.from_dir(path)  # its normalisation, when it has a preprocessor_config.json
+    if processor is not None and len(processor.mean) == cfg.in_chans:
+        set_normalization(model, processor.mean, processor.std)
     return model
 
 
@@ -99,7 +102,13 @@ def to_transformers(model: Model, out_dir: str | Path) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(out_dir / "model.safetensors"),
               metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    ImageProcessor(encoder.cfg.img_size).save(out_dir)  # AutoImageProcessor / pipeline(...) load it as is
+    # AutoImageProcessor / pipeline(...) load it as is; the normalisation the model was trained with (a model of
+    # other than 3 channels that records none, e.g. converted foreign weights: mean 0, std 1, the pixels as given)
+    try:
+        mean, std = normalization(model)
+    except ValueError:
+        mean, std = (0.0,) * encoder.cfg.in_chans, (1.0,) * encoder.cfg.in_chans
+    ImageProcessor(encoder.cfg.img_size, mean, std).save(out_dir)
     return out_dir
 
 

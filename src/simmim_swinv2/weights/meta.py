@@ -22,6 +22,27 @@ KINDS: dict[str, type[Model]] = {cls.__name__: cls for cls in (SwinV2Encoder, Si
 BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
 CHECKPOINT_KEY = "simmim_swinv2"  # where our tasks put `ModelMeta.to_dict()` in a Lightning checkpoint
 _SIMMIM_DEFAULTS = {"norm_target": False, "norm_target_window": 47}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # data.transforms' (no data import here)
+
+
+def set_normalization(model: torch.nn.Module, mean, std) -> None:
+    """Record on `model` the per-channel `mean` / `std` its inputs were normalised with (`data.mean` / `data.std`):
+    `ModelMeta` carries them into checkpoints and exports, `predict`, `visualize` and the kNN monitor read them."""
+    model.pixel_mean = tuple(float(m) for m in mean)
+    model.pixel_std = tuple(float(s) for s in std)
+
+
+def normalization(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`(mean, std)` the model was trained with: recorded (`set_normalization`), else ImageNet's for 3 channels.
+    A model of another channel count without a record is refused: its inputs' statistics are unknown."""
+    mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
+    if mean is not None and std is not None:
+        return tuple(mean), tuple(std)
+    channels = encoder_of(model).cfg.in_chans
+    if channels != 3:
+        raise ValueError(f"the model takes {channels} channels but records no normalisation (data.mean / data.std): "
+                         "load it from a checkpoint of ours, or set them with weights.meta.set_normalization")
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,8 @@ class ModelMeta:
     id2label: dict[int, str] | None = None
     norm_target: bool = False
     norm_target_window: int = 47
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -55,6 +78,8 @@ class ModelMeta:
             extra = {"num_classes": model.num_classes, "id2label": dict(model.id2label)}
         elif isinstance(model, SimMIM):
             extra = {"norm_target": bool(model.norm_target), "norm_target_window": int(model.norm_target_window)}
+        if getattr(model, "pixel_mean", None) is not None:
+            extra.update(mean=tuple(model.pixel_mean), std=tuple(model.pixel_std))
         return cls(kind, encoder_of(model).cfg, **extra)
 
     def to_dict(self) -> dict:
@@ -65,6 +90,8 @@ class ModelMeta:
             out["id2label"] = dict(self.id2label or {i: f"LABEL_{i}" for i in range(self.num_classes)})
         elif self.kind == "SimMIM":
             out.update(norm_target=self.norm_target, norm_target_window=self.norm_target_window)
+        if self.mean is not None:
+            out.update(mean=tuple(self.mean), std=tuple(self.std))
         return out
 
     @classmethod
@@ -75,7 +102,7 @@ class ModelMeta:
         if not isinstance(d, dict) or "kind" not in d or "config" not in d:
             raise ValueError(f"{source}: not a model description of ours (a dict with `kind` and `config`), got "
                              f"{type(d).__name__}{' with keys ' + str(sorted(d)) if isinstance(d, dict) else ''}")
-        unknown = set(d) - {"kind", "config", "id2label", *_SIMMIM_DEFAULTS}
+        unknown = set(d) - {"kind", "config", "id2label", "mean", "std", *_SIMMIM_DEFAULTS}
         if unknown:
             raise ValueError(f"{source}: unknown model description keys {sorted(unknown)}")
         kind = d["kind"]
@@ -83,19 +110,25 @@ class ModelMeta:
             raise ValueError(f"{source}: a SwinV2Classifier's description without id2label")
         id2label = {int(k): str(v) for k, v in d["id2label"].items()} if kind == "SwinV2Classifier" else None
         simmim = {k: d.get(k, v) for k, v in _SIMMIM_DEFAULTS.items()} if kind == "SimMIM" else {}
+        if d.get("mean") is not None:
+            simmim.update(mean=tuple(float(m) for m in d["mean"]), std=tuple(float(s) for s in d["std"]))
         try:
             return cls(kind, SwinV2Config.from_dict(dict(d["config"])), id2label=id2label, **simmim)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: bad model description: {err}") from err
 
     def build(self) -> Model:
-        """The model this describes, freshly initialised."""
+        """The model this describes, freshly initialised (its normalisation recorded on it: `set_normalization`)."""
         encoder = SwinV2Encoder(self.config)
         if self.kind == "SwinV2Classifier":
-            return SwinV2Classifier(encoder, self.num_classes, id2label=self.id2label)
-        if self.kind == "SimMIM":
-            return SimMIM(encoder, norm_target=self.norm_target, norm_target_window=self.norm_target_window)
-        return encoder
+            model = SwinV2Classifier(encoder, self.num_classes, id2label=self.id2label)
+        elif self.kind == "SimMIM":
+            model = SimMIM(encoder, norm_target=self.norm_target, norm_target_window=self.norm_target_window)
+        else:
+            model = encoder
+        if self.mean is not None:
+            set_normalization(model, self.mean, self.std)
+        return model
 
     def load(self, state_dict: dict[str, torch.Tensor], source: object) -> Model:
         """`build()` with `state_dict` loaded: every parameter must be there (rebuilt `BUFFERS` may be missing) and
