@@ -253,6 +253,13 @@ def test_hf_config_composes_and_checks_its_keys(hf_data, tmp_path):
         compose_config("pretrain", tmp_path, ["data=hf", "data.path=x", "data.streamin=true"])
 
 
+def test_without_the_extra_data_hf_names_the_install(hf_data, monkeypatch):
+    """`datasets` is the `hf` extra: a core install asked for data=hf says what to install."""
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if not installed: import raises
+    with pytest.raises(ConfigError, match=r"pip install 'simmim-swinv2\[hf\]'"):
+        build_hf(str(hf_data / "saved"))
+
+
 def test_pretrain_transform_on_rows_of_bytes(hf_data):
     ds = build_hf(
         str(hf_data / "saved"),

@@ -15,8 +15,15 @@ _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 
 
 def _datasets():
-    import datasets
+    try:
+        import datasets
+    except ImportError as e:  # an optional dependency: the core install stays free of pyarrow and pandas
+        from simmim_swinv2 import ConfigError
 
+        raise ConfigError(
+            "data=hf reads through the `datasets` library, which is not installed: "
+            "pip install 'simmim-swinv2[hf]' (or pip install 'datasets>=3.1')"
+        ) from e
     return datasets
 
 
