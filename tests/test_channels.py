@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from _reference import bound, random_mask, transformers
-from helpers.numerics import norm_rel
 from conftest import FAST, compose_config
+from helpers.numerics import norm_rel
 from PIL import Image
 
 from simmim_swinv2 import convert

@@ -62,7 +62,8 @@ def test_own_folder_pretrain_finetune_evaluate_predict_export(photos, tmp_path, 
     last = torch.load(tmp_path / "runs/ft/checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 6  # the newest weights, not the best epoch's (which it keeps beside)
     out = cli("evaluate", "checkpoint=runs/ft", *data, "hydra.run.dir=runs/ev", cwd=tmp_path)
-    assert float(out.split("top-1 ")[1].split(",")[0]) == pytest.approx(top1, abs=1e-4)  # the same held-out 8; printed to 4 decimals
+    # the same held-out 8, printed to 4 decimals both times
+    assert float(out.split("top-1 ")[1].split(",")[0]) == pytest.approx(top1, abs=1e-4)
     ft, ev = f"checkpoint={tmp_path / 'runs/ft'}", f"hydra.run.dir={tmp_path / 'runs/ev2'}"
     err = run_main(evaluate, [ft, "data=folder", f"data.root={photos}", ev], capsys)
     assert "data.val_split=0.15" in err  # the key that adds a validation split, not a dump of the config
