@@ -20,7 +20,7 @@ from simmim_swinv2.training.optim import (
     scale_lr,
 )
 
-NO_DECAY_KEYS = ("absolute_pos_embed", "mask_token", "cpb_mlp", "logit_scale", "relative_position_bias_table")
+NO_DECAY_KEYS = SwinV2Encoder.NO_WEIGHT_DECAY_KEYWORDS  # the official keyword rule, applied by substring below
 
 
 def _cfg():

@@ -47,6 +47,23 @@ def test_activation_estimate_grows_with_tokens_and_shrinks_with_checkpointing():
     assert b < a / 3 and c < a / 3  # checkpointed: block inputs + one block recomputed
 
 
+def test_plan_and_model_agree_on_every_stage_of_a_non_square_input(tmp_path):
+    """The plan's memory estimate describes the model that trains: a window between a stage's width and its
+    height (24 at a 32x16 grid) is clamped by the height only, as transformers' rule and our blocks do."""
+    from hydra.utils import instantiate
+
+    from simmim_swinv2.models import SwinV2Encoder
+
+    cfg = compose_config("pretrain", tmp_path, ["model.img_size=[128,64]", "model.window_size=24"])
+    plan = planning.make_plan(cfg)
+    encoder = SwinV2Encoder(instantiate(cfg.model))
+    assert plan.grids == ((32, 16), (16, 8), (8, 4), (4, 2)) and plan.windows == (24, 16, 8, 4)
+    for s, stage in enumerate(encoder.layers):
+        for block in stage.blocks:
+            assert tuple(block.input_resolution) == plan.grids[s], s
+            assert tuple(block.window_size) == (plan.windows[s],) * 2, s
+
+
 def test_pretrain_refuses_before_building_and_names_a_fitting_option(tmp_path):
     cfg = compose_config("pretrain", tmp_path, ["model=swinv2_giant", "img_size=192", "batch_size=64",
                                                 "trainer=ddp", "model.grad_checkpointing=false",

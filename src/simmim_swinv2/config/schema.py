@@ -23,7 +23,7 @@ from hydra.utils import get_object
 from omegaconf import MISSING, OmegaConf
 
 from ..data import SimMIMTransform, build_eval_transform, build_finetune_transform, build_mixup
-from ..models.config import VARIANTS, SwinV2Config
+from ..models.config import SwinV2Config, variant_spec
 from ..training.optim import ConfigEnum, OptimConfig, ScheduleConfig
 from .signature import hints_of, parameters, schema_of
 
@@ -85,10 +85,7 @@ _SWINV2_DEFAULTS = {name: default for name, _, default in parameters(SwinV2Confi
 
 def variant_value(variant: str, key: str):
     """`SwinV2Config` field `key` of the named variant (`base` or `swinv2_base`); lists for tuples."""
-    name = str(variant).removeprefix("swinv2_")
-    if name not in VARIANTS:
-        raise ValueError(f"unknown SwinV2 variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    value = VARIANTS[name].get(key, _SWINV2_DEFAULTS[key])
+    value = variant_spec(variant)[1].get(key, _SWINV2_DEFAULTS[key])
     return list(value) if isinstance(value, tuple) else value
 
 

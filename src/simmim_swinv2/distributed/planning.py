@@ -39,6 +39,21 @@ ACT_TC, ACT_ATTN, ACT_PIX = 21.0, 1.6, 1.1          # no checkpointing, per fp32
 CKPT_TC, CKPT_PIX = 1.5, 5.1                        # checkpointing: what stays saved per block
 MIXED_ACT_FACTOR = 1.6
 
+# The batch every learning rate in the configs is given for: the run uses lr * global_batch / REFERENCE_BATCH
+# (microsoft/SimMIM main_simmim.py and microsoft/Swin-Transformer main_simmim_pt.py: "linear scale the learning
+# rate according to total batch size", `* TOTAL_BATCH / 512.0` for the base, warmup and min LR).
+REFERENCE_BATCH = 512
+
+
+def scale_lr(base_lr: float, global_batch: int, reference_batch: int = REFERENCE_BATCH) -> float:
+    """`base_lr * global_batch / reference_batch`: the linear scaling the recipe applies to the base LR, the
+    warmup LR and the min LR alike (`global_batch` counts accumulation: GPUs × per-GPU batch × accumulation).
+    The one place the rule lives: the optimizer (`training.optim`) and the plan (`Plan.lr`) both call it."""
+    if global_batch < 1 or reference_batch < 1:
+        raise ValueError(f"global_batch ({global_batch}) and reference_batch ({reference_batch}) must be >= 1")
+    return base_lr * global_batch / reference_batch
+
+
 # bytes per parameter: (weights, gradients, optimizer states)
 STATE_BYTES = {"32": (4, 4, 8), "mixed": (2, 2, 12), "half": (2, 2, 4)}
 
@@ -85,6 +100,7 @@ class Plan:
     checkpoint: CheckpointPlan | None = None
     img_size: tuple[int, int] = (0, 0)
     windows: tuple[int, ...] = ()  # per stage, as clamped to the stage at img_size
+    grids: tuple[tuple[int, int], ...] = ()  # per stage, its token rows and columns at img_size
 
     @property
     def world_size(self) -> int:
@@ -96,7 +112,7 @@ class Plan:
 
     @property
     def lr(self) -> float:
-        return self.base_lr * self.global_batch / self.reference_batch
+        return scale_lr(self.base_lr, self.global_batch, self.reference_batch)
 
     def state_bytes(self) -> dict[str, float]:
         """Per-GPU bytes of weights, gradients, optimizer states and the ZeRO-3 working set."""
@@ -157,10 +173,9 @@ def parse_strategy(strategy) -> Strategy:
 
 
 def _stage_shapes(mcfg):
-    side = mcfg.img_size[0] // mcfg.patch_size, mcfg.img_size[1] // mcfg.patch_size
-    for s, (depth, width, heads) in enumerate(zip(mcfg.depths, mcfg.stage_dims, mcfg.num_heads)):
-        h, w = side[0] // 2**s, side[1] // 2**s
-        win = min(mcfg.window_size[s], h, w)
+    """(stage, depth, tokens, width, heads, window) of each stage: the model's own grid and window rule."""
+    rows = zip(mcfg.depths, mcfg.stage_dims, mcfg.num_heads, mcfg.stage_resolutions, mcfg.stage_windows())
+    for s, (depth, width, heads, (h, w), win) in enumerate(rows):
         yield s, depth, h * w, width, heads, win
 
 
@@ -276,7 +291,8 @@ def make_plan(cfg, **changes) -> Plan:
                 act_bytes_per_sample=activation_bytes_per_sample(mcfg, t.get("precision", "32-true")),
                 gpu_memory_bytes=detect_gpu_memory(cfg),
                 checkpoint=checkpoint_plan(cfg, params, precision, strategy),
-                img_size=tuple(mcfg.img_size), windows=tuple(win for *_, win in _stage_shapes(mcfg)))
+                img_size=tuple(mcfg.img_size), windows=tuple(win for *_, win in _stage_shapes(mcfg)),
+                grids=mcfg.stage_resolutions)
     rest = {k: v for k, v in changes.items() if k != "grad_checkpointing"}
     if "precision" in rest and "act_bytes_per_sample" not in rest:
         rest["act_bytes_per_sample"] = activation_bytes_per_sample(mcfg, rest["precision"])

@@ -29,6 +29,12 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 ATTN_BACKENDS = ("sdpa", "flex", "eager")
 
 
+def stage_window(height: int, window: int) -> int:
+    """The window a stage of `height` token rows attends in: transformers' rule, the configured square window
+    clamped to the stage height (and then no shift: the stage is one window high)."""
+    return min(height, window)
+
+
 def _per_stage(value, num_stages: int, name: str) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,) * num_stages
@@ -124,6 +130,17 @@ class SwinV2Config:
         return self.stage_dims[-1]
 
     @property
+    def stage_resolutions(self) -> tuple[tuple[int, int], ...]:
+        """Each stage's token grid (rows, columns) at `img_size`."""
+        return tuple(tuple(s // self.patch_size // 2**i for s in self.img_size) for i in range(self.num_stages))
+
+    def stage_windows(self, window: int | None = None) -> tuple[int, ...]:
+        """Each stage's attention window at `img_size` (`stage_window`), for the configured windows or, given
+        `window`, for that one window in every stage."""
+        windows = self.window_size if window is None else (window,) * self.num_stages
+        return tuple(stage_window(h, w) for (h, _), w in zip(self.stage_resolutions, windows))
+
+    @property
     def stride(self) -> int:
         """Pixels per token of the last stage (SimMIM's `encoder_stride`)."""
         return self.patch_size * 2 ** (self.num_stages - 1)
@@ -143,9 +160,15 @@ class SwinV2Config:
         return replace(self, **changes)
 
 
-def swinv2_config(variant: str, **overrides) -> SwinV2Config:
-    """The config of a named variant (`debug`, `tiny` … `giant`, with or without a `swinv2_` prefix)."""
-    name = variant.removeprefix("swinv2_")
+def variant_spec(variant: str) -> tuple[str, dict]:
+    """`(name, sizes)` of a named variant (`debug`, `tiny` … `giant`, with or without a `swinv2_` prefix)."""
+    name = str(variant).removeprefix("swinv2_")
     if name not in VARIANTS:
         raise ValueError(f"unknown SwinV2 variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    return SwinV2Config(**{**VARIANTS[name], **overrides, "variant": name})
+    return name, VARIANTS[name]
+
+
+def swinv2_config(variant: str, **overrides) -> SwinV2Config:
+    """The config of a named variant (see `variant_spec`), with `overrides` to its fields."""
+    name, sizes = variant_spec(variant)
+    return SwinV2Config(**{**sizes, **overrides, "variant": name})

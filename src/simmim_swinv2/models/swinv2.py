@@ -35,7 +35,7 @@ from timm.models.swin_transformer_v2 import (
 )
 
 from . import flex
-from .config import ATTN_BACKENDS, SwinV2Config
+from .config import ATTN_BACKENDS, SwinV2Config, stage_window
 
 _MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
 _NORM_EPS = 1e-12  # F.normalize's default
@@ -79,7 +79,7 @@ class SwinV2Block(SwinTransformerV2Block):
         else:
             shift = to_2tuple(target_shift_size)[0]
         height = self.input_resolution[0]
-        window = min(height, window)
+        window = stage_window(height, window)
         shift = 0 if height <= window else shift
         return (window, window), (shift, shift)
 
@@ -231,7 +231,7 @@ class SwinV2Stage(nn.Module):
     def __init__(self, cfg: SwinV2Config, index: int, drop_path: list[float]) -> None:
         super().__init__()
         dim = cfg.stage_dims[index]
-        resolution = tuple(s // cfg.patch_size // 2**index for s in cfg.img_size)
+        resolution = cfg.stage_resolutions[index]
         self.downsample = SwinV2PatchMerging(cfg.stage_dims[index - 1], dim) if index > 0 else nn.Identity()
         self.grad_checkpointing = cfg.grad_checkpointing[index]
         window = cfg.window_size[index]
@@ -281,6 +281,12 @@ class SwinV2EncoderOutput:
 
 class SwinV2Encoder(nn.Module):
     """Patch embedding → optional mask token → stages → final LayerNorm."""
+
+    # Name substrings kept out of weight decay besides every 1-D parameter (microsoft/Swin-Transformer
+    # `optimizer.py` and the SwinV2 model's `no_weight_decay_keywords`): `logit_scale` is (heads, 1, 1) and the
+    # `cpb_mlp` weights are 2-D, so the 1-D rule alone would decay them.
+    NO_WEIGHT_DECAY_KEYWORDS = ("absolute_pos_embed", "mask_token", "cpb_mlp", "logit_scale",
+                                "relative_position_bias_table")
 
     def __init__(self, cfg: SwinV2Config) -> None:
         super().__init__()
@@ -332,9 +338,9 @@ class SwinV2Encoder(nn.Module):
                 stage.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names to keep out of weight decay besides 1-D ones (microsoft/Swin-Transformer `optimizer.py`
-        and the SwinV2 model's `no_weight_decay_keywords`)."""
-        keys = ("cpb_mlp", "logit_scale", "relative_position_bias_table", "mask_token", "absolute_pos_embed")
+        """Parameter names to keep out of weight decay besides 1-D ones (`NO_WEIGHT_DECAY_KEYWORDS`), as timm's
+        models declare them; `training.optim.param_groups` reads them from every module that has this method."""
+        keys = self.NO_WEIGHT_DECAY_KEYWORDS
         return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
 
     def embed(self, pixel_values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,8 +5,9 @@ their configuration: `OptimConfig` and `ScheduleConfig` are the schema of the `o
 Pure functions over modules and optimizers: no Lightning, no Hydra. The recipe (the official
 microsoft/Swin-Transformer `optimizer.py` and `lr_scheduler.py`, SimMIM paper arXiv 2111.09886):
 AdamW, betas (0.9, 0.999), eps 1e-8, weight decay 0.05 on all but 1-D parameters and the position/scale
-parameters named in `NO_DECAY_KEYS`; base LR, warmup LR and min LR all given per `REFERENCE_BATCH` (512) images and
-scaled by `global_batch / 512` (`scale_lr`); schedules stepped once per optimizer step.
+parameters the model declares (`no_weight_decay()`, as timm's models do); base LR, warmup LR and min LR all
+given per `REFERENCE_BATCH` (512) images and scaled by `global_batch / 512` (`scale_lr`); schedules stepped
+once per optimizer step.
 """
 
 from __future__ import annotations
@@ -21,16 +22,10 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+# the LR scaling rule lives beside the global batch it scales with (re-exported here for the optimizer's users)
+from ..distributed.planning import REFERENCE_BATCH
+from ..distributed.planning import scale_lr as scale_lr
 from ..models.swinv2 import SwinV2Encoder
-
-# Substrings of parameter names kept out of weight decay besides every parameter with ndim <= 1. `logit_scale`
-# is (heads, 1, 1) and the `cpb_mlp` weights are 2-D, so the ndim rule alone would decay them.
-NO_DECAY_KEYS = ("absolute_pos_embed", "mask_token", "cpb_mlp", "logit_scale", "relative_position_bias_table")
-
-# The batch every learning rate in the configs is given for: the run uses lr * global_batch / REFERENCE_BATCH
-# (microsoft/SimMIM main_simmim.py and microsoft/Swin-Transformer main_simmim_pt.py: "linear scale the learning
-# rate according to total batch size", `* TOTAL_BATCH / 512.0` for the base, warmup and min LR).
-REFERENCE_BATCH = 512
 
 
 class ConfigEnum(str, Enum):
@@ -105,10 +100,21 @@ class ScheduleConfig:
         self.name = _enum(ScheduleName, self.name, "schedule")
 
 
-def decays(name: str, param: torch.Tensor, no_decay_names: Iterable[str] = ()) -> bool:
-    """Whether `param` gets weight decay: not 1-D and its name contains none of `NO_DECAY_KEYS` or
-    `no_decay_names`."""
-    return param.ndim > 1 and not any(k in name for k in (*NO_DECAY_KEYS, *no_decay_names))
+def declared_no_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters that `model`'s modules keep out of weight decay: the union of each
+    module's `no_weight_decay()` (timm's convention; `SwinV2Encoder` declares its own), prefixed."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        declare = getattr(module, "no_weight_decay", None)
+        if callable(declare):
+            names.update(f"{prefix}.{n}" if prefix else n for n in declare())
+    return names
+
+
+def decays(name: str, param: torch.Tensor, no_decay: set[str], no_decay_names: Iterable[str] = ()) -> bool:
+    """Whether `param` gets weight decay: not 1-D, not declared (`no_decay`, see `declared_no_decay`), and its
+    name contains none of `no_decay_names`."""
+    return param.ndim > 1 and name not in no_decay and not any(k in name for k in no_decay_names)
 
 
 def layer_id(name: str, depths: Sequence[int]) -> int:
@@ -158,12 +164,12 @@ def param_groups(
     """Optimizer parameter groups for the trainable parameters of `model`.
 
     Without `layer_decay`: a `decay` and a `no_decay` group (see `decays`; `no_decay_names` adds name
-    substrings to `NO_DECAY_KEYS`). With it: one group per (layer id, decay) pair, the encoder's parameters
+    substrings to what the model declares). With it: one group per (layer id, decay) pair, the encoder's parameters
     numbered by `layer_id` and everything outside the encoder (head, decoder) at `sum(depths) + 1`, with
     `lr_scale = layer_decay ** (sum(depths) + 1 - id)` (1 for the last layer). Every group carries `name`,
     `weight_decay`, `lr_scale` (and `layer_id` with layer decay); `lr = base_lr * lr_scale` when `base_lr` given.
     """
-    extra = tuple(no_decay_names or ())
+    extra, declared = tuple(no_decay_names or ()), declared_no_decay(model)
     found = _find_encoder(model) if layer_decay is not None else None
     if layer_decay is not None and found is None:
         raise ValueError(f"layer_decay needs a model containing a SwinV2Encoder, got {type(model).__name__}; "
@@ -172,7 +178,7 @@ def param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = decays(name, param, extra)
+        decay = decays(name, param, declared, extra)
         group_id, scale = 0, 1.0
         if found is not None:
             prefix, encoder = found
@@ -193,14 +199,6 @@ def param_groups(
     if not groups:
         raise ValueError(f"{type(model).__name__} has no parameters with requires_grad=True: nothing to optimize")
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
-
-
-def scale_lr(base_lr: float, global_batch: int, reference_batch: int = REFERENCE_BATCH) -> float:
-    """`base_lr * global_batch / reference_batch`: the linear scaling the recipe applies to the base LR, the
-    warmup LR and the min LR alike (`global_batch` counts accumulation: GPUs × per-GPU batch × accumulation)."""
-    if global_batch < 1 or reference_batch < 1:
-        raise ValueError(f"global_batch ({global_batch}) and reference_batch ({reference_batch}) must be >= 1")
-    return base_lr * global_batch / reference_batch
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig | None = None, *, lr_factor: float = 1.0,

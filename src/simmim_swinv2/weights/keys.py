@@ -79,19 +79,13 @@ def config_from_transformers(hf: dict, **overrides) -> SwinV2Config:
     return SwinV2Config(**kwargs)
 
 
-def _effective_windows(cfg: SwinV2Config, window: int | None = None) -> list[int]:
-    heights = [cfg.img_size[0] // cfg.patch_size // 2**i for i in range(cfg.num_stages)]
-    windows = [window] * cfg.num_stages if window is not None else cfg.window_size
-    return [min(h, w) for h, w in zip(heights, windows)]
-
-
 def config_to_transformers(cfg: SwinV2Config, architecture: str, id2label: dict[int, str] | None = None) -> dict:
     """A transformers `Swinv2Config` dict for our config; refuses what transformers cannot express."""
     if cfg.extra_norm_every:
         raise ValueError("transformers' Swinv2 has no extra norms (huge/giant's LayerNorm every "
                          f"{cfg.extra_norm_every} blocks): export these as safetensors with our own loader")
     window = max(cfg.window_size)
-    if _effective_windows(cfg, window) != _effective_windows(cfg):
+    if cfg.stage_windows(window) != cfg.stage_windows():
         raise ValueError(f"per-stage windows {cfg.window_size} at img_size {cfg.img_size} cannot be written as "
                          f"transformers' single window_size (tried {window}): use one window for all stages, "
                          f"or windows that only clamp to the stage size")
@@ -233,7 +227,7 @@ def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
         return cfg
     # The model normalises stage s's offsets by `pretrained or window` (its window clamped to the stage):
     # with that equal to the recorded window the position bias is the checkpoint's, so 0 says it.
-    windows = _effective_windows(cfg)
+    windows = list(cfg.stage_windows())
     wanted = tuple(p if s not in recorded else 0 if recorded[s] == w else recorded[s]
                    for s, (p, w) in enumerate(zip(cfg.pretrained_window_sizes, windows)))
     if "pretrained_window_sizes" in overrides:

@@ -158,7 +158,7 @@ def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
     """A line for the load summary when the source's position tables (official checkpoints save them) were
     normalised for other windows than `encoder` normalises by (`pretrained_window_sizes`, else its own clamped
     windows): a new window size then changes the position bias unless the config names the old window."""
-    from .keys import _effective_windows, recorded_pretrained_windows
+    from .keys import recorded_pretrained_windows
 
     cfg = getattr(encoder, "cfg", None)
     try:
@@ -167,7 +167,7 @@ def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
         return f"note: {err}"
     if cfg is None or not recorded:
         return None
-    windows = _effective_windows(cfg)
+    windows = list(cfg.stage_windows())
     ours = [p or w for p, w in zip(cfg.pretrained_window_sizes, windows)]
     if all(ours[s] == w for s, w in recorded.items() if s < len(ours)):
         return None
