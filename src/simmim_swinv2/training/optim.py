@@ -252,6 +252,9 @@ class LRFactor:
         return 1.0
 
 
+# Why not timm's schedulers (`create_scheduler_v2(updates_per_epoch=...)`, `step_update`): they multiply a group's
+# whole curve by its `lr_scale`, so the official recipe's absolute warmup and min LR (`scale_warmup_min=False`)
+# cannot be expressed, and they are not torch LR schedulers that Lightning steps and checkpoints by itself.
 class IterationLR(LambdaLR):
     """`LambdaLR` whose `load_state_dict` also sets each group's LR for the restored step, so a resumed run
     starts at the right LR whether the optimizer state is loaded before the scheduler is built, after, or not
