@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from _reference import bound, random_mask, transformers
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config
 from helpers.numerics import norm_rel
+from helpers.reference import bound, random_mask, transformers
 from PIL import Image
 
 from simmim_swinv2 import convert

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config
 
 from simmim_swinv2.distributed import planning
 from simmim_swinv2.finetune import finetune
@@ -85,7 +85,7 @@ def test_a_killed_run_resumes_exactly_from_its_wall_clock_save(tmp_path):
     ref = tmp_path / "ref"
     pretrain(compose_config("pretrain", ref, args))
     run = tmp_path / "run"
-    killed = _cli(run, *args, "+callbacks.kill._target_=_callbacks.KillAt", "+callbacks.kill.step=6")
+    killed = _cli(run, *args, "+callbacks.kill._target_=helpers.callbacks.KillAt", "+callbacks.kill.step=6")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
     assert not last.is_symlink() and torch.load(last, weights_only=True)["global_step"] == 6  # mid-epoch 1

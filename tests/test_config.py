@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
+from helpers.config import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 import torch
-from _reference import bound, hf_config, input_size, random_mask, randomize_, transformers
 from helpers.numerics import assert_norm_close, norm_rel
+from helpers.reference import as_official, bound, hf_config, input_size, random_mask, randomize_, transformers
 
 from simmim_swinv2 import convert
 from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, swinv2_config
@@ -79,22 +79,10 @@ def test_export_refuses_what_transformers_cannot_express(tmp_path):
         convert.config_from_transformers({"use_absolute_embeddings": True})
 
 
-def _as_official(model: SimMIM) -> dict:
-    """Our SimMIM state dict laid out as microsoft/SimMIM saves it: `{'model': …}`, `encoder.` prefix, patch
-    merging at the end of the previous stage, the older `rpe_mlp` name, position buffers included."""
-    sd = {}
-    buffers = {k: v for k, v in model.named_buffers() if k.endswith(("relative_position_index", "attn_mask"))}
-    for key, value in {**model.state_dict(), **buffers}.items():
-        if m := re.match(r"^encoder\.layers\.(\d+)\.downsample\.(.+)$", key):
-            key = f"encoder.layers.{int(m[1]) - 1}.downsample.{m[2]}"
-        sd[key.replace("cpb_mlp", "rpe_mlp")] = value
-    return {"model": sd, "epoch": 99, "config": "not a state dict"}
-
-
 def test_official_simmim_checkpoint_imports(tmp_path):
     ours = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)))
     path = tmp_path / "simmim_official.pth"
-    torch.save(_as_official(ours), path)
+    torch.save(as_official(ours), path)
     assert any("rpe_mlp" in k for k in torch.load(path, weights_only=True)["model"])
     loaded = convert.from_official(path, img_size=64).eval()  # window read from the position buffers
     # the window comes from the position buffers: 4, clamped to 2 on the 2x2 last stage
@@ -106,7 +94,7 @@ def test_official_simmim_checkpoint_imports(tmp_path):
 
 def test_official_checkpoint_without_buffers_needs_a_window(tmp_path):
     ours = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)))
-    sd = {k: v for k, v in _as_official(ours)["model"].items() if "relative_position_index" not in k}
+    sd = {k: v for k, v in as_official(ours)["model"].items() if "relative_position_index" not in k}
     with pytest.raises(ValueError, match="window_size"):
         convert.from_official(sd)
     assert convert.from_official(sd, window_size=4, img_size=64).encoder.cfg.window_size == (4, 4, 4, 4)
@@ -138,7 +126,7 @@ def test_our_safetensors_round_trip(tmp_path):
 
 def test_cli_converts_an_official_checkpoint(tmp_path, capsys):
     ours = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)))
-    torch.save(_as_official(ours), tmp_path / "ckpt.pth")
+    torch.save(as_official(ours), tmp_path / "ckpt.pth")
     convert.main(["to-transformers", str(tmp_path / "ckpt.pth"), str(tmp_path / "hf"), "--img-size", "64"])
     assert "SimMIM from official weights" in capsys.readouterr().out
     mim = _loaded(transformers.Swinv2ForMaskedImageModeling, tmp_path / "hf")

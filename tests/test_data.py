@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.data import photo, write_class_folder, write_corrupt, write_mixed_folder
 from PIL import Image
-from test_data_utils import photo, write_class_folder, write_corrupt, write_mixed_folder
 from torchvision import transforms as T
 
 from simmim_swinv2.data import (

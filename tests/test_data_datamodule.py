@@ -9,8 +9,8 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
+from helpers.data import Fingerprint, write_class_folder
 from PIL import Image
-from test_data_utils import Fingerprint, write_class_folder
 from torch.utils.data import DataLoader, DistributedSampler
 
 from simmim_swinv2.data import (

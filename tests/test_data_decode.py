@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers.data import oriented_jpeg, photo
 from PIL import Image, ImageFile, ImageOps
-from test_data_utils import oriented_jpeg, photo
 from torchvision import transforms as T
 
 from simmim_swinv2.data import SimMIMTransform, decode_resized_crop, decode_rgb

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, compose_config
-from test_data_utils import Fingerprint, photo, write_class_folder, write_corrupt, write_tar
+from helpers.config import FAST, compose_config
+from helpers.data import Fingerprint, photo, write_class_folder, write_corrupt, write_tar
 
 from simmim_swinv2.data import FolderDataset, ShardDataset, ShardError, SimMIMDataModule, TooManyBadSamples, tar
 from simmim_swinv2.data.seeding import SeededSampler

@@ -13,7 +13,7 @@ from collections import Counter
 import datasets
 import numpy as np
 import pytest
-from conftest import compose_config
+from helpers.config import compose_config
 from PIL import Image
 
 from simmim_swinv2.config import ConfigError
@@ -274,7 +274,7 @@ def test_pretrain_finetune_export_predict_on_a_data_set(hf_data, tmp_path):
     """The whole journey on `data=hf`: pretraining with the kNN monitor on the named validation
     split, fine-tuning with the ClassLabel's classes (no num_classes given), the export's
     id2label, predict on `hf:PATH:split`."""
-    from conftest import FAST
+    from helpers.config import FAST
 
     from simmim_swinv2 import convert
     from simmim_swinv2.finetune import finetune

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, compose_config
-from test_data_utils import write_class_folder
+from helpers.config import FAST, compose_config
+from helpers.data import write_class_folder
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 

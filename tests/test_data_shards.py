@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_data_utils import (
+from helpers.data import (
     Fingerprint,
     jpeg_bytes,
     oriented_jpeg,

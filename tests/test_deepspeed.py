@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST
+from helpers.config import FAST, run_cli
 from lightning.pytorch.callbacks import Callback
-from test_train import run_cli
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -144,7 +143,7 @@ def test_zero_preemption_resume_and_finetune(tmp_path):
     from simmim_swinv2.weights import find_resume_checkpoint
 
     run = tmp_path / "run"
-    out = _run(run, "deepspeed_zero2", "+callbacks.signal._target_=_callbacks.SignalAt", "+callbacks.signal.step=3",
+    out = _run(run, "deepspeed_zero2", "+callbacks.signal._target_=helpers.callbacks.SignalAt", "+callbacks.signal.step=3",
                "+callbacks.signal.rank=1")
     assert "Preemption: SIGUSR1 (on another rank) received; saving" in out, out[-3000:]
     hpc = run / "hpc_ckpt_1.ckpt"
@@ -205,7 +204,7 @@ def test_reshard_resumes_on_another_world_size_with_the_same_state(tmp_path):
 def test_reshard_refuses_what_it_cannot_convert_or_load_correctly(tmp_path):
     """Not a checkpoint; a ZeRO-3 checkpoint (DeepSpeed's ZeRO-3 universal loader would give every parameter group
     the first group's weight decay and LR scale); a universal checkpoint resumed under ZeRO-3 or without DeepSpeed."""
-    from conftest import compose_config
+    from helpers.config import compose_config
 
     from simmim_swinv2.config import ConfigError
     from simmim_swinv2.distributed.reshard import to_universal

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST
+from helpers.config import FAST, run_cli
 from lightning.pytorch.callbacks import Callback
-from test_train import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _reference import bound, random_mask, transformers
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config, run_cli
 from helpers.numerics import assert_norm_close
+from helpers.reference import bound, random_mask, transformers
 from PIL import Image
-from test_train import run_cli
 
 from simmim_swinv2 import convert
 from simmim_swinv2.config import ConfigError

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from _pretrained import simmim_hf, simmim_run  # noqa: F401 - fixtures
+from helpers.pretrained import simmim_hf, simmim_run  # noqa: F401 - fixtures
 from torch.utils.data import DataLoader
 
 from simmim_swinv2 import convert
@@ -37,12 +37,12 @@ def loss(model: SimMIM, batch) -> float:
 
 @pytest.mark.parametrize("kind", ["run", "transformers", "official"])
 def test_continued_pretraining_starts_where_the_source_left_off(kind, simmim_run, simmim_hf, batch, tmp_path):  # noqa: F811
-    from test_convert import _as_official
+    from helpers.reference import as_official
 
     trained = load_model(simmim_run)
     source = {"run": simmim_run, "transformers": simmim_hf, "official": tmp_path / "simmim.pth"}[kind]
     if kind == "official":
-        torch.save(_as_official(trained), source)
+        torch.save(as_official(trained), source)
     torch.manual_seed(1)
     fresh = SimMIM.from_config(CFG)
     model = SimMIM.from_config(CFG)
@@ -111,7 +111,7 @@ def _first_loss(run) -> float:
 def test_the_pretrain_command_continues_from_pretrained(kind, simmim_run, simmim_hf, tmp_path, capsys):  # noqa: F811
     """`python -m simmim_swinv2.pretrain pretrained=PATH` as composed: its first step's loss is the trained model's,
     clearly below a fresh run's on the same batches; run again (a requeue), it resumes its own checkpoint."""
-    from conftest import FAST, compose_config
+    from helpers.config import FAST, compose_config
 
     from simmim_swinv2.pretrain import pretrain
 

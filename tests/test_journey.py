@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import FAST
+from helpers.config import FAST
+from helpers.data import photo
 from PIL import Image
-from test_data_utils import photo
 
 from simmim_swinv2 import evaluate, finetune, pretrain
 

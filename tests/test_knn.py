@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config
 from torch.utils.data import DataLoader, Subset
 
 from simmim_swinv2.data import build_digits
@@ -115,7 +115,7 @@ def test_monitor_logs_knn_top1_in_a_real_run(tmp_path, caplog):
 @pytest.mark.parametrize("data, reason", [("unlabelled", "the data is unlabelled"),
                                           ("no_val", "no validation split")])
 def test_monitor_turns_itself_off_without_labels_or_validation(data, reason, tmp_path, caplog):
-    from test_data_utils import photo
+    from helpers.data import photo
 
     caplog.set_level("INFO")
     root = tmp_path / "images"

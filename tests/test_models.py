@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _reference import CASES, bound, hf_config, input_size, random_mask, randomize_, transformers
 from helpers.numerics import EPS, assert_norm_close
+from helpers.reference import CASES, bound, hf_config, input_size, random_mask, randomize_, transformers
 
 from simmim_swinv2 import convert
 from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, masked_l1_loss

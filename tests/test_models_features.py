@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _reference import bound, random_mask, randomize_
 from helpers.numerics import assert_norm_close
+from helpers.reference import bound, random_mask, randomize_
 
 from simmim_swinv2.models import (
     PAPER_PARAMS,

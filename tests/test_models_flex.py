@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _reference import CASES, bound, hf_config, input_size, random_mask, randomize_, transformers
 from helpers.numerics import assert_norm_close, rounding_bound
+from helpers.reference import CASES, bound, hf_config, input_size, random_mask, randomize_, transformers
 
 from simmim_swinv2 import convert
 from simmim_swinv2.models import SimMIM, SwinV2Block, SwinV2Config, flex, swinv2_config

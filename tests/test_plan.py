@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose_config
+from helpers.config import compose_config
 
 from simmim_swinv2.distributed import planning
 from simmim_swinv2.pretrain import pretrain
@@ -78,7 +78,7 @@ def test_pretrain_refuses_before_building_and_names_a_fitting_option(tmp_path):
 
 
 def test_plan_command_prints_the_table(tmp_path):
-    from test_train import run_cli
+    from helpers.config import run_cli
 
     r = run_cli("simmim_swinv2.plan", *GIANT, "trainer.devices=8", f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from _reference import bound, randomize_, transformers
-from conftest import compose_config
+from helpers.config import compose_config
+from helpers.reference import bound, randomize_, transformers
 from PIL import Image
 
 from simmim_swinv2 import convert

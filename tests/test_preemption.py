@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config
 
 from simmim_swinv2.pretrain import pretrain
 from simmim_swinv2.training.preemption import Preempted, Preemption
@@ -47,7 +47,7 @@ def losses(run_dir) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def shard_data(tmp_path_factory) -> list[str]:
     """48 images in 3 shards: 6 batches of 8 per epoch, more than the 4 trained."""
-    from test_data_utils import write_class_folder
+    from helpers.data import write_class_folder
 
     from simmim_swinv2.data.sharding import make_shards
 
@@ -65,7 +65,7 @@ def test_signal_saves_requeues_stops_and_the_resumed_run_matches(source, step, t
     args = [*ARGS, "num_workers=2", *(request.getfixturevalue("shard_data") if source == "shards" else [])]
     ref = pretrain(compose_config("pretrain", tmp_path / "ref", args))
     run = tmp_path / "run"
-    signalled = [*args, "+callbacks.signal._target_=_callbacks.SignalAt", f"+callbacks.signal.step={step}"]
+    signalled = [*args, "+callbacks.signal._target_=helpers.callbacks.SignalAt", f"+callbacks.signal.step={step}"]
     with pytest.raises(Preempted) as stop:
         pretrain(compose_config("pretrain", run, signalled))
     assert stop.value.code == 0
@@ -95,7 +95,7 @@ def test_signal_saves_requeues_stops_and_the_resumed_run_matches(source, step, t
 def test_without_slurm_it_saves_and_stops_without_requeueing(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     caplog.set_level("INFO")
-    signalled = [*ARGS, "trainer.max_epochs=1", "+callbacks.signal._target_=_callbacks.SignalAt",
+    signalled = [*ARGS, "trainer.max_epochs=1", "+callbacks.signal._target_=helpers.callbacks.SignalAt",
                  "+callbacks.signal.step=1"]
     with pytest.raises(Preempted):
         pretrain(compose_config("pretrain", tmp_path, signalled))
@@ -126,7 +126,7 @@ def test_signal_on_one_rank_only_stops_both_ranks_at_one_checkpoint(tmp_path):
     env.pop("SLURM_JOB_ID", None)
     result = subprocess.run(
         [sys.executable, "-m", "simmim_swinv2.pretrain", *ARGS, "trainer=ddp", "trainer.devices=2",
-         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "+callbacks.signal._target_=_callbacks.SignalAt",
+         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "+callbacks.signal._target_=helpers.callbacks.SignalAt",
          "+callbacks.signal.step=4", "+callbacks.signal.rank=1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = result.stdout + result.stderr
@@ -155,11 +155,11 @@ def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 30
 @pytest.mark.slow
 def test_sigterm_from_outside_saves_does_not_requeue_exits_143_and_the_run_resumes(tmp_path, scontrol):
     """What SLURM preemption, `scancel` and Kubernetes send: a real SIGTERM to a real training process, from
-    another process, mid-run (the run waits at step 5 until the signal is sent: `_callbacks.WaitAt`). It saves once,
+    another process, mid-run (the run waits at step 5 until the signal is sent: `helpers.callbacks.WaitAt`). It saves once,
     does not requeue (the scheduler's call, even inside a SLURM job), and exits with 143 (128 + SIGTERM: a run to
     restart, not a finished one); the same command then resumes from the save and trains every remaining step once."""
     run, log, gate = tmp_path / "run", tmp_path / "log.txt", tmp_path / "gate"
-    args = [*ARGS, "+callbacks.wait._target_=_callbacks.WaitAt", f"+callbacks.wait.dirpath={gate}",
+    args = [*ARGS, "+callbacks.wait._target_=helpers.callbacks.WaitAt", f"+callbacks.wait.dirpath={gate}",
             "+callbacks.wait.steps=[5]"]
     proc = _pretrain_process(run, *args, log=log, extra_env={"SLURM_JOB_ID": "4242"})
     _wait_for(gate / "ready_5_0", proc, log)
@@ -188,7 +188,7 @@ def test_sigterm_on_rank_0_only_stops_both_ddp_ranks_at_one_checkpoint(tmp_path)
     env.pop("SLURM_JOB_ID", None)
     result = subprocess.run(
         [sys.executable, "-m", "simmim_swinv2.pretrain", *ARGS, "trainer=ddp", "trainer.devices=2",
-         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "+callbacks.signal._target_=_callbacks.SignalAt",
+         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "+callbacks.signal._target_=helpers.callbacks.SignalAt",
          "+callbacks.signal.step=4", "+callbacks.signal.rank=0", "+callbacks.signal.signal=SIGTERM"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = result.stdout + result.stderr

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _pretrained import simmim_hf, simmim_run  # noqa: F401 - fixtures
-from conftest import compose_config
+from helpers.config import compose_config
+from helpers.pretrained import simmim_hf, simmim_run  # noqa: F401 - fixtures
 
 from simmim_swinv2.config import ConfigError
 from simmim_swinv2.inference.probe import linear_probe_top1
@@ -51,7 +51,7 @@ def test_linear_probe_standardises_features():
 
 
 def test_probe_refuses_unlabelled_data(simmim_run, tmp_path):  # noqa: F811
-    from test_data_utils import photo
+    from helpers.data import photo
 
     root = tmp_path / "images"
     root.mkdir()
@@ -67,7 +67,7 @@ def test_probe_refuses_unlabelled_data(simmim_run, tmp_path):  # noqa: F811
 
 def test_probe_on_class_folders_with_a_val_root(simmim_run, tmp_path):  # noqa: F811
     """`data=folder data.root=TRAIN data.val_root=VAL`: both splits built with the train node's settings."""
-    from test_data_utils import photo
+    from helpers.data import photo
 
     for split, n in (("train", 4), ("val", 3)):
         for c in ("cat", "dog"):
@@ -83,7 +83,7 @@ def test_probe_on_class_folders_with_a_val_root(simmim_run, tmp_path):  # noqa: 
 
 @pytest.mark.slow
 def test_probe_and_visualize_command_lines(simmim_run, tmp_path):  # noqa: F811
-    from test_data_utils import photo
+    from helpers.data import photo
 
     photo(0, (90, 70)).save(tmp_path / "cat.jpg")
     for module, args in (("simmim_swinv2.probe", ["train_samples=200", "linear=false"]),

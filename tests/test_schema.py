@@ -17,7 +17,7 @@ import lightning
 import pytest
 import torch
 import yaml
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf

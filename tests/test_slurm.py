@@ -68,11 +68,11 @@ def _gate(gate: Path, step: int) -> Callable[[], bool]:
 
 
 def test_a_job_is_requeued_on_sigusr1_cancelled_on_sigterm_and_resumes_each_time(tmp_path):
-    """3 epochs of 4 steps on 2 tasks; the ranks wait at steps 5 and 9 (`_callbacks.WaitAt`) until the test has
+    """3 epochs of 4 steps on 2 tasks; the ranks wait at steps 5 and 9 (`helpers.callbacks.WaitAt`) until the test has
     signalled the job, so each signal lands mid-run at a known step on a machine of any speed."""
     run, gate = tmp_path / "run", tmp_path / "gate"
     args = ["trainer.max_epochs=3", "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1",
-            "callbacks.reconstructions.every_n_steps=0", "+callbacks.wait._target_=_callbacks.WaitAt",
+            "callbacks.reconstructions.every_n_steps=0", "+callbacks.wait._target_=helpers.callbacks.WaitAt",
             f"+callbacks.wait.dirpath={gate}", "+callbacks.wait.steps=[5,9]"]
     env = {"SIMMIM_RUN_DIR": str(run)}
     job = sbatch(tmp_path, *args, env=env)

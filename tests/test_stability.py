@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config
 
 from simmim_swinv2.pretrain import pretrain
 from simmim_swinv2.training.stability import (
@@ -39,7 +39,7 @@ ARGS = [
 SKIP_2_AND_5 = [  # a NaN loss at step 2 (the drill), a NaN gradient at step 5; last.ckpt every step
     *ARGS,
     "callbacks.stability.inject_nonfinite_at=[2]",
-    "+callbacks.grad._target_=_callbacks.PoisonGradAt",
+    "+callbacks.grad._target_=helpers.callbacks.PoisonGradAt",
     "+callbacks.grad.step=5",
     "callbacks.checkpoint_time.train_time_interval.minutes=0",
 ]
@@ -137,10 +137,10 @@ def skipped_run(tmp_path_factory):
             run,
             [
                 *SKIP_2_AND_5,
-                "+callbacks.w._target_=_callbacks.WeightsAt",
+                "+callbacks.w._target_=helpers.callbacks.WeightsAt",
                 f"+callbacks.w.dirpath={weights}",
                 "+callbacks.w.steps=[2,3,5,6]",
-                "+callbacks.copy._target_=_callbacks.CopyLastAt",
+                "+callbacks.copy._target_=helpers.callbacks.CopyLastAt",
                 "+callbacks.copy.step=5",
                 f"+callbacks.copy.path={resume_from}",
             ],
@@ -252,9 +252,9 @@ def test_nan_on_one_ddp_rank_is_skipped_by_both_and_their_weights_stay_equal(tmp
         "trainer.accelerator=cpu",
         "callbacks.stability.inject_nonfinite_at=[2]",
         "callbacks.stability.inject_ranks=[1]",
-        "+callbacks.dump._target_=_callbacks.SaveFinalWeights",
+        "+callbacks.dump._target_=helpers.callbacks.SaveFinalWeights",
         f"+callbacks.dump.dirpath={w}",
-        "+callbacks.w._target_=_callbacks.WeightsAt",
+        "+callbacks.w._target_=helpers.callbacks.WeightsAt",
         f"+callbacks.w.dirpath={w}",
         "+callbacks.w.steps=[2,3]",
     )
@@ -294,7 +294,7 @@ def test_zero2_skips_the_step_deepspeed_owns(tmp_path):
         "trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy",
         "trainer.max_epochs=1",
         "callbacks.stability.inject_nonfinite_at=[2]",
-        "+callbacks.w._target_=_callbacks.WeightsAt",
+        "+callbacks.w._target_=helpers.callbacks.WeightsAt",
         f"+callbacks.w.dirpath={w}",
         "+callbacks.w.steps=[2,3]",
     )
@@ -374,7 +374,7 @@ def test_a_checkpoint_with_a_non_finite_weight_is_never_written(tmp_path):
         *ARGS,
         "trainer.max_epochs=1",
         "callbacks.checkpoint_time.train_time_interval.minutes=0",
-        "+callbacks.poison._target_=_callbacks.PoisonWeightsAt",
+        "+callbacks.poison._target_=helpers.callbacks.PoisonWeightsAt",
         "+callbacks.poison.step=1",
     ]
     with pytest.raises(NonFiniteWeightsError, match="at step 2"):

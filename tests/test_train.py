@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, compose_config
+from helpers.config import FAST, compose_config, run_cli
 
 from simmim_swinv2 import convert
 from simmim_swinv2.evaluate import evaluate
@@ -109,9 +109,9 @@ def test_finetune_loads_pretrained_weights_from_anything(kind, pretrained_run, t
     elif kind == "transformers":
         source = convert.to_transformers(simmim, tmp_path / "hf")
     elif kind == "official":
-        from test_convert import _as_official
+        from helpers.reference import as_official
 
-        torch.save(_as_official(simmim), tmp_path / "official.pth")
+        torch.save(as_official(simmim), tmp_path / "official.pth")
         source = tmp_path / "official.pth"
     elif kind == "timm":
         sd = {k: v for k, v in simmim.encoder.state_dict().items() if k != "mask_token"}
@@ -179,11 +179,6 @@ def test_without_the_stability_guard_a_non_finite_loss_stops_the_run(tmp_path, m
         pretrain(cfg)
 
 
-def run_cli(module: str, *overrides: str, timeout: int = 600, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
 @pytest.mark.slow
 def test_two_process_ddp_pretrain_on_cpu(tmp_path):
     """Lightning launches the second process itself (gloo); Hydra's run dir is shared by both."""
@@ -208,7 +203,7 @@ def test_a_run_stopped_after_an_epoch_resumes_from_it_and_matches_an_uninterrupt
     pretrain(compose_config("pretrain", tmp_path / "ref", args))
     run = tmp_path / "run"
     with pytest.raises(InterruptedError):
-        pretrain(compose_config("pretrain", run, [*args, "+callbacks.stop._target_=_callbacks.StopAt",
+        pretrain(compose_config("pretrain", run, [*args, "+callbacks.stop._target_=helpers.callbacks.StopAt",
                                                   "+callbacks.stop.step=10"]))
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 8  # the end of epoch 1
@@ -249,7 +244,7 @@ def test_two_nodes_of_one_process_agree_on_the_weights(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = [*FAST, "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=1", "trainer.accelerator=cpu",
-            f"hydra.run.dir={tmp_path / 'run'}", "+callbacks.dump._target_=_callbacks.SaveFinalWeights",
+            f"hydra.run.dir={tmp_path / 'run'}", "+callbacks.dump._target_=helpers.callbacks.SaveFinalWeights",
             f"+callbacks.dump.dirpath={tmp_path / 'weights'}"]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}

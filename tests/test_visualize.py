@@ -6,8 +6,8 @@ import re
 
 import pytest
 import torch
-from _pretrained import simmim_hf, simmim_run  # noqa: F401 - fixtures
-from conftest import compose_config
+from helpers.config import compose_config
+from helpers.pretrained import simmim_hf, simmim_run  # noqa: F401 - fixtures
 from PIL import Image
 
 from simmim_swinv2.config import ConfigError
@@ -16,7 +16,7 @@ from simmim_swinv2.visualize import visualize
 
 @pytest.fixture
 def images(tmp_path):
-    from test_data_utils import photo
+    from helpers.data import photo
 
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)

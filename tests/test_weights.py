@@ -8,9 +8,8 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from _reference import random_mask, randomize_
+from helpers.reference import as_official, random_mask, randomize_
 from safetensors.torch import save_file
-from test_convert import _as_official
 
 from simmim_swinv2 import convert
 from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, encoder_of, swinv2_config
@@ -128,7 +127,7 @@ def test_identify_tells_every_format_apart(tmp_path):
     save_model(mim, tmp_path / "ours.safetensors")
     save_file({k: v.contiguous() for k, v in mim.encoder.state_dict().items() if k != "mask_token"},
               str(tmp_path / "timm.safetensors"))  # no .json beside it: not ours
-    torch.save(_as_official(mim), tmp_path / "official.pth")
+    torch.save(as_official(mim), tmp_path / "official.pth")
     convert.to_transformers(mim, tmp_path / "hf")
     found = {name: (s.format, s.reader, s.path.name) for name, s in [
         ("run", identify(run)), ("ckpt", identify(run / "checkpoints" / "last.ckpt")),

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FAST, compose_config
+
+from helpers.config import FAST, compose_config
 
 # A larger LR than the quickstart's, without warmup: six steps of batch 8 then lower the loss clearly (1.55 -> 1.34)
 TRAIN = [*FAST, "optim.base_lr=0.3", "scheduler.warmup_epochs=0", "callbacks.reconstructions.every_n_steps=0"]

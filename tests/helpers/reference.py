@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
+
 from helpers.numerics import rounding_bound, swinv2_roundings
 
 transformers = pytest.importorskip("transformers")
@@ -68,3 +70,15 @@ def bound(case_or_config, dtype: torch.dtype = torch.float32, batch_sum: int = 1
 def random_mask(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     """`(B, h, w)` 0/1 with about 60% ones."""
     return (torch.rand(batch, h, w, generator=torch.Generator().manual_seed(seed)) < 0.6).long()
+
+
+def as_official(model) -> dict:
+    """Our SimMIM state dict laid out as microsoft/SimMIM saves it: `{'model': …}`, `encoder.` prefix, patch
+    merging at the end of the previous stage, the older `rpe_mlp` name, position buffers included."""
+    sd = {}
+    buffers = {k: v for k, v in model.named_buffers() if k.endswith(("relative_position_index", "attn_mask"))}
+    for key, value in {**model.state_dict(), **buffers}.items():
+        if m := re.match(r"^encoder\.layers\.(\d+)\.downsample\.(.+)$", key):
+            key = f"encoder.layers.{int(m[1]) - 1}.downsample.{m[2]}"
+        sd[key.replace("cpb_mlp", "rpe_mlp")] = value
+    return {"model": sd, "epoch": 99, "config": "not a state dict"}

@@ -1,4 +1,4 @@
-"""Test-only callbacks, added to real runs with a Hydra override (`+callbacks.x._target_=_callbacks.…`)."""
+"""Test-only callbacks, added to real runs with a Hydra override (`+callbacks.x._target_=helpers.callbacks.…`)."""
 
 from __future__ import annotations
 
