@@ -23,3 +23,27 @@ def hf_datasets_cache(tmp_path_factory):
     if "datasets.config" in sys.modules:
         sys.modules["datasets.config"].HF_DATASETS_CACHE = cache
     return cache
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No rank or loader-worker variables, and whatever the test sets in `os.environ` for them undone after it:
+    each is set then deleted through monkeypatch, which records it as absent (a bare `delenv` of an unset variable
+    records nothing, and a RANK the test leaves behind makes every later run wait for a "first process")."""
+    for name in ["RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS"]:
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    yield monkeypatch
+
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "WORLD_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def no_rank_left_behind():
+    """A test that leaves a rank variable set fails itself, rather than the next run in this process waiting for
+    a first process that is not there (data/listing_shared.is_first_process)."""
+    before = {v: os.environ.get(v) for v in RANK_VARIABLES}
+    yield
+    after = {v: os.environ.get(v) for v in RANK_VARIABLES}
+    assert after == before, f"the test left rank variables changed: {before} -> {after} (use monkeypatch)"

@@ -197,12 +197,6 @@ def test_max_samples_slices_and_hf_inputs(hf_data):
     assert Image.open(io.BytesIO(inputs[1].read())).size == (48, 40)
 
 
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in ["RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS"]:
-        monkeypatch.delenv(name, raising=False)
-    yield monkeypatch
-
 
 @pytest.mark.parametrize(
     "source, world, workers", [("saved", 2, 2), ("saved", 3, 2), ("parquet", 2, 3)]

@@ -125,13 +125,6 @@ def _epoch_ids(shards: str, world: int, workers: int, epoch: int = 0, **kwargs) 
     return out
 
 
-@pytest.fixture
-def clean_env(monkeypatch):
-    for name in ["RANK", "WORLD_SIZE", "WORKER", "NUM_WORKERS"]:
-        monkeypatch.setenv(name, "0")
-        monkeypatch.delenv(name)
-    yield monkeypatch
-
 
 @pytest.mark.parametrize("world, workers", [(2, 2), (3, 2), (2, 4), (4, 3)])
 def test_exact_epoch_coverage_and_equal_counts(shard_dir, clean_env, world, workers):
