@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig
 
-from .config.checks import check_pretrain_config, data_normalization
+from .config.checks import check_machine, check_pretrain_config, data_normalization
 from .config.compose import command
 from .config.schema import PretrainConfig, to_object
 from .data import SimMIMTransform
@@ -28,7 +28,8 @@ from .weights.meta import set_normalization
 
 def pretrain(cfg: DictConfig) -> dict[str, float]:
     """Run a pretraining job from a composed config; returns the final logged metrics."""
-    check_pretrain_config(cfg)
+    check_pretrain_config(cfg)  # the config in itself (recipes for GPUs check here too)
+    check_machine(cfg)  # and against the machine it starts on
     planning.check_fits(cfg)  # memory per GPU, before the model is built (plan.enforce)
     run_dir = cfg.paths.run_dir
     from_pretrained = pretrained_start(cfg.pretrained, cfg.resume, run_dir)  # before config.yaml is rewritten

@@ -93,7 +93,6 @@ def check_schedule(scheduler: DictConfig) -> None:
 def check_pretrain_config(cfg: DictConfig) -> None:
     """Fail fast, naming the fix, on what would only break later (after data loading or model building)."""
     check_values(cfg)
-    check_machine(cfg)
     model = model_config(cfg)
     check_schedule(cfg.scheduler)
     try:  # MaskGenerator validates itself (divisibility, ratio)
