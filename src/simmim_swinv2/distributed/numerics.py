@@ -94,6 +94,14 @@ class EngineSkips:
         norm = engine.get_global_grad_norm()
         return skipped, (None if norm is None else float(norm))
 
+    @staticmethod
+    def applied_anyway(step: int, reason: str) -> RuntimeError:
+        """The error for a step the engine applied although the policy had it skipped."""
+        return RuntimeError(
+            f"step {step} was to be skipped ({reason}) but DeepSpeed applied it: its overflow check is off "
+            "(set bf16.check_grad_overflow: true in the DeepSpeed config)"
+        )
+
     def reset(self, trainer) -> None:
         """Forget the counter (after a checkpoint is loaded into the engine, which restores it)."""
         self._seen = (

@@ -226,10 +226,7 @@ class Stability(L.Callback):
         ):
             self._reason = "non-finite gradient norm"
         if self._reason is not None and skipped_by_engine is False:
-            raise RuntimeError(
-                f"step {step} was to be skipped ({self._reason}) but DeepSpeed applied it: its "
-                "overflow check is off (set bf16.check_grad_overflow: true in the DeepSpeed config)"
-            )
+            raise self._engine.applied_anyway(step, self._reason)
         if self._reason is not None:
             self._skip(trainer, pl_module, step, norm)
         else:
