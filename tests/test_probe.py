@@ -105,12 +105,12 @@ def test_probe_reads_official_and_timm_weights(simmim_run, tmp_path):  # noqa: F
     run. What these files do not record goes through model_overrides: the image size (official checkpoints record it
     in their shift masks, which ours do not write) and, for timm, the window."""
     import torch
-    from test_convert import _as_official
+    from helpers.reference import as_official
 
     from simmim_swinv2.weights import load_model
 
     trained = load_model(simmim_run)
-    torch.save(_as_official(trained), tmp_path / "official.pth")
+    torch.save(as_official(trained), tmp_path / "official.pth")
     timm_sd = {k: v for k, v in trained.encoder.state_dict().items() if not k.endswith(("index", "table", "attn_mask"))}
     torch.save(timm_sd, tmp_path / "timm.pth")
     quick = ["num_workers=0", "train_samples=100", "linear=false"]

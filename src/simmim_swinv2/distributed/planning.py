@@ -3,9 +3,8 @@
 Per GPU: model states (weights + gradients + optimizer states, divided as the ZeRO stage divides them)
 + activations at the per-device batch + a fixed allowance for the CUDA context and allocator slack.
 
-Model-state bytes per parameter with AdamW (the ZeRO paper's accounting, Rajbhandari et al.,
-arXiv 1910.02054, section 3.1: 16 B for mixed
-precision, SwinV2-G 3.0B -> 48 GB):
+Model-state bytes per parameter with AdamW (the ZeRO paper's accounting, Rajbhandari et al., arXiv 1910.02054,
+section 3.1: 16 B for mixed precision, SwinV2-G 3.0B -> 48 GB):
 
 | precision                  | weights | grads | optimizer states            | total |
 |----------------------------|---------|-------|-----------------------------|-------|
@@ -39,16 +38,14 @@ ACT_TC, ACT_ATTN, ACT_PIX = 21.0, 1.6, 1.1          # no checkpointing, per fp32
 CKPT_TC, CKPT_PIX = 1.5, 5.1                        # checkpointing: what stays saved per block
 MIXED_ACT_FACTOR = 1.6
 
-# The batch every learning rate in the configs is given for: the run uses lr * global_batch / REFERENCE_BATCH
-# (microsoft/SimMIM main_simmim.py and microsoft/Swin-Transformer main_simmim_pt.py: "linear scale the learning
-# rate according to total batch size", `* TOTAL_BATCH / 512.0` for the base, warmup and min LR).
+# The batch every learning rate in the configs is given for (microsoft/SimMIM main_simmim.py, microsoft/Swin-Transformer
+# main_simmim_pt.py: "linear scale the learning rate according to total batch size", `* TOTAL_BATCH / 512.0`).
 REFERENCE_BATCH = 512
 
 
 def scale_lr(base_lr: float, global_batch: int, reference_batch: int = REFERENCE_BATCH) -> float:
-    """`base_lr * global_batch / reference_batch`: the linear scaling the recipe applies to the base LR, the
-    warmup LR and the min LR alike (`global_batch` counts accumulation: GPUs × per-GPU batch × accumulation).
-    The one place the rule lives: the optimizer (`training.optim`) and the plan (`Plan.lr`) both call it."""
+    """`base_lr * global_batch / reference_batch`, for the base, warmup and min LR alike (`global_batch`: GPUs x
+    per-GPU batch x accumulation). The one place the rule lives: `training.optim` and `Plan.lr` call it."""
     if global_batch < 1 or reference_batch < 1:
         raise ValueError(f"global_batch ({global_batch}) and reference_batch ({reference_batch}) must be >= 1")
     return base_lr * global_batch / reference_batch
@@ -317,10 +314,8 @@ def zero_trainers() -> dict[str, Strategy]:
         found = {}
         for name in names:
             strategy = compose(overrides=[f"+trainer={name}"]).trainer.get("strategy")
-            if strategy is not None and not isinstance(strategy, str):
-                s = parse_strategy(strategy)
-                if s.stage > 0:
-                    found[name] = s
+            if strategy is not None and not isinstance(strategy, str) and (s := parse_strategy(strategy)).stage > 0:
+                found[name] = s
     order = lambda item: (item[1].stage, item[1].offload_optimizer, item[1].offload_parameters, item[0])  # noqa: E731
     return dict(sorted(found.items(), key=order))
 
@@ -343,11 +338,7 @@ def fitting_options(cfg, plan: Plan) -> list[str]:
         candidates.append((f"batch_size={b} trainer.accumulate_grad_batches={plan.accumulate * plan.batch_size // b}",
                            {"batch_size": b, "accumulate": plan.accumulate * plan.batch_size // b}))
         b //= 2
-    out = []
-    for text, ch in candidates:
-        if make_plan(cfg, **ch).fits():
-            out.append(text)
-    return out
+    return [text for text, ch in candidates if make_plan(cfg, **ch).fits()]
 
 
 class DoesNotFitError(ValueError):
