@@ -85,34 +85,19 @@ def _losses(run_dir: Path) -> list[float]:
         return [float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
 
 
-@pytest.mark.parametrize("trainer_cfg", ["deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"])
-def test_zero_train_save_resume_consolidate(trainer_cfg, tmp_path):
+def _check_consolidated(run: Path, final: Path, tmp_path: Path) -> None:
+    """The finished run's ZeRO checkpoint consolidates to one fp32 file equal to the live fp32 master weights
+    (`final`, from `FinalFP32Weights`), which loads where fine-tuning and the transformers export read weights."""
     from simmim_swinv2 import convert
     from simmim_swinv2.consolidate import consolidate
     from simmim_swinv2.distributed.strategy import check_zero_resume
     from simmim_swinv2.models import SwinV2Encoder
     from simmim_swinv2.weights import find_resume_checkpoint, load_pretrained_encoder
 
-    run = tmp_path / "run"
-    extra = NO_PIN if "offload" in trainer_cfg else []
-    out = _run(run, trainer_cfg, "trainer.max_epochs=1", *extra)
-    assert "global batch 16 = 8 per device x 2 devices" in out and "CPUDeepSpeedStrategy" in out
-    if "offload" in trainer_cfg:
-        assert "ZeRO-Offload: optimizer AdamW -> DeepSpeedCPUAdam (adamw_mode=True), the same 2 parameter groups" in out
     ckpt = find_resume_checkpoint(run)
     assert ckpt == run / "checkpoints" / "last.ckpt" and ckpt.is_dir()  # sharded: one directory per checkpoint
-
-    # resume=auto on the same run dir: continues from last.ckpt/ for the second epoch
-    final = tmp_path / "final_fp32.pt"
-    out = _run(run, trainer_cfg, "trainer.max_epochs=2", *extra, "+callbacks.final._target_=test_deepspeed."
-               "FinalFP32Weights", f"+callbacks.final.path={final}")
-    assert f"resuming from {ckpt}" in out
-    losses = _losses(run)
-    assert len(losses) == 6 and all(l == l for l in losses)  # 3 steps per epoch, none repeated
     with open(run / "metrics.csv") as f:
         assert any(r.get("train/grad_norm") for r in csv.DictReader(f))  # DeepSpeed's norm under ZeRO
-
-    # one fp32 file, equal to the live fp32 master weights at the end of training
     weights = consolidate(run, tmp_path / "encoder.safetensors")
     live = torch.load(final, weights_only=True)
     model = convert.load_model(weights)
@@ -135,10 +120,35 @@ def test_zero_train_save_resume_consolidate(trainer_cfg, tmp_path):
         check_zero_resume(ckpt, 1)
 
 
+FINAL = ["+callbacks.final._target_=test_deepspeed.FinalFP32Weights"]
+
+
+@pytest.mark.parametrize("trainer_cfg", ["deepspeed_zero3", "deepspeed_zero3_offload"])  # ZeRO-2: the next test
+def test_zero_train_save_resume_consolidate(trainer_cfg, tmp_path):
+    from simmim_swinv2.weights import find_resume_checkpoint
+
+    run = tmp_path / "run"
+    extra = NO_PIN if "offload" in trainer_cfg else []
+    out = _run(run, trainer_cfg, "trainer.max_epochs=1", *extra)
+    assert "global batch 16 = 8 per device x 2 devices" in out and "CPUDeepSpeedStrategy" in out
+    if "offload" in trainer_cfg:
+        assert "ZeRO-Offload: optimizer AdamW -> DeepSpeedCPUAdam (adamw_mode=True), the same 2 parameter groups" in out
+    ckpt = find_resume_checkpoint(run)
+    assert ckpt == run / "checkpoints" / "last.ckpt" and ckpt.is_dir()  # sharded: one directory per checkpoint
+
+    # resume=auto on the same run dir: continues from last.ckpt/ for the second epoch
+    final = tmp_path / "final_fp32.pt"
+    out = _run(run, trainer_cfg, "trainer.max_epochs=2", *extra, *FINAL, f"+callbacks.final.path={final}")
+    assert f"resuming from {ckpt}" in out
+    losses = _losses(run)
+    assert len(losses) == 6 and all(l == l for l in losses)  # 3 steps per epoch, none repeated
+    _check_consolidated(run, final, tmp_path)
+
+
 def test_zero_preemption_resume_and_finetune(tmp_path):
     """ZeRO-2 on two processes: SIGUSR1 on rank 1 alone mid-epoch -> both ranks write one sharded hpc_ckpt
-    directory and stop; the next start resumes from it and finishes; fine-tuning under ZeRO-2 (layer-decay
-    parameter groups) starts from that run directory."""
+    directory and stop; the next start resumes from it and finishes, and its checkpoint consolidates as ZeRO-3's
+    do (`_check_consolidated`); fine-tuning under ZeRO-2 (layer-decay parameter groups) starts from that run."""
     from simmim_swinv2.distributed.zero import is_zero_checkpoint
     from simmim_swinv2.weights import find_resume_checkpoint
 
@@ -150,11 +160,13 @@ def test_zero_preemption_resume_and_finetune(tmp_path):
     assert is_zero_checkpoint(hpc) and find_resume_checkpoint(run) == hpc
     assert len(_losses(run)) < 6  # stopped early
 
-    out = _run(run, "deepspeed_zero2")
-    assert f"resuming from {hpc}" in out
+    final = tmp_path / "final_fp32.pt"
+    out = _run(run, "deepspeed_zero2", *FINAL, f"+callbacks.final.path={final}")
+    assert f"resuming from {hpc}" in out and "global batch 16 = 8 per device x 2 devices" in out
     with open(run / "metrics.csv") as f:
         steps = {int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
     assert steps == set(range(6))  # every step trained once, the resumed ones included
+    _check_consolidated(run, final, tmp_path)
 
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "DS_ACCELERATOR": "cpu"}
     result = run_cli("simmim_swinv2.finetune", *FAST, "trainer=deepspeed_zero2", *CPU, f"pretrained={run}",
