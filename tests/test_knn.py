@@ -138,7 +138,8 @@ ZERO3 = ["trainer=deepspeed_zero3", "trainer.strategy._target_=simmim_swinv2.dis
 def test_two_ranks_log_the_same_value_over_all_samples(strategy, tmp_path):
     """Each rank extracts half of the features (101 and 100 of the 201 train samples: one padded, so both run the
     same forwards, which ZeRO-3's sharded parameters need); after the gather both hold all of them and log the same
-    number, the one a single process computes from the final weights."""
+    number, the one a single process computes from the final weights. The DDP case is also the suite's plain
+    two-process `pretrain`: Lightning launches the second process itself (gloo), both share Hydra's run dir."""
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
            "DS_ACCELERATOR": "cpu"}
@@ -146,10 +147,16 @@ def test_two_ranks_log_the_same_value_over_all_samples(strategy, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "simmim_swinv2.pretrain", *FAST, *KNN, *trainer, "trainer.devices=2",
          "trainer.accelerator=cpu", f"hydra.run.dir={run}", "callbacks.knn.train_samples=201",  # 101 + 100 (+1 pad)
-         "+callbacks.record._target_=_knn_record.RecordKNN",
+         "+callbacks.record._target_=helpers.knn_record.RecordKNN",
          f"+callbacks.record.dirpath={tmp_path / 'record'}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)  # ZeRO-3 on 2 busy cores: ~7 min
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "global batch 16 = 8 per device x 2 devices" in out
+    if strategy == "ddp":
+        assert "GLOBAL_RANK: 1" in out and (run / "checkpoints" / "last.ckpt").is_file()
+        with open(run / "metrics.csv") as f:  # 2 epochs x 3 steps, logged once (rank 0)
+            assert len([r for r in csv.DictReader(f) if r.get("train/loss_step")]) == 6
     ranks = [json.loads((tmp_path / "record" / f"knn_rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["history"] and len(ranks[0]["history"]) == 2
     for r in ranks:
