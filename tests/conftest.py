@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -11,6 +12,9 @@ os.environ.setdefault("WANDB_MODE", "offline")  # the wandb service does not exi
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers loads local directories only; never the hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # `datasets` (data=hf) reads local data only
+# inductor's kernels compiled for this session only: its on-disk cache does not key on ATEN_CPU_CAPABILITY, and a
+# FlexAttention kernel compiled under AVX-512 then read by a process capped at AVX2 gave 40% wrong outputs (torch 2.14)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="simmim-tests-inductor-"))
 
 
 

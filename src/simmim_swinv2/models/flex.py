@@ -22,7 +22,9 @@ Where it runs, with torch 2.14:
 - CPU: torch's unfused reference (it materialises the `(B, heads, N, N)` scores), forward only. FlexAttention
   refuses q/k/v that require grad on the CPU ("FlexAttention does not support backward on CPU",
   `_validate_device` in torch/nn/attention/flex_attention.py) and inductor's CPU flex template is inference
-  only, fp32/bf16/fp16 (torch/_inductor/kernel/flex/flex_cpu.py). `COMPILE = True` compiles it on the CPU too.
+  only, fp32/bf16/fp16 (torch/_inductor/kernel/flex/flex_cpu.py). `COMPILE = True` compiles it on the CPU too;
+  inductor's kernel cache (TORCHINDUCTOR_CACHE_DIR) does not key on ATEN_CPU_CAPABILITY: a process capped at
+  another vector ISA than the one that compiled must use its own cache directory (wrong outputs otherwise).
 - No attention dropout (FlexAttention has none): the model refuses `attn_drop_rate > 0` with this backend.
 """
 
