@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.numerics import EPS, assert_norm_close
-from helpers.reference import CASES, bound, hf_config, input_size, random_mask, randomize_, transformers
+from helpers.reference import CASES, bound, grad_bound, hf_config, input_size, random_mask, randomize_, transformers
 
 from simmim_swinv2 import convert
 from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, masked_l1_loss
@@ -86,7 +86,10 @@ def test_fused_attention_equals_eager(case, dtype, tmp_path):
     eager = _ours(ref, tmp_path / "eager", fused=False).to(dtype)
     H, W = input_size(case)
     p = ref.config.patch_size
-    x = torch.randn(2, ref.config.num_channels, H, W, dtype=dtype, requires_grad=True)
+    # a fixed input: a parameter's gradient is a sum that may cancel, and its error relative to that sum grows as it
+    # does; with the input fixed, only the CPU's order of additions varies, never how close the sum is to zero
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, ref.config.num_channels, H, W, generator=g).to(dtype).requires_grad_(True)
     mask = random_mask(2, H // p, W // p, seed=1)
     results = []
     for model in (fused, eager):
@@ -99,11 +102,11 @@ def test_fused_attention_equals_eager(case, dtype, tmp_path):
     (r1, gx1, g1), (r2, gx2, g2) = results
     assert_norm_close(r1, r2, bound(case, dtype), "reconstruction")
     if dtype == torch.float64:
-        grad_tol = bound(case, dtype, batch_sum=mask.numel())  # a gradient sums over the batch's positions
-        assert_norm_close(gx1, gx2, grad_tol, "input gradient")
+        # a gradient sums over the batch's positions (and each window's keys: helpers.reference.grad_terms)
+        assert_norm_close(gx1, gx2, bound(case, dtype, batch_sum=mask.numel()), "input gradient")
         assert g1.keys() == g2.keys() and len(g1) == len(list(fused.parameters()))
         for name in g1:
-            assert_norm_close(g1[name], g2[name], grad_tol, name)
+            assert_norm_close(g1[name], g2[name], grad_bound(case, dtype, mask.numel(), name), name)
 
 
 @pytest.mark.parametrize("case", ["clamped_window", "three_stages"])

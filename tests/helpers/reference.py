@@ -67,6 +67,23 @@ def bound(case_or_config, dtype: torch.dtype = torch.float32, batch_sum: int = 1
     return rounding_bound(dtype, swinv2_roundings(config, batch_sum))
 
 
+# Parameters that act on every (query, key) pair of a window: their gradients sum window**2 terms per position.
+PAIR_PARAMETERS = ("logit_scale", "cpb_mlp")
+
+
+def grad_terms(name: str, positions: int, window: int) -> int:
+    """Terms parameter `name`'s gradient sums over: the batch's `positions`, times `window**2` keys for the
+    parameters of `PAIR_PARAMETERS`."""
+    return positions * window**2 if any(k in name for k in PAIR_PARAMETERS) else positions
+
+
+def grad_bound(case_or_config, dtype: torch.dtype, positions: int, name: str) -> float:
+    """`bound` for parameter `name`'s gradient (`grad_terms` of the model's largest window)."""
+    config = hf_config(case_or_config) if isinstance(case_or_config, str) else case_or_config
+    window = config.window_size if isinstance(config.window_size, int) else max(config.window_size)
+    return bound(config, dtype, batch_sum=grad_terms(name, positions, window))
+
+
 def random_mask(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     """`(B, h, w)` 0/1 with about 60% ones."""
     return (torch.rand(batch, h, w, generator=torch.Generator().manual_seed(seed)) < 0.6).long()
