@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.config import FAST, run_cli
+from helpers.zero import FINAL, check_consolidated
 from lightning.pytorch.callbacks import Callback
 
 pytestmark = pytest.mark.slow
@@ -25,22 +26,6 @@ CPU = ["trainer.accelerator=cpu", "trainer.devices=2",
        "trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy"]
 NO_PIN = [f"trainer.strategy.config.zero_optimization.{k}.pin_memory=false"  # pinning needs CUDA
           for k in ("offload_optimizer", "offload_param")]
-
-
-class FinalFP32Weights(Callback):
-    """Test-only: at the end of training, every rank joins in gathering the fp32 master weights (partitioned
-    under ZeRO, possibly offloaded); rank 0 saves them to `path`."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        sd = {name: safe_get_full_fp32_param(p).detach().cpu().clone()
-              for name, p in pl_module.model.named_parameters()}
-        if trainer.is_global_zero:
-            torch.save(sd, self.path)
 
 
 class TrainingState(Callback):
@@ -85,54 +70,16 @@ def _losses(run_dir: Path) -> list[float]:
         return [float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
 
 
-def _check_consolidated(run: Path, final: Path, tmp_path: Path) -> None:
-    """The finished run's ZeRO checkpoint consolidates to one fp32 file equal to the live fp32 master weights
-    (`final`, from `FinalFP32Weights`), which loads where fine-tuning and the transformers export read weights."""
-    from simmim_swinv2 import convert
-    from simmim_swinv2.consolidate import consolidate
-    from simmim_swinv2.distributed.strategy import check_zero_resume
-    from simmim_swinv2.models import SwinV2Encoder
-    from simmim_swinv2.weights import find_resume_checkpoint, load_pretrained_encoder
-
-    ckpt = find_resume_checkpoint(run)
-    assert ckpt == run / "checkpoints" / "last.ckpt" and ckpt.is_dir()  # sharded: one directory per checkpoint
-    with open(run / "metrics.csv") as f:
-        assert any(r.get("train/grad_norm") for r in csv.DictReader(f))  # DeepSpeed's norm under ZeRO
-    weights = consolidate(run, tmp_path / "encoder.safetensors")
-    live = torch.load(final, weights_only=True)
-    model = convert.load_model(weights)
-    assert isinstance(model, SwinV2Encoder)
-    for name, value in model.state_dict().items():
-        if f"encoder.{name}" in live:
-            torch.testing.assert_close(value, live[f"encoder.{name}"], rtol=0, atol=0, msg=name)
-    assert all(k.removeprefix("encoder.") in model.state_dict() for k in live if k.startswith("encoder."))
-
-    # where fine-tuning (`finetune pretrained=…`) and the transformers export read weights
-    encoder = SwinV2Encoder(model.cfg.replace(use_mask_token=False))
-    report = load_pretrained_encoder(encoder, weights)
-    assert report == {"missing": [], "unexpected": [], "shape_mismatch": []}
-    assert (convert.to_transformers(model, tmp_path / "hf") / "model.safetensors").is_file()
-    load_pretrained_encoder(SwinV2Encoder(model.cfg.replace(use_mask_token=False)), ckpt)  # the ZeRO dir itself
-
-    # another world size: refused before DeepSpeed's own error, naming the fix
-    check_zero_resume(ckpt, 2)
-    with pytest.raises(RuntimeError, match="of 2 processes, this run has 1.*simmim_swinv2.consolidate"):
-        check_zero_resume(ckpt, 1)
-
-
-FINAL = ["+callbacks.final._target_=test_deepspeed.FinalFP32Weights"]
-
-
-@pytest.mark.parametrize("trainer_cfg", ["deepspeed_zero3", "deepspeed_zero3_offload"])  # ZeRO-2: the next test
-def test_zero_train_save_resume_consolidate(trainer_cfg, tmp_path):
+def test_zero_train_save_resume_consolidate(tmp_path):
+    """ZeRO-3 with the optimizer and the parameters offloaded: train, save sharded, resume, consolidate. The same
+    checks run on ZeRO-2's resumed run (the next test) and on the plain ZeRO-3 run of the kNN monitor's test
+    (tests/test_knn.py); ZeRO-3's checkpoint layout is the same with or without offload."""
     from simmim_swinv2.weights import find_resume_checkpoint
 
-    run = tmp_path / "run"
-    extra = NO_PIN if "offload" in trainer_cfg else []
+    run, trainer_cfg, extra = tmp_path / "run", "deepspeed_zero3_offload", NO_PIN
     out = _run(run, trainer_cfg, "trainer.max_epochs=1", *extra)
     assert "global batch 16 = 8 per device x 2 devices" in out and "CPUDeepSpeedStrategy" in out
-    if "offload" in trainer_cfg:
-        assert "ZeRO-Offload: optimizer AdamW -> DeepSpeedCPUAdam (adamw_mode=True), the same 2 parameter groups" in out
+    assert "ZeRO-Offload: optimizer AdamW -> DeepSpeedCPUAdam (adamw_mode=True), the same 2 parameter groups" in out
     ckpt = find_resume_checkpoint(run)
     assert ckpt == run / "checkpoints" / "last.ckpt" and ckpt.is_dir()  # sharded: one directory per checkpoint
 
@@ -142,13 +89,13 @@ def test_zero_train_save_resume_consolidate(trainer_cfg, tmp_path):
     assert f"resuming from {ckpt}" in out
     losses = _losses(run)
     assert len(losses) == 6 and all(l == l for l in losses)  # 3 steps per epoch, none repeated
-    _check_consolidated(run, final, tmp_path)
+    check_consolidated(run, final, tmp_path)
 
 
 def test_zero_preemption_resume_and_finetune(tmp_path):
     """ZeRO-2 on two processes: SIGUSR1 on rank 1 alone mid-epoch -> both ranks write one sharded hpc_ckpt
     directory and stop; the next start resumes from it and finishes, and its checkpoint consolidates as ZeRO-3's
-    do (`_check_consolidated`); fine-tuning under ZeRO-2 (layer-decay parameter groups) starts from that run."""
+    do (`helpers.zero.check_consolidated`); fine-tuning under ZeRO-2 (layer-decay parameter groups) starts from that run."""
     from simmim_swinv2.distributed.zero import is_zero_checkpoint
     from simmim_swinv2.weights import find_resume_checkpoint
 
@@ -166,7 +113,7 @@ def test_zero_preemption_resume_and_finetune(tmp_path):
     with open(run / "metrics.csv") as f:
         steps = {int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
     assert steps == set(range(6))  # every step trained once, the resumed ones included
-    _check_consolidated(run, final, tmp_path)
+    check_consolidated(run, final, tmp_path)
 
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "DS_ACCELERATOR": "cpu"}
     result = run_cli("simmim_swinv2.finetune", *FAST, "trainer=deepspeed_zero2", *CPU, f"pretrained={run}",

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.config import FAST, compose_config
+from helpers.zero import FINAL, check_consolidated
 from torch.utils.data import DataLoader, Subset
 
 from simmim_swinv2.data import build_digits
@@ -143,7 +144,8 @@ def test_two_ranks_log_the_same_value_over_all_samples(strategy, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
            "DS_ACCELERATOR": "cpu"}
-    trainer = ["trainer=ddp"] if strategy == "ddp" else ZERO3
+    final = tmp_path / "final_fp32.pt"  # ZeRO-3: its checkpoint consolidates to the live fp32 weights
+    trainer = ["trainer=ddp"] if strategy == "ddp" else [*ZERO3, *FINAL, f"+callbacks.final.path={final}"]
     result = subprocess.run(
         [sys.executable, "-m", "simmim_swinv2.pretrain", *FAST, *KNN, *trainer, "trainer.devices=2",
          "trainer.accelerator=cpu", f"hydra.run.dir={run}", "callbacks.knn.train_samples=201",  # 101 + 100 (+1 pad)
@@ -157,6 +159,8 @@ def test_two_ranks_log_the_same_value_over_all_samples(strategy, tmp_path):
         assert "GLOBAL_RANK: 1" in out and (run / "checkpoints" / "last.ckpt").is_file()
         with open(run / "metrics.csv") as f:  # 2 epochs x 3 steps, logged once (rank 0)
             assert len([r for r in csv.DictReader(f) if r.get("train/loss_step")]) == 6
+    else:
+        check_consolidated(run, final, tmp_path)
     ranks = [json.loads((tmp_path / "record" / f"knn_rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["history"] and len(ranks[0]["history"]) == 2
     for r in ranks:
