@@ -108,6 +108,8 @@ def test_newcomer_mistakes_stop_with_one_sentence_naming_the_fix(photos, tmp_pat
         err = run_main(pretrain, ["model=swinv2_base", run], capsys)
         assert "model=swinv2_base brings trainer=gpu" in err and "add trainer=cpu" in err
         assert "128 images per step at 192 px" in err  # what that run then is: the recipe's per-GPU batch
+    err = run_main(pretrain, ["data=folder", run], capsys)  # the images' folder not given
+    assert "data.root is required by this data source: add data.root=" in err
     err = run_main(pretrain, ["img_size=100", run], capsys)
     assert "img_size (100, 100)" in err and "multiple of the encoder stride 32" in err
     err = run_main(pretrain, [*FAST, "trainer.precision=16-mixed", "trainer.accelerator=cpu", run], capsys)

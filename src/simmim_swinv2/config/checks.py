@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from . import ConfigError
 from .signature import describe, matches
@@ -45,6 +46,20 @@ def model_normalization(model, data) -> tuple[tuple[float, ...], tuple[float, ..
     return data_normalization(data, encoder_of(model).cfg.in_chans)
 
 
+def _required_data_keys(data) -> list[str]:
+    """A data source's keys that its builders need and nobody gave (`data=hf` without data.path, `data=folder`
+    without data.root): found when the data node does not resolve, named by key instead of OmegaConf's trace."""
+    if not isinstance(data, DictConfig):
+        return []
+    try:
+        OmegaConf.to_container(data, resolve=True)
+        return []
+    except OmegaConfBaseException as err:
+        unset = [k for k in data.keys() if OmegaConf.is_missing(data, k) or data._get_node(k)._is_none()]
+        named = [k for k in unset if f"${{..{k}}}" in str(err) or f"data.{k}" in str(err)]
+        return [f"data.{k} is required by this data source: add data.{k}=..." for k in named] or [f"data: {err.msg}"]
+
+
 def check_values(cfg: DictConfig) -> None:
     """The values whose type OmegaConf cannot check at composition (the unions of a schema's `__unions__`:
     `model.window_size` is an int or one per stage, `trainer.precision` one of Lightning's names), against their
@@ -70,6 +85,8 @@ def check_values(cfg: DictConfig) -> None:
                 walk(child, full)
 
     walk(cfg, "")
+    if required := _required_data_keys(cfg.get("data")):
+        raise ConfigError("; ".join(required))
     if problems:
         raise ConfigError("wrong value" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems))
 
