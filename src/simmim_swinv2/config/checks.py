@@ -57,7 +57,8 @@ def _required_data_keys(data) -> list[str]:
     except OmegaConfBaseException as err:
         unset = [k for k in data.keys() if OmegaConf.is_missing(data, k) or data._get_node(k)._is_none()]
         named = [k for k in unset if f"${{..{k}}}" in str(err) or f"data.{k}" in str(err)]
-        return [f"data.{k} is required by this data source: add data.{k}=..." for k in named] or [f"data: {err.msg}"]
+        # anything else resolves later (evaluate's img_size comes from the checkpoint) or fails where it is used
+        return [f"data.{k} is required by this data source: add data.{k}=..." for k in named]
 
 
 def check_values(cfg: DictConfig) -> None:
