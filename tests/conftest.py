@@ -15,6 +15,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # `datasets` (data=hf) reads 
 # inductor's kernels compiled for this session only: its on-disk cache does not key on ATEN_CPU_CAPABILITY, and a
 # FlexAttention kernel compiled under AVX-512 then read by a process capped at AVX2 gave 40% wrong outputs (torch 2.14)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="simmim-tests-inductor-"))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one intra-op thread per worker, not 2 x 2 on 2 cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 
