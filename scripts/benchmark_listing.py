@@ -1,21 +1,25 @@
 #!/usr/bin/env python
-"""Folder listings at scale: start-up of 2 ranks, walk speed, and memory per loader worker, against references.
+"""Folder listings at scale: start-up of 2 ranks, walk speed, and memory per loader worker, against
+references.
 
 Implementations, run in the same invocation and interleaved round by round:
 
-- old: the listing code before the compact listing (commit 2243eba, ``data/folder.py``: ``os.walk`` + a ``Path``
-  per file, a list of ``(str, int)`` tuples), copied below and clearly labelled;
+- old: the listing code before the compact listing (commit 2243eba, ``data/folder.py``:
+  ``os.walk`` + a ``Path`` per file, a list of ``(str, int)`` tuples), copied below and clearly
+  labelled;
 - torchvision: ``torchvision.datasets.ImageFolder`` (what users would use otherwise);
-- ours: ``FolderDataset`` with ``listing_dir``: the first process walks the tree (``os.scandir``, class folders in
-  threads) into one file, the others wait and read it; a restart reads it; arrays, memory-mapped.
+- ours: ``FolderDataset`` with ``listing_dir``: the first process walks the tree (``os.scandir``,
+  class folders in threads) into one file, the others wait and read it; a restart reads it; arrays,
+  memory-mapped.
 
-The tree: ``--files`` empty files in ``--classes`` class folders named as in ImageNet (a listing needs no image
-data). Start-up: two real processes (``RANK=0`` and ``1``) per implementation, started together; the table shows
-the median over rounds of the slower rank's time from before building the dataset to having it, and of the wall
-time of the pair (Python start and imports included, the same for all). Memory: per implementation, a fresh process
-builds the dataset, passes once over a ``DataLoader`` with ``--workers`` workers (each item opens its file and returns
-a small tensor), then reads each worker's ``/proc/<pid>/smaps_rollup``: USS (private pages: what the worker copied)
-and PSS.
+The tree: ``--files`` empty files in ``--classes`` class folders named as in ImageNet (a listing
+needs no image data). Start-up: two real processes (``RANK=0`` and ``1``) per implementation,
+started together; the table shows the median over rounds of the slower rank's time from before
+building the dataset to having it, and of the wall time of the pair (Python start and imports
+included, the same for all). Memory: per implementation, a fresh process builds the dataset, passes
+once over a ``DataLoader`` with ``--workers`` workers (each item opens its file and returns a small
+tensor), then reads each worker's ``/proc/<pid>/smaps_rollup``: USS (private pages: what the worker
+copied) and PSS.
 
     python scripts/benchmark_listing.py --files 100000 --classes 1000 --repeats 5
 """
@@ -32,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# --- reference: the listing code before this change (commit 2243eba, src/simmim_swinv2/data/folder.py) -------------
+# --- reference: the listing code before this change -----------------------------------------------
+# (commit 2243eba, src/simmim_swinv2/data/folder.py)
 OLD_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -52,7 +57,9 @@ def old_scan_folder(root, labelled=None):
     root = Path(root).expanduser()
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if labelled is None:
-        labelled = bool(subdirs) and not any(old_is_image(p.name) for p in root.iterdir() if p.is_file())
+        labelled = bool(subdirs) and not any(
+            old_is_image(p.name) for p in root.iterdir() if p.is_file()
+        )
     if labelled:
         classes, samples = [], []
         for d in subdirs:
@@ -63,7 +70,9 @@ def old_scan_folder(root, labelled=None):
     else:
         classes, samples = [], [(str(f), -1) for f in old_walk_images(root)]
     return samples, classes
-# --- end of the reference -------------------------------------------------------------------------------------------
+
+
+# --- end of the reference -------------------------------------------------------------------------
 
 IMPLS = ["old", "torchvision", "ours, first start", "ours, restart"]
 
@@ -92,6 +101,7 @@ def build(impl: str, root: str, cache: str, transform=None):
     from simmim_swinv2.data import FolderDataset
 
     if impl == "old":
+
         class OldFolder(Dataset):
             def __init__(self) -> None:
                 self.samples, self.classes = old_scan_folder(root)
@@ -106,6 +116,7 @@ def build(impl: str, root: str, cache: str, transform=None):
 
         return OldFolder()
     if impl == "baseline":  # no listing at all: what a worker holds anyway
+
         class Numbers(Dataset):
             def __len__(self) -> int:
                 return int(os.environ["BENCH_FILES"])
@@ -115,6 +126,7 @@ def build(impl: str, root: str, cache: str, transform=None):
 
         return Numbers()
     if impl == "torchvision":
+
         def read(path):
             with open(path, "rb") as f:
                 return torch.full((4,), len(f.read()))
@@ -133,14 +145,17 @@ class Small:
 
 
 def held(ds) -> int:
-    """Bytes the listing takes in the main process: Python objects (lists, tuples, strings) or arrays."""
+    """Bytes the listing takes in the main process: Python objects (lists, tuples, strings) or
+    arrays."""
     samples = getattr(ds, "samples", None)
     if samples is None:
         return 0
     if hasattr(samples, "offsets"):
         return samples.paths.nbytes + samples.offsets.nbytes + samples.labels.nbytes
     lists = [samples] + [getattr(ds, "targets", [])]
-    return sum(map(sys.getsizeof, lists)) + sum(sys.getsizeof(t) + sys.getsizeof(t[0]) for t in samples)
+    return sum(map(sys.getsizeof, lists)) + sum(
+        sys.getsizeof(t) + sys.getsizeof(t[0]) for t in samples
+    )
 
 
 def rollup(pid: int) -> dict[str, float]:
@@ -153,7 +168,8 @@ def rollup(pid: int) -> dict[str, float]:
 
 
 def child(args) -> None:
-    """One rank (--child startup) or one memory measurement (--child memory); prints one JSON line."""
+    """One rank (--child startup) or one memory measurement (--child memory); prints one JSON
+    line."""
     import torchvision.datasets  # noqa: F401 - the same imports for every implementation
     from torch.utils.data import DataLoader
 
@@ -176,13 +192,34 @@ def child(args) -> None:
     print(json.dumps(out), flush=True)
 
 
-def run_children(kind: str, impl: str, root: Path, cache: Path, ranks: int, workers: int) -> tuple[list[dict], float]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")}
+def run_children(
+    kind: str, impl: str, root: Path, cache: Path, ranks: int, workers: int
+) -> tuple[list[dict], float]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+    }
     env.pop("SIMMIM_LISTINGS_MADE", None)
-    cmd = [sys.executable, __file__, "--child", kind, "--impl", impl, "--root", str(root), "--cache", str(cache),
-           "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--impl",
+        impl,
+        "--root",
+        str(root),
+        "--cache",
+        str(cache),
+        "--workers",
+        str(workers),
+    ]
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, text=True) for r in range(ranks)]
+    procs = [
+        subprocess.Popen(cmd, env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, text=True)
+        for r in range(ranks)
+    ]
     outs = [p.communicate()[0] for p in procs]
     wall = time.perf_counter() - start
     if any(p.returncode for p in procs):
@@ -195,8 +232,15 @@ def main() -> None:
     p.add_argument("--files", type=int, default=100_000)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--workers", type=int, default=2, help="loader workers for the memory measurement")
-    p.add_argument("--tree", type=Path, default=None, help="where to make (or find) the tree; default: a temp dir")
+    p.add_argument(
+        "--workers", type=int, default=2, help="loader workers for the memory measurement"
+    )
+    p.add_argument(
+        "--tree",
+        type=Path,
+        default=None,
+        help="where to make (or find) the tree; default: a temp dir",
+    )
     p.add_argument("--child", choices=["startup", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
@@ -212,14 +256,17 @@ def main() -> None:
     root = (args.tree or Path(tmp.name) / "tree").resolve()
     t = time.perf_counter()
     make_tree(root, args.files, args.classes)
-    print(f"tree: {args.files} files in {args.classes} class folders at {root} ({time.perf_counter() - t:.0f} s)")
+    print(
+        f"tree: {args.files} files in {args.classes} class folders at {root} "
+        f"({time.perf_counter() - t:.0f} s)"
+    )
     warm = Path(tmp.name) / "warm"
     load_listing(root, listing_dir=warm)  # what "ours, restart" reads
 
     # Start-up of 2 ranks, implementations interleaved (rotated each round).
     startup: dict[str, dict[str, list[float]]] = {i: {"slowest": [], "wall": []} for i in IMPLS}
     for r in range(args.repeats):
-        for impl in IMPLS[r % len(IMPLS):] + IMPLS[: r % len(IMPLS)]:
+        for impl in IMPLS[r % len(IMPLS) :] + IMPLS[: r % len(IMPLS)]:
             cache = warm if impl == "ours, restart" else Path(tmp.name) / f"cold{r}"
             outs, wall = run_children("startup", impl, root, cache, 2, args.workers)
             assert all(o["n"] == args.files for o in outs), outs
@@ -230,8 +277,12 @@ def main() -> None:
     # Walking in one process: the references and ours with 1 and 8 threads, interleaved.
     from torchvision.datasets import ImageFolder
 
-    walks = {"old scan_folder": lambda: old_scan_folder(root), "torchvision ImageFolder": lambda: ImageFolder(str(root)),
-             "ours, 1 thread": lambda: build_listing(root, threads=1), "ours, 8 threads": lambda: build_listing(root, threads=8)}
+    walks = {
+        "old scan_folder": lambda: old_scan_folder(root),
+        "torchvision ImageFolder": lambda: ImageFolder(str(root)),
+        "ours, 1 thread": lambda: build_listing(root, threads=1),
+        "ours, 8 threads": lambda: build_listing(root, threads=8),
+    }
     walk_s: dict[str, list[float]] = {k: [] for k in walks}
     for _ in range(args.repeats):
         for name, fn in walks.items():
@@ -247,27 +298,46 @@ def main() -> None:
         memory[impl] = outs[0]
 
     med = statistics.median
-    print(f"\nStart-up of 2 ranks (two processes started together), {args.files} files, median of {args.repeats} "
-          "rounds (min-max)\n")
-    print("| implementation | slower rank: dataset ready, s | pair wall time, s (Python + imports included) |")
+    print(
+        "\n"
+        f"Start-up of 2 ranks (two processes started together), {args.files} files, median of "
+        f"{args.repeats} rounds (min-max)\n"
+    )
+    print(
+        "| implementation | slower rank: dataset ready, s | pair wall time, s (Python + imports "
+        "included) |"
+    )
     print("|---|---|---|")
     for impl in IMPLS:
         s, w = startup[impl]["slowest"], startup[impl]["wall"]
-        print(f"| {impl} | {med(s):.2f} ({min(s):.2f}-{max(s):.2f}) | {med(w):.1f} ({min(w):.1f}-{max(w):.1f}) |")
+        print(
+            f"| {impl} | {med(s):.2f} ({min(s):.2f}-{max(s):.2f}) | {med(w):.1f} "
+            f"({min(w):.1f}-{max(w):.1f}) |"
+        )
     print(f"\nOne process walking the tree, median of {args.repeats} (min-max)\n")
     print("| walk | s | files/s |")
     print("|---|---|---|")
     for name, s in walk_s.items():
         print(f"| {name} | {med(s):.3f} ({min(s):.3f}-{max(s):.3f}) | {args.files / med(s):,.0f} |")
-    print(f"\nMemory after one pass over a DataLoader with {args.workers} workers (MiB; USS = private pages)\n")
-    print("| implementation | listing in the main process | per worker USS | minus baseline | per worker PSS |")
+    print(
+        "\n"
+        f"Memory after one pass over a DataLoader with {args.workers} workers (MiB; USS = private "
+        "pages)\n"
+    )
+    print(
+        "| implementation | listing in the main process | per worker USS | minus baseline | per "
+        "worker PSS |"
+    )
     print("|---|---|---|---|---|")
     base = statistics.mean(w["uss"] for w in memory["baseline"]["workers"])
     for impl, m in memory.items():
         uss = [w["uss"] for w in m["workers"]]
         pss = [w["pss"] for w in m["workers"]]
-        print(f"| {impl} | {m['listing_mib']:.1f} | {statistics.mean(uss):.1f} ({', '.join(f'{u:.1f}' for u in uss)}) | "
-              f"{statistics.mean(uss) - base:+.1f} | {statistics.mean(pss):.1f} |")
+        print(
+            f"| {impl} | {m['listing_mib']:.1f} | {statistics.mean(uss):.1f} "
+            f"({', '.join(f'{u:.1f}' for u in uss)}) | {statistics.mean(uss) - base:+.1f} | "
+            f"{statistics.mean(pss):.1f} |"
+        )
     tmp.cleanup()
 
 

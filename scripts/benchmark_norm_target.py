@@ -1,15 +1,15 @@
-"""What SimMIM's normalised target (`norm_target=True`) adds to a training step, and what the target itself costs:
-ours (running sums, `models.simmim.normalize_target`) against the official formula (stride-1 average pools,
-microsoft/Swin-Transformer models/simmim.py `norm_targets`).
+"""What SimMIM's normalised target (`norm_target=True`) adds to a training step, and what the target
+itself costs: ours (running sums, `models.simmim.normalize_target`) against the official formula
+(stride-1 average pools, microsoft/Swin-Transformer models/simmim.py `norm_targets`).
 
-One process, one model: training steps (forward, backward, AdamW) with the target off and on take turns, round by
-round (so drift on a shared machine hits both alike); the table gives medians of wall time and of the process's CPU
-time per step (steadier when other jobs share the cores), and the per-round ratio. The target alone is timed the
-same way on the batch.
+One process, one model: training steps (forward, backward, AdamW) with the target off and on take
+turns, round by round (so drift on a shared machine hits both alike); the table gives medians of
+wall time and of the process's CPU time per step (steadier when other jobs share the cores), and the
+per-round ratio. The target alone is timed the same way on the batch.
 
-    python scripts/benchmark_norm_target.py                        # SwinV2-T, 192 px, window 6, batch 8, fp32, CPU
+    python scripts/benchmark_norm_target.py  # SwinV2-T, 192 px, window 6, batch 8, fp32, CPU
     python scripts/benchmark_norm_target.py --device cuda --precision bf16 --batch 128 --variant base --window 12
-"""
+"""  # noqa: E501 - a command line longer than 100 characters
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def timed(fn, sync) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variant", default="tiny")
     parser.add_argument("--img-size", type=int, default=192)
     parser.add_argument("--window", type=int, default=6)
@@ -77,11 +79,15 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return run
 
-    cases = {"step, norm_target=False": step(False), "step, norm_target=True": step(True),
-             "target: ours (running sums)": lambda: normalize_target(x),
-             "target: official (avg_pool2d)": lambda: official_norm_targets(x)}
+    cases = {
+        "step, norm_target=False": step(False),
+        "step, norm_target=True": step(True),
+        "target: ours (running sums)": lambda: normalize_target(x),
+        "target: official (avg_pool2d)": lambda: official_norm_targets(x),
+    }
     for fn in cases.values():
         for _ in range(args.warmup):
             fn()
@@ -89,25 +95,41 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         for name, fn in cases.items():
             times[name].append(timed(fn, sync))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1][0] * 1000:.0f} ms" for k, v in times.items()),
-              flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{k} {v[-1][0] * 1000:.0f} ms" for k, v in times.items()),
+            flush=True,
+        )
 
     def median(name: str, i: int) -> float:
         return statistics.median(t[i] for t in times[name]) * 1000
 
     off, on = "step, norm_target=False", "step, norm_target=True"
-    print(f"\n{args.variant}, {args.img_size} px, window {args.window}, batch {args.batch}, {args.precision}, "
-          f"{device.type} ({torch.get_num_threads()} threads), torch {torch.__version__}; median of {args.rounds} "
-          "rounds, cases in turn\n")
-    print("| case | wall ms | CPU ms | vs the step without target: wall, per round median (range) | CPU |")
+    print(
+        "\n"
+        f"{args.variant}, {args.img_size} px, window {args.window}, batch {args.batch}, "
+        f"{args.precision}, {device.type} ({torch.get_num_threads()} threads), torch "
+        f"{torch.__version__}; median of {args.rounds} rounds, cases in turn\n"
+    )
+    print(
+        "| case | wall ms | CPU ms | vs the step without target: wall, per round median (range) | "
+        "CPU |"
+    )
     print("|---|---|---|---|---|")
     for name in cases:
         ratios = [a[0] / b[0] for a, b in zip(times[name], times[off])]
         cpu = statistics.median(a[1] / b[1] for a, b in zip(times[name], times[off]))
-        print(f"| {name} | {median(name, 0):.1f} | {median(name, 1):.1f} | {statistics.median(ratios):.3f}x "
-              f"({min(ratios):.3f}-{max(ratios):.3f}) | {cpu:.3f}x |")
+        print(
+            f"| {name} | {median(name, 0):.1f} | {median(name, 1):.1f} | "
+            f"{statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f}) | {cpu:.3f}x "
+            "|"
+        )
     added = statistics.median(a[0] / b[0] for a, b in zip(times[on], times[off])) - 1
-    print(f"\nnorm_target=True adds {100 * added:+.1f}% to a training step (wall, per-round median; goal: <= 10%).")
+    print(
+        "\n"
+        f"norm_target=True adds {100 * added:+.1f}% to a training step (wall, per-round median; "
+        "goal: <= 10%)."
+    )
 
 
 if __name__ == "__main__":

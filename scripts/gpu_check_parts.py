@@ -35,8 +35,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 # the import names whose versions env reports; a part names the ones it needs (scripts/gpu_check.sh)
-PACKAGES = ("torch", "triton", "timm", "transformers", "lightning", "hydra", "omegaconf",
-            "webdataset", "simplejpeg", "deepspeed", "datasets", "accelerate")
+PACKAGES = (
+    "torch",
+    "triton",
+    "timm",
+    "transformers",
+    "lightning",
+    "hydra",
+    "omegaconf",
+    "webdataset",
+    "simplejpeg",
+    "deepspeed",
+    "datasets",
+    "accelerate",
+)
 GIB = 2**30
 
 
@@ -51,8 +63,13 @@ def env(a: argparse.Namespace) -> int:
     1 or 0 (CUDA or not) to `a.cuda_file`, the matmul rate (TFLOP/s) to `a.rate_file`."""
     import platform
 
-    lines = ["### env", "", "| item | value |", "|---|---|",
-             f"| python | {platform.python_version()} ({sys.executable}) |"]
+    lines = [
+        "### env",
+        "",
+        "| item | value |",
+        "|---|---|",
+        f"| python | {platform.python_version()} ({sys.executable}) |",
+    ]
     missing = []
     for name in PACKAGES:
         t = time.perf_counter()
@@ -63,8 +80,10 @@ def env(a: argparse.Namespace) -> int:
             lines.append(f"| {name} | NOT IMPORTABLE: {type(e).__name__}: {str(e)[:150]} |")
             continue
         where = Path(mod.__file__).parent.parent if getattr(mod, "__file__", None) else "?"
-        lines.append(f"| {name} | {getattr(mod, '__version__', '?')} ({where}; import "
-                     f"{time.perf_counter() - t:.1f} s) |")
+        lines.append(
+            f"| {name} | {getattr(mod, '__version__', '?')} ({where}; import "
+            f"{time.perf_counter() - t:.1f} s) |"
+        )
     Path(a.missing).write_text(" ".join(missing) + "\n")
     import torch
 
@@ -74,11 +93,14 @@ def env(a: argparse.Namespace) -> int:
         import subprocess
 
         p = torch.cuda.get_device_properties(0)
-        lines.append(f"| GPU | {p.name}, {p.total_memory / GIB:.1f} GiB, "
-                     f"{p.multi_processor_count} SMs, cc {p.major}.{p.minor} |")
+        lines.append(
+            f"| GPU | {p.name}, {p.total_memory / GIB:.1f} GiB, "
+            f"{p.multi_processor_count} SMs, cc {p.major}.{p.minor} |"
+        )
         query = "--query-gpu=driver_version,clocks.sm,clocks.max.sm,power.limit"
-        smi = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True,
-                             text=True).stdout.strip()
+        smi = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.strip()
         lines.append(f"| driver, SM clock / max, power limit | {smi} |")
     else:
         lines.append("| GPU | none: torch.cuda.is_available() is False |")
@@ -115,8 +137,11 @@ def _benchmark_rows(path: Path) -> tuple[str, list[list[str]]]:
     """The caption and the rows (cells) of a benchmark_model.py --out table."""
     text = path.read_text() if path.exists() else ""
     lines = text.splitlines()
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines
-            if line.startswith("| ") and not line.startswith("| implementation")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in lines
+        if line.startswith("| ") and not line.startswith("| implementation")
+    ]
     return (lines[0] if lines else ""), rows
 
 
@@ -136,17 +161,24 @@ def eager_table(a: argparse.Namespace) -> int:
     ips = {r[0]: float(r[2]) for r in rows if len(r) > 4 and re.fullmatch(r"[\d.]+", r[2])}
     if flops:
         caption += f"; model FLOPs/step {flops / 1e9:,.1f} G (FlopCounterMode, ours)"
-    lines = ["### model step, eager (a process and a time cap per row, in the order run)", "",
-             caption, "", "| implementation | img/s | ms/step | peak MiB | ours / this |"
-             + "".join(f" MFU @{p:g} TFLOP/s |" for p in peaks),
-             "|---|---|---|---|---|" + "---|" * len(peaks)]
+    lines = [
+        "### model step, eager (a process and a time cap per row, in the order run)",
+        "",
+        caption,
+        "",
+        "| implementation | img/s | ms/step | peak MiB | ours / this |"
+        + "".join(f" MFU @{p:g} TFLOP/s |" for p in peaks),
+        "|---|---|---|---|---|" + "---|" * len(peaks),
+    ]
     for r in rows:
         if r[0] not in ips:
             lines.append(f"| {r[0]} | {r[2] if len(r) > 2 else '-'} | | | |" + " |" * len(peaks))
             continue
         ratio = f"{ips['ours'] / ips[r[0]]:.2f}x" if "ours" in ips else "-"
-        mfu = "".join(f" {100 * flops * ips[r[0]] / batch / (p * 1e12):.3g}% |"
-                      if flops and batch else " - |" for p in peaks)
+        mfu = "".join(
+            f" {100 * flops * ips[r[0]] / batch / (p * 1e12):.3g}% |" if flops and batch else " - |"
+            for p in peaks
+        )
         lines.append(f"| {r[0]} | {r[2]} | {r[3]} | {r[4]} | {ratio} |{mfu}")
     _write(a.out, "\n".join(lines))
     return 0
@@ -168,13 +200,18 @@ def plan(a: argparse.Namespace) -> int:
         plans = [planning.make_plan(cfg, batch_size=b) for b in sizes]
         fitting = [p for p in plans if p.total_bytes() <= limit]
         chosen = fitting[0] if fitting else plans[-1]
-        why = (f"the largest of {', '.join(map(str, sizes))} whose estimate is at most "
-               f"{a.fraction:.0%} of the GPU's {first.gpu_memory_bytes / GIB:.1f} GiB"
-               + ("" if fitting else " (none is: the smallest)"))
+        why = (
+            f"the largest of {', '.join(map(str, sizes))} whose estimate is at most "
+            f"{a.fraction:.0%} of the GPU's {first.gpu_memory_bytes / GIB:.1f} GiB"
+            + ("" if fitting else " (none is: the smallest)")
+        )
     Path(a.batch_file).write_text(f"{chosen.batch_size}\n")
-    _write(a.out, f"### plan: {' '.join(a.overrides)}\n\nbatch {chosen.batch_size} per GPU: {why}; "
-                  f"at the job's own batch {first.batch_size} the estimate is "
-                  f"{first.total_bytes() / GIB:,.2f} GiB.\n\n{planning.format_plan(chosen)}")
+    _write(
+        a.out,
+        f"### plan: {' '.join(a.overrides)}\n\nbatch {chosen.batch_size} per GPU: {why}; "
+        f"at the job's own batch {first.batch_size} the estimate is "
+        f"{first.total_bytes() / GIB:,.2f} GiB.\n\n{planning.format_plan(chosen)}",
+    )
     return 0
 
 
@@ -239,34 +276,60 @@ def run_table(a: argparse.Namespace) -> int:
 
     ips, steps, loss = col("device/samples_per_sec"), col("step"), col("train/loss_step")
     peak = json.loads((run / "peak.json").read_text()) if (run / "peak.json").exists() else {}
-    lines = [f"### {a.title}", "", "| item | value |", "|---|---|",
-             f"| steps logged | {int(max(steps)) + 1 if steps else 0} |"]
-    lines.append(f"| img/s per device (the throughput callback) | last {ips[-1]:.1f}, median "
-                 f"{statistics.median(ips):.1f} of {len(ips)} logs |" if ips
-                 else "| img/s | none logged |")
-    lines.append(f"| loss, first / last logged | {loss[0]:.4f} / {loss[-1]:.4f} |" if loss
-                 else "| loss | none logged |")
+    lines = [
+        f"### {a.title}",
+        "",
+        "| item | value |",
+        "|---|---|",
+        f"| steps logged | {int(max(steps)) + 1 if steps else 0} |",
+    ]
+    lines.append(
+        f"| img/s per device (the throughput callback) | last {ips[-1]:.1f}, median "
+        f"{statistics.median(ips):.1f} of {len(ips)} logs |"
+        if ips
+        else "| img/s | none logged |"
+    )
+    lines.append(
+        f"| loss, first / last logged | {loss[0]:.4f} / {loss[-1]:.4f} |"
+        if loss
+        else "| loss | none logged |"
+    )
     for suffix, what in (("data_wait", "loader wait, share of step time"), ("device/mfu", "MFU")):
         if values := col(suffix):  # logged where the throughput callback has them
-            lines.append(f"| {what} ({suffix}) | last {values[-1]:.3g}, median "
-                         f"{statistics.median(values):.3g} |")
-    names = {"allocated_gib": "peak GPU allocated (torch)",
-             "reserved_gib": "peak GPU reserved (torch)",
-             "nvml_used_gib": "peak GPU memory used (NVML: the whole process, context included)",
-             "rss_gib": "peak host RSS", "wall_s": "wall time of the process, start-up included"}
-    lines += [f"| {names[k]} | {v:.2f} {'s' if k == 'wall_s' else 'GiB'} |" for k, v in peak.items()
-              if k in names]
+            lines.append(
+                f"| {what} ({suffix}) | last {values[-1]:.3g}, median "
+                f"{statistics.median(values):.3g} |"
+            )
+    names = {
+        "allocated_gib": "peak GPU allocated (torch)",
+        "reserved_gib": "peak GPU reserved (torch)",
+        "nvml_used_gib": "peak GPU memory used (NVML: the whole process, context included)",
+        "rss_gib": "peak host RSS",
+        "wall_s": "wall time of the process, start-up included",
+    }
+    lines += [
+        f"| {names[k]} | {v:.2f} {'s' if k == 'wall_s' else 'GiB'} |"
+        for k, v in peak.items()
+        if k in names
+    ]
     plan_md = Path(a.plan) if a.plan else None
-    if plan_md and plan_md.exists() and (
-            m := re.search(r"^\| total / GPU +\| ([\d.,]+) GiB", plan_md.read_text(), re.M)):
+    if (
+        plan_md
+        and plan_md.exists()
+        and (m := re.search(r"^\| total / GPU +\| ([\d.,]+) GiB", plan_md.read_text(), re.M))
+    ):
         est = float(m[1].replace(",", ""))
         lines.append(f"| plan's estimate, total / GPU | {est:.2f} GiB |")
         if measured := peak.get("nvml_used_gib") or peak.get("reserved_gib"):
             source = "NVML" if "nvml_used_gib" in peak else "reserved"
             lines.append(f"| plan / measured ({source}) | {est / measured:.2f} |")
     eager = Path(a.eager) if a.eager else None
-    if eager and eager.exists() and ips and (
-            m := re.search(r"^\| ours \| ([\d.]+) \|", eager.read_text(), re.M)):
+    if (
+        eager
+        and eager.exists()
+        and ips
+        and (m := re.search(r"^\| ours \| ([\d.]+) \|", eager.read_text(), re.M))
+    ):
         ratio = ips[-1] / float(m[1])
         lines.append(f"| vs the eager benchmark's ours ({m[1]} img/s) | {ratio:.2f}x |")
     _write(a.out, "\n".join(lines))
@@ -325,9 +388,12 @@ def target(a: argparse.Namespace) -> int:
 
     off, on = "training step, norm_target=false", "training step, norm_target=true"
     w = a.target_window
-    fns = {"normalize_target (src), fp32": lambda: normalize_target(x.float(), w),
-           "official formula (2-D avg_pool2d), fp32": lambda: official_target(x.float(), w),
-           off: lambda: step(False), on: lambda: step(True)}
+    fns = {
+        "normalize_target (src), fp32": lambda: normalize_target(x.float(), w),
+        "official formula (2-D avg_pool2d), fp32": lambda: official_target(x.float(), w),
+        off: lambda: step(False),
+        on: lambda: step(True),
+    }
     ms: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(a.rounds):
         for name, fn in fns.items():
@@ -336,10 +402,14 @@ def target(a: argparse.Namespace) -> int:
         print(f"round {r + 1}/{a.rounds}: {last}", flush=True)
     med = {k: statistics.median(v) for k, v in ms.items()}
     gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""
-    lines = [f"### normalised target: swinv2_{a.variant}, {a.img_size} px, window {a.window}, "
-             f"batch {a.batch}, {a.precision}, target window {w}, {device}{gpu}, "
-             f"torch {torch.__version__}; median of {a.rounds} interleaved rounds x {a.steps}", "",
-             "| what | ms per batch | against the step without the target |", "|---|---|---|"]
+    lines = [
+        f"### normalised target: swinv2_{a.variant}, {a.img_size} px, window {a.window}, "
+        f"batch {a.batch}, {a.precision}, target window {w}, {device}{gpu}, "
+        f"torch {torch.__version__}; median of {a.rounds} interleaved rounds x {a.steps}",
+        "",
+        "| what | ms per batch | against the step without the target |",
+        "|---|---|---|",
+    ]
     for name, v in med.items():
         if name == off:
             versus = "-"
@@ -353,8 +423,9 @@ def target(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("env")
     p.add_argument("--out")
@@ -374,8 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pretrain")
     p.add_argument("--dir", required=True)
     dump_after = float(os.environ.get("GPU_CHECK_DUMP_AFTER", 0))
-    p.add_argument("--dump-after", type=float, default=dump_after,
-                   help="seconds (default: $GPU_CHECK_DUMP_AFTER, set by gpu_check.sh); 0: none")
+    p.add_argument(
+        "--dump-after",
+        type=float,
+        default=dump_after,
+        help="seconds (default: $GPU_CHECK_DUMP_AFTER, set by gpu_check.sh); 0: none",
+    )
     p.add_argument("overrides", nargs="*")
     p = sub.add_parser("run-table")
     p.add_argument("--out")
@@ -396,8 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     a = parser.parse_args(argv)
-    commands = {"env": env, "eager-table": eager_table, "plan": plan, "pretrain": pretrain,
-                "run-table": run_table, "target": target}
+    commands = {
+        "env": env,
+        "eager-table": eager_table,
+        "plan": plan,
+        "pretrain": pretrain,
+        "run-table": run_table,
+        "target": target,
+    }
     return commands[a.cmd](a)
 
 

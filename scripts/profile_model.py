@@ -1,12 +1,14 @@
-"""Where one SimMIM training step spends its time, operator by operator: ours against transformers' on the CPU.
+"""Where one SimMIM training step spends its time, operator by operator: ours against transformers'
+on the CPU.
 
-One process, the same weights for all (transformers' seed-0 initialisation, as in `benchmark_model.py`), the same
-input and mask. Each round times one step (forward, masked L1 loss, backward; `--optimizer` adds the AdamW step) of
-every implementation, alternating their order, then profiles one more step of each with `torch.profiler`. The wall
-times give the speed ratio per round (their median is robust to drift on a shared machine); the profiles give each
-aten operator's self CPU time (median over rounds) and call count, and the operators whose time differs most.
+One process, the same weights for all (transformers' seed-0 initialisation, as in
+`benchmark_model.py`), the same input and mask. Each round times one step (forward, masked L1 loss,
+backward; `--optimizer` adds the AdamW step) of every implementation, alternating their order, then
+profiles one more step of each with `torch.profiler`. The wall times give the speed ratio per round
+(their median is robust to drift on a shared machine); the profiles give each aten operator's self
+CPU time (median over rounds) and call count, and the operators whose time differs most.
 
-    python scripts/profile_model.py                              # SwinV2-T, 192 px, window 6, batch 4, fp32
+    python scripts/profile_model.py  # SwinV2-T, 192 px, window 6, batch 4, fp32
     python scripts/profile_model.py --rounds 9 --top 20 --out profile.md
 """
 
@@ -40,7 +42,9 @@ def make(impl: str, cfg):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variant", default="tiny")
     parser.add_argument("--img-size", type=int, default=192)
     parser.add_argument("--window", type=int, default=6)
@@ -86,31 +90,66 @@ def main(argv: list[str] | None = None) -> None:
                 if e.key.startswith("aten::"):
                     self_us[impl][e.key].append(e.self_cpu_time_total)
                     calls[impl][e.key] = e.count
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{i} {1000 * wall[i][-1]:.0f} ms" for i in impls), flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{i} {1000 * wall[i][-1]:.0f} ms" for i in impls),
+            flush=True,
+        )
 
     ref = "transformers"
-    med = {i: {op: statistics.median(v + [0.0] * (args.rounds - len(v))) / 1000 for op, v in self_us[i].items()}
-           for i in impls}
-    lines = [f"One SimMIM training step ({'forward, loss, backward' + (', AdamW' if args.optimizer else '')}): "
-             f"swinv2_{args.variant}, {args.img_size} px, window {args.window}, batch {args.batch}, fp32, CPU, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}; {args.rounds} interleaved rounds, same "
-             f"weights", "",
-             "| implementation | ms/step (median) | speed vs transformers (median of per-round ratios) | aten calls | "
-             "aten self time, ms | page faults/step |", "|---|---|---|---|---|---|"]
+    med = {
+        i: {
+            op: statistics.median(v + [0.0] * (args.rounds - len(v))) / 1000
+            for op, v in self_us[i].items()
+        }
+        for i in impls
+    }
+    lines = [
+        (
+            "One SimMIM training step "
+            f"({'forward, loss, backward' + (', AdamW' if args.optimizer else '')}): "
+            f"swinv2_{args.variant}, {args.img_size} px, window {args.window}, batch "
+            f"{args.batch}, fp32, CPU, {torch.get_num_threads()} threads, torch "
+            f"{torch.__version__}; {args.rounds} interleaved rounds, same weights"
+        ),
+        "",
+        (
+            "| implementation | ms/step (median) | speed vs transformers (median of per-round "
+            "ratios) | aten calls | aten self time, ms | page faults/step |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
     for i in impls:
-        ratio = statistics.median(t / o for t, o in zip(wall[ref], wall[i])) if ref in wall else float("nan")
-        lines.append(f"| {i} | {1000 * statistics.median(wall[i]):.1f} | {ratio:.3f}x | {sum(calls[i].values())} | "
-                     f"{sum(med[i].values()):.1f} | {statistics.median(faults[i]):.0f} |")
+        ratio = (
+            statistics.median(t / o for t, o in zip(wall[ref], wall[i]))
+            if ref in wall
+            else float("nan")
+        )
+        lines.append(
+            f"| {i} | {1000 * statistics.median(wall[i]):.1f} | {ratio:.3f}x | "
+            f"{sum(calls[i].values())} | {sum(med[i].values()):.1f} | "
+            f"{statistics.median(faults[i]):.0f} |"
+        )
     for i in impls:
         if i == ref or ref not in med:
             continue
-        ops = sorted(set(med[i]) | set(med[ref]), key=lambda o: -abs(med[i].get(o, 0) - med[ref].get(o, 0)))
-        lines += ["", f"{i} against {ref}: the {args.top} aten operators whose self CPU time differs most "
-                  "(median over rounds; calls per step)", "",
-                  f"| operator | {i} ms | {ref} ms | difference ms | {i} calls | {ref} calls |", "|---|---|---|---|---|---|"]
-        for op in ops[:args.top]:
+        ops = sorted(
+            set(med[i]) | set(med[ref]), key=lambda o: -abs(med[i].get(o, 0) - med[ref].get(o, 0))
+        )
+        lines += [
+            "",
+            f"{i} against {ref}: the {args.top} aten operators whose self CPU time differs most "
+            "(median over rounds; calls per step)",
+            "",
+            f"| operator | {i} ms | {ref} ms | difference ms | {i} calls | {ref} calls |",
+            "|---|---|---|---|---|---|",
+        ]
+        for op in ops[: args.top]:
             a, b = med[i].get(op, 0.0), med[ref].get(op, 0.0)
-            lines.append(f"| `{op}` | {a:.2f} | {b:.2f} | {a - b:+.2f} | {calls[i].get(op, 0)} | {calls[ref].get(op, 0)} |")
+            lines.append(
+                f"| `{op}` | {a:.2f} | {b:.2f} | {a - b:+.2f} | {calls[i].get(op, 0)} | "
+                f"{calls[ref].get(op, 0)} |"
+            )
     report = "\n".join(lines)
     print("\n" + report)
     if args.out:

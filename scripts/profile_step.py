@@ -47,10 +47,15 @@ PARTS = [
     ("data wait (train loader next)", r"^\[_TrainingEpochLoop\]\.train_dataloader_next$"),
     ("forward (training_step)", r"^\[Strategy\]\w+\.training_step$"),
     ("backward", r"^\[Strategy\]\w+\.backward$"),
-    ("optimizer step (+ zero_grad, clip)",
-     r"^\[LightningModule\]\w+\.(optimizer_step|optimizer_zero_grad|configure_gradient_clipping)$"),
-    ("validation: loader + steps",
-     r"^\[_EvaluationLoop\]\.val_next$|^\[Strategy\]\w+\.validation_step$"),
+    (
+        "optimizer step (+ zero_grad, clip)",
+        r"^\[LightningModule\]\w+\.(optimizer_step|optimizer_zero_grad|"
+        r"configure_gradient_clipping)$",
+    ),
+    (
+        "validation: loader + steps",
+        r"^\[_EvaluationLoop\]\.val_next$|^\[Strategy\]\w+\.validation_step$",
+    ),
     ("checkpoint writes", r"^\[Callback\](ModelCheckpoint|WallClockCheckpoint)"),
     ("callback: kNN monitor", r"^\[Callback\]KNNMonitor"),
     ("callback: reconstructions", r"^\[Callback\]ReconstructionImages"),
@@ -98,9 +103,11 @@ def main(overrides: list[str]) -> None:
     durations = PROFILERS[-1].recorded_durations
     steps = len(durations["run_training_batch"])
     rows = breakdown(durations, fit_s)
-    print(f"\npretrain {' '.join(overrides) or '(defaults)'}: {steps} optimizer steps, "
-          f"{fit_s:.1f} s whole run ({1000 * fit_s / steps:.1f} ms per step, everything included)"
-          "\n")
+    print(
+        f"\npretrain {' '.join(overrides) or '(defaults)'}: {steps} optimizer steps, "
+        f"{fit_s:.1f} s whole run ({1000 * fit_s / steps:.1f} ms per step, everything included)"
+        "\n"
+    )
     print("| part | ms per step | share of a step |")
     print("|---|---|---|")
     for part, total in rows:

@@ -95,8 +95,9 @@ def test_exports_load_in_transformers_and_match(runs, tmp_path):
     with torch.no_grad():
         got = theirs(x, bool_masked_pos=mask.flatten(1).bool())
         expected = ours(x, mask)
-    # the same fp32 forward on both sides: the whole tensor's norm-relative error, within the rounding bound of
-    # the model's reductions (helpers.numerics.rounding_bound); the loss is a mean of it (masked L1 over N)
+    # the same fp32 forward on both sides: the whole tensor's norm-relative error, within the
+    # rounding bound of the model's reductions (helpers.numerics.rounding_bound); the loss is a mean
+    # of it (masked L1 over N)
     tol = bound(ours.encoder.cfg)
     assert got.reconstruction.shape == (2, n, 64, 64)
     assert norm_rel(got.reconstruction, expected.reconstruction) < tol
@@ -122,5 +123,6 @@ def test_predict_reads_the_samples_with_the_run_normalisation(runs):
         probs = predictor.model(first[None]).logits.softmax(-1)[0]
     top = results[0]["predictions"][0]
     assert top["label"] == predictor.model.id2label[int(probs.argmax())]
-    # a probability in [0, 1] from the same model on the same pixels (batched vs single): fp32 ulps of O(1)
+    # a probability in [0, 1] from the same model on the same pixels (batched vs single): fp32 ulps
+    # of O(1)
     assert abs(top["score"] - float(probs.max())) < 1e-5

@@ -1,4 +1,5 @@
-"""Data layer: mask generator, transforms, digits, folders, presets, synthetic source, datamodule."""
+"""Data layer: mask generator, transforms, digits, folders, presets, synthetic source,
+datamodule."""
 
 from __future__ import annotations
 
@@ -31,16 +32,20 @@ from simmim_swinv2.data import (
 )
 from simmim_swinv2.data.decode import sample_crop
 
-# --- mask -------------------------------------------------------------------------------------------
+# --- mask -----------------------------------------------------------------------------------------
+
 
 def test_mask_reference_numbers_and_block_alignment():
-    # microsoft/SimMIM data/data_simmim.py: 6x6 = 36 blocks at 192/32, ceil(36*0.6) = 22 masked, repeated 8x to 48x48 tokens.
+    # microsoft/SimMIM data/data_simmim.py: 6x6 = 36 blocks at 192/32, ceil(36*0.6) = 22 masked,
+    # repeated 8x to 48x48 tokens.
     gen = MaskGenerator(192, 32, 4, 0.6)
     for _ in range(20):
         mask = gen()
         assert mask.shape == (48, 48) and mask.dtype == torch.bool
         blocks = mask.view(6, 8, 6, 8)
-        assert (blocks == blocks[:, :1, :, :1]).all(), "each 8x8 token block must be all-masked or all-visible"
+        assert (blocks == blocks[:, :1, :, :1]).all(), (
+            "each 8x8 token block must be all-masked or all-visible"
+        )
         assert int(blocks[:, 0, :, 0].sum()) == 22
         assert int(mask.sum()) == 22 * 64
 
@@ -76,7 +81,8 @@ def test_mask_validation_errors(kwargs, message):
         MaskGenerator(**kwargs)
 
 
-# --- transforms -------------------------------------------------------------------------------------
+# --- transforms -----------------------------------------------------------------------------------
+
 
 def _png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
@@ -118,7 +124,10 @@ def test_finetune_eval_transforms_and_mixup():
     x = build_finetune_transform(224)(img)
     assert x.shape == (3, 224, 224)
     ev = build_eval_transform(224)
-    assert ev.transforms[0].size == 256 and ev.transforms[0].interpolation == T.InterpolationMode.BICUBIC
+    assert (
+        ev.transforms[0].size == 256
+        and ev.transforms[0].interpolation == T.InterpolationMode.BICUBIC
+    )
     assert ev(img).shape == (3, 224, 224)
     mixup = build_mixup(num_classes=10)
     images, targets = mixup(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
@@ -129,7 +138,8 @@ def test_finetune_eval_transforms_and_mixup():
 
 
 def test_finetune_posterize_to_zero_bits_gives_black_not_an_error():
-    # rand-m9-mstd0.5-inc1 sometimes draws magnitude 10 -> PosterizeIncreasing keeps 0 bits; Pillow 13 raises there.
+    # rand-m9-mstd0.5-inc1 sometimes draws magnitude 10 -> PosterizeIncreasing keeps 0 bits; Pillow
+    # 13 raises there.
     t = build_finetune_transform(224)
     rand_augment = next(x for x in t.transforms if hasattr(x, "ops"))
     ops = [op for op in rand_augment.ops if "Posterize" in op.name]
@@ -140,7 +150,8 @@ def test_finetune_posterize_to_zero_bits_gives_black_not_an_error():
         assert out.size == (64, 48) and out.getextrema() == ((0, 0),) * 3
 
 
-# --- digits -----------------------------------------------------------------------------------------
+# --- digits ---------------------------------------------------------------------------------------
+
 
 def test_digits_shapes_and_split():
     t = build_pretrain_transform(64, mask_patch_size=16)
@@ -157,7 +168,8 @@ def test_digits_shapes_and_split():
     assert not (build_digits("val", seed=1).indices == val.indices).all()
 
 
-# --- folders ----------------------------------------------------------------------------------------
+# --- folders --------------------------------------------------------------------------------------
+
 
 def test_folder_labelled_modes_and_rgb(tmp_path):
     kinds = write_mixed_folder(tmp_path)
@@ -197,8 +209,8 @@ def test_folder_corrupt_file_is_skipped_counted_and_logged(tmp_path, caplog):
 
 
 def test_folder_never_judges_alone_and_gives_up_only_when_nothing_reads(tmp_path):
-    """Past max_bad_fraction a folder keeps going (the whole epoch is judged, by BadSampleMonitor); only when
-    no replacement can be read either does it stop, naming the folder."""
+    """Past max_bad_fraction a folder keeps going (the whole epoch is judged, by BadSampleMonitor);
+    only when no replacement can be read either does it stop, naming the folder."""
     write_class_folder(tmp_path, [4])
     for i in range(3):
         write_corrupt(tmp_path / "class0" / f"img00{i}.jpg")
@@ -211,7 +223,8 @@ def test_folder_never_judges_alone_and_gives_up_only_when_nothing_reads(tmp_path
         BadSampleTracker(max_bad_fraction=1.5)
 
 
-# --- presets, synthetic, datamodule ----------------------------------------------------------------
+# --- presets, synthetic, datamodule ---------------------------------------------------------------
+
 
 def test_imagenet_preset_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("SIMMIM_IMAGENET1K_ROOT", raising=False)
@@ -227,7 +240,9 @@ def test_imagenet_preset_errors(tmp_path, monkeypatch):
 
 
 def test_synthetic_shapes():
-    ds = build_synthetic(length=10, input_size=64, num_classes=5, mask_generator=MaskGenerator(64, 16))
+    ds = build_synthetic(
+        length=10, input_size=64, num_classes=5, mask_generator=MaskGenerator(64, 16)
+    )
     image, mask, label = ds[7]
     assert len(ds) == 10 and image.shape == (3, 64, 64) and mask.shape == (16, 16) and label == 2
     # as pretrain builds it (data=synthetic): the mask generator comes with the SimMIM transform
@@ -240,8 +255,11 @@ def test_datamodule_batches_digits():
     from functools import partial
 
     dm = SimMIMDataModule(
-        partial(build_digits, "train", image_size=32), partial(build_digits, "val", image_size=32),
-        batch_size=16, num_workers=0, train_transform=build_pretrain_transform(32, 16),
+        partial(build_digits, "train", image_size=32),
+        partial(build_digits, "val", image_size=32),
+        batch_size=16,
+        num_workers=0,
+        train_transform=build_pretrain_transform(32, 16),
         val_transform=build_pretrain_transform(32, 16),
     )
     dm.setup("fit")
@@ -261,17 +279,27 @@ def test_data_and_mask_configs_instantiate(tmp_path, monkeypatch):
     conf = Path(__file__).resolve().parents[1] / "conf"
     monkeypatch.delenv("SIMMIM_LISTING_DIR", raising=False)
     write_class_folder(tmp_path / "imgs", [2])
-    root = {"img_size": 32, "seed": 0, "paths": {"run_dir": str(tmp_path / "run")}}  # what pretrain.yaml provides
-    mask_cfg = OmegaConf.merge({"img_size": 192}, {"mask": OmegaConf.load(conf / "mask" / "simmim.yaml")})
+    # what pretrain.yaml provides
+    root = {"img_size": 32, "seed": 0, "paths": {"run_dir": str(tmp_path / "run")}}
+    mask_cfg = OmegaConf.merge(
+        {"img_size": 192}, {"mask": OmegaConf.load(conf / "mask" / "simmim.yaml")}
+    )
     mask = instantiate(mask_cfg.mask)
     assert isinstance(mask, MaskGenerator) and mask.num_masked_blocks == 22
-    overrides = {"folder": {"root": str(tmp_path / "imgs")}, "digits": {}, "synthetic": {"train": {"length": 4}}}
+    overrides = {
+        "folder": {"root": str(tmp_path / "imgs")},
+        "digits": {},
+        "synthetic": {"train": {"length": 4}},
+    }
     for name, values in overrides.items():
-        cfg = OmegaConf.merge(root, {"data": OmegaConf.load(conf / "data" / f"{name}.yaml")}, {"data": values})
+        cfg = OmegaConf.merge(
+            root, {"data": OmegaConf.load(conf / "data" / f"{name}.yaml")}, {"data": values}
+        )
         for split in ["train", "val"]:
             if cfg.data[split] is not None:
                 assert len(instantiate(cfg.data[split])) > 0
-    assert len(list((tmp_path / "run" / "listing").glob("*.listing"))) == 1  # the folder's, kept beside the run
+    # the folder's, kept beside the run
+    assert len(list((tmp_path / "run" / "listing").glob("*.listing"))) == 1
     assert OmegaConf.is_missing(OmegaConf.load(conf / "data" / "folder.yaml"), "root")
     assert OmegaConf.is_missing(OmegaConf.load(conf / "data" / "webdataset.yaml"), "urls")
     monkeypatch.delenv("SIMMIM_IMAGENET22K_ROOT", raising=False)

@@ -1,4 +1,5 @@
-"""The datamodule across ranks (folders) and in real Lightning runs (digits, shards) with loader workers."""
+"""The datamodule across ranks (folders) and in real Lightning runs (digits, shards) with loader
+workers."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from simmim_swinv2.data.sharding import make_shards
 
 
 class Tagged:
-    """The SimMIM transform plus an id of the source image (crc32 of its bytes): ``(image, mask, id)``."""
+    """The SimMIM transform plus an id of the source image (crc32 of its bytes):
+    ``(image, mask, id)``."""
 
     accepts_bytes = True
 
@@ -36,12 +38,15 @@ class Tagged:
         return (*self.t(data), zlib.crc32(raw))
 
 
-# --- folders across ranks -----------------------------------------------------------------------------
+# --- folders across ranks -------------------------------------------------------------------------
 
 
 def _rank_loader(loader: DataLoader, rank: int, world: int, epoch: int) -> DataLoader:
-    """What Lightning does to a map-style train loader under DDP: same settings, a DistributedSampler."""
-    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=True, seed=0)
+    """What Lightning does to a map-style train loader under DDP: same settings, a
+    DistributedSampler."""
+    sampler = DistributedSampler(
+        loader.dataset, num_replicas=world, rank=rank, shuffle=True, seed=0
+    )
     sampler.set_epoch(epoch)
     return DataLoader(
         loader.dataset,
@@ -85,7 +90,8 @@ def test_folder_under_ranks_drop_last_equal_batches(tmp_path):
         FolderDataset(tmp_path, Fingerprint()), batch_size=4, num_workers=0
     )  # drop_last=True
     counts = [len(list(_rank_loader(dm.train_dataloader(), rank, 2, 0))) for rank in range(2)]
-    assert counts == [2, 2]  # 11 samples per rank -> 2 full batches each, the partial one dropped on both
+    # 11 samples per rank -> 2 full batches each, the partial one dropped on both
+    assert counts == [2, 2]
 
 
 def test_folder_under_lightning_distributed_sampler(tmp_path):
@@ -102,7 +108,9 @@ def test_folder_under_lightning_distributed_sampler(tmp_path):
     ids, counts = Counter(), []
     for rank in range(2):
         loader = dm.train_dataloader()
-        sampler = _get_distributed_sampler(loader, shuffle=True, overfit_batches=0, num_replicas=2, rank=rank)
+        sampler = _get_distributed_sampler(
+            loader, shuffle=True, overfit_batches=0, num_replicas=2, rank=rank
+        )
         loader = _update_dataloader(loader, sampler)
         assert loader.batch_size == 3 and loader.drop_last is False
         batches = list(loader)
@@ -111,11 +119,12 @@ def test_folder_under_lightning_distributed_sampler(tmp_path):
     assert counts == [2, 2] and len(ids) == 11 and sum(ids.values()) == 12
 
 
-# --- real Lightning runs ------------------------------------------------------------------------------
+# --- real Lightning runs --------------------------------------------------------------------------
 
 
 class Recorder(L.LightningModule):
-    """One linear layer on flattened pixels, a dummy loss; records the image ids of every training batch."""
+    """One linear layer on flattened pixels, a dummy loss; records the image ids of every training
+    batch."""
 
     def __init__(self, pixels: int) -> None:
         super().__init__()
@@ -152,7 +161,10 @@ def _fit(dm: SimMIMDataModule, limit_train_batches=None) -> Recorder:
 @pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning")
 def test_lightning_fit_on_digits_with_workers():
     dm = SimMIMDataModule(
-        partial(build_digits, "train", image_size=32), batch_size=16, num_workers=2, train_transform=Tagged()
+        partial(build_digits, "train", image_size=32),
+        batch_size=16,
+        num_workers=2,
+        train_transform=Tagged(),
     )
     model = _fit(dm, limit_train_batches=6)
     assert [len(model.seen[e]) for e in (0, 1)] == [96, 96]
@@ -169,8 +181,11 @@ class EpochLog(ShardDataset):
         super().set_epoch(epoch)
 
 
-def _expected_order(shards: list[str], epoch: int, workers: int, batch_size: int, monkeypatch) -> list[int]:
-    """Ids in the order a DataLoader with ``workers`` workers yields them in ``epoch`` (batches alternate)."""
+def _expected_order(
+    shards: list[str], epoch: int, workers: int, batch_size: int, monkeypatch
+) -> list[int]:
+    """Ids in the order a DataLoader with ``workers`` workers yields them in ``epoch`` (batches
+    alternate)."""
     per_worker = []
     for w in range(workers):
         monkeypatch.setenv("WORKER", str(w))
@@ -199,9 +214,11 @@ def test_lightning_fit_on_shards_gets_the_epoch(tmp_path, monkeypatch):
     dm = SimMIMDataModule(dataset, batch_size=4, num_workers=2, drop_last=False)
     model = _fit(dm)
     assert dataset.calls == [0, 1]  # the trainer's epoch, set before each pass
-    assert [len(model.seen[e]) for e in (0, 1)] == [27, 27]  # a full exact epoch each time: 7 batches
+    # a full exact epoch each time: 7 batches
+    assert [len(model.seen[e]) for e in (0, 1)] == [27, 27]
     assert Counter(model.seen[0]) == Counter(model.seen[1]) and len(set(model.seen[0])) == 27
     assert model.seen[0] != model.seen[1]
-    # The order each epoch is the one the dataset plans for that epoch: the epoch reached the workers.
+    # The order each epoch is the one the dataset plans for that epoch: the epoch reached the
+    # workers.
     for epoch in (0, 1):
         assert model.seen[epoch] == _expected_order(shards, epoch, 2, 4, monkeypatch)

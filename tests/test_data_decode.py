@@ -24,7 +24,8 @@ def _jpeg(img: Image.Image, quality: int = 90, **kwargs) -> bytes:
 
 
 def _vs_reference(data: bytes, fast: bool, seeds: int = 4) -> tuple[float, float, np.ndarray]:
-    """Same crops (same seeds), ours vs PIL + torchvision: mean |diff|, min PSNR, mean diff per channel."""
+    """Same crops (same seeds), ours vs PIL + torchvision: mean |diff|, min PSNR, mean diff per
+    channel."""
     decoded = Image.open(io.BytesIO(data)).convert("RGB")
     diffs = []
     for seed in range(seeds):
@@ -40,14 +41,16 @@ def _vs_reference(data: bytes, fast: bool, seeds: int = 4) -> tuple[float, float
 @pytest.mark.parametrize("quality", [75, 95])
 def test_accurate_decode_matches_reference_pixels(quality):
     mad, _, _ = _vs_reference(_jpeg(photo(3, (500, 375)), quality), fast=False)
-    assert mad < 0.05  # rounding in the last bit only: same libjpeg-turbo IDCT and upsampling as PIL
+    # rounding in the last bit only: same libjpeg-turbo IDCT and upsampling as PIL
+    assert mad < 0.05
 
 
 @pytest.mark.parametrize("quality, seed", [(75, 3), (95, 4), (90, 5)])
 def test_fast_decode_is_close_and_unbiased(quality, seed):
-    # Plain chroma upsampling differs from PIL's fancy one at colour edges only. Measured: mean |diff|
-    # 0.1-0.5 levels, PSNR >= 48 dB, per-channel bias < 0.05 levels. Bounds: 1 level, 40 dB, 0.25 level
-    # (libjpeg-turbo's fast IDCT, never used, would shift red/blue by -1.2/-1.3 levels and fail the last one).
+    # Plain chroma upsampling differs from PIL's fancy one at colour edges only. Measured: mean
+    # |diff| 0.1-0.5 levels, PSNR >= 48 dB, per-channel bias < 0.05 levels. Bounds: 1 level, 40 dB,
+    # 0.25 level (libjpeg-turbo's fast IDCT, never used, would shift red/blue by -1.2/-1.3 levels
+    # and fail the last one).
     mad, psnr, bias = _vs_reference(_jpeg(photo(seed, (500, 375)), quality), fast=True)
     assert mad < 1.0 and psnr > 40
     assert np.abs(bias).max() < 0.25
@@ -56,8 +59,11 @@ def test_fast_decode_is_close_and_unbiased(quality, seed):
 def test_grey_jpeg_and_large_jpeg_dct_reduction():
     grey = _jpeg(photo(6, (400, 300)).convert("L"))
     out = decode_resized_crop(grey, (192, 192))
-    assert out.shape == (3, 192, 192) and torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
-    big = _jpeg(photo(5, (1600, 1200)), 95)  # crops >= 2x the output: decoded at 1/2 or 1/4 in the DCT domain
+    assert (
+        out.shape == (3, 192, 192) and torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    )
+    # crops >= 2x the output: decoded at 1/2 or 1/4 in the DCT domain
+    big = _jpeg(photo(5, (1600, 1200)), 95)
     full = Image.open(io.BytesIO(big)).convert("RGB")
     for seed in range(3):
         torch.manual_seed(seed)
@@ -76,7 +82,8 @@ def test_transform_output_layout_and_values():
     torch.manual_seed(0)
     crop = decode_resized_crop(data, (192, 192)).float() / 255
     expected = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(crop)
-    torch.testing.assert_close(image, expected, atol=1e-5, rtol=0)  # the same pixels, normalised (values < 3)
+    # the same pixels, normalised (values < 3)
+    torch.testing.assert_close(image, expected, atol=1e-5, rtol=0)
     flips = SimMIMTransform(192, hflip=1.0)
     torch.manual_seed(0)
     flipped, _ = flips(data)
@@ -87,7 +94,9 @@ def test_transform_output_layout_and_values():
 def test_exif_orientation_is_applied(orientation):
     upright = photo(8, (120, 80))  # landscape; orientations 5-8 store it as portrait
     data = oriented_jpeg(upright, orientation)
-    assert jpeg_orientation(data) == orientation == Image.open(io.BytesIO(data)).getexif().get(0x0112)
+    assert (
+        jpeg_orientation(data) == orientation == Image.open(io.BytesIO(data)).getexif().get(0x0112)
+    )
     expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     assert expected.size == (120, 80)
     assert decode_rgb(data).tobytes() == expected.tobytes()
@@ -114,7 +123,8 @@ def test_jpeg_orientation_without_or_with_odd_exif():
 def test_jpeg_that_libjpeg_turbo_rejects_goes_through_pil():
     data = _jpeg(photo(1, (120, 90)))
     sos = data.index(b"\xff\xda")
-    odd = data[:sos] + b"\x00\x00" + data[sos:]  # "extraneous bytes before marker": a warning PIL ignores
+    # "extraneous bytes before marker": a warning PIL ignores
+    odd = data[:sos] + b"\x00\x00" + data[sos:]
     torch.manual_seed(0)
     out = decode_resized_crop(odd, (64, 64), fast=False)
     torch.manual_seed(0)

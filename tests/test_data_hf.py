@@ -197,7 +197,6 @@ def test_max_samples_slices_and_hf_inputs(hf_data):
     assert Image.open(io.BytesIO(inputs[1].read())).size == (48, 40)
 
 
-
 @pytest.mark.parametrize(
     "source, world, workers", [("saved", 2, 2), ("saved", 3, 2), ("parquet", 2, 3)]
 )
@@ -249,7 +248,8 @@ def test_hf_config_composes_and_checks_its_keys(hf_data, tmp_path):
 
 def test_without_the_extra_data_hf_names_the_install(hf_data, monkeypatch):
     """`datasets` is the `hf` extra: a core install asked for data=hf says what to install."""
-    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if not installed: import raises
+    # as if not installed: import raises
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)
     with pytest.raises(ConfigError, match=r"pip install 'simmim-swinv2\[hf\]'"):
         build_hf(str(hf_data / "saved"))
 

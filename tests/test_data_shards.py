@@ -22,7 +22,13 @@ from helpers.data import (
 )
 from torch.utils.data import DataLoader
 
-from simmim_swinv2.data import ShardDataset, ShardError, TooManyBadSamples, build_imagenet1k, plan_epoch
+from simmim_swinv2.data import (
+    ShardDataset,
+    ShardError,
+    TooManyBadSamples,
+    build_imagenet1k,
+    plan_epoch,
+)
 from simmim_swinv2.data.sharding import make_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +61,9 @@ def test_make_shards_round_trip_every_image_once(tmp_path):
     kinds = write_mixed_folder(tmp_path / "src")
     write_corrupt(tmp_path / "src" / "a_dog" / "broken.jpg")
     (tmp_path / "src" / "b_cat" / "empty.png").write_bytes(b"")
-    summary = make_shards(tmp_path / "src", tmp_path / "out", samples_per_shard=4, workers=2, progress=False)
+    summary = make_shards(
+        tmp_path / "src", tmp_path / "out", samples_per_shard=4, workers=2, progress=False
+    )
     rows = _tar_paths(tmp_path / "out")
     assert Counter(p for p, _ in rows) == Counter(list(kinds))  # every valid image exactly once
     classes = json.loads((tmp_path / "out" / "classes.json").read_text())
@@ -75,10 +83,15 @@ def test_make_shards_round_trip_every_image_once(tmp_path):
 def test_make_shards_resume_cli_and_settings_guard(tmp_path, capsys):
     write_class_folder(tmp_path / "src", [4, 3])
     out = tmp_path / "out"
-    spec = importlib.util.spec_from_file_location("make_shards_cli", ROOT / "scripts" / "make_shards.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_shards_cli", ROOT / "scripts" / "make_shards.py"
+    )
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    assert cli.main([str(tmp_path / "src"), str(out), "--samples-per-shard", "3", "--no-progress"]) == 0
+    assert (
+        cli.main([str(tmp_path / "src"), str(out), "--samples-per-shard", "3", "--no-progress"])
+        == 0
+    )
     assert "7 samples in 3 shards (0 already done)" in capsys.readouterr().out
     before = (out / "000001.tar").stat().st_mtime_ns
     (out / "000002.json").unlink()  # as if interrupted before shard 2 was recorded
@@ -92,15 +105,24 @@ def test_make_shards_resume_cli_and_settings_guard(tmp_path, capsys):
 
 def test_make_shards_byte_cap_and_resize(tmp_path):
     write_class_folder(tmp_path / "src", [6], size=(300, 200))
-    summary = make_shards(tmp_path / "src", tmp_path / "out", samples_per_shard=100, max_shard_bytes=20_000,
-                          resize_shorter=64, progress=False)
+    summary = make_shards(
+        tmp_path / "src",
+        tmp_path / "out",
+        samples_per_shard=100,
+        max_shard_bytes=20_000,
+        resize_shorter=64,
+        progress=False,
+    )
     assert summary["shards"] > 1 and summary["samples"] == 6
-    img, _ = next(iter(ShardDataset(sorted(map(str, (tmp_path / "out").glob("*.tar"))), shuffle=False)))
+    img, _ = next(
+        iter(ShardDataset(sorted(map(str, (tmp_path / "out").glob("*.tar"))), shuffle=False))
+    )
     assert min(img.size) == 64
 
 
 def test_make_shards_keeps_exif_orientation(tmp_path):
-    # Kept bytes keep their EXIF tag; re-encoded (resized) images are stored upright. Either way, upright when read.
+    # Kept bytes keep their EXIF tag; re-encoded (resized) images are stored upright. Either way,
+    # upright when read.
     (tmp_path / "src" / "c").mkdir(parents=True)
     (tmp_path / "src" / "c" / "rotated.jpg").write_bytes(oriented_jpeg(photo(4, (150, 100)), 6))
     for resize in (None, 50):
@@ -110,20 +132,24 @@ def test_make_shards_keeps_exif_orientation(tmp_path):
         assert img.size == ((150, 100) if resize is None else (75, 50))
 
 
-def _epoch_ids(shards: str, world: int, workers: int, epoch: int = 0, **kwargs) -> dict[int, list[list[str]]]:
-    """Simulate every (rank, worker) through the env vars webdataset reads: ids per rank per worker."""
+def _epoch_ids(
+    shards: str, world: int, workers: int, epoch: int = 0, **kwargs
+) -> dict[int, list[list[str]]]:
+    """Simulate every (rank, worker) through the env vars webdataset reads: ids per rank per
+    worker."""
     import os
 
     out = {}
     for rank in range(world):
         out[rank] = []
         for worker in range(workers):
-            os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), WORKER=str(worker), NUM_WORKERS=str(workers))
+            os.environ.update(
+                RANK=str(rank), WORLD_SIZE=str(world), WORKER=str(worker), NUM_WORKERS=str(workers)
+            )
             ds = ShardDataset(shards, Fingerprint(), **kwargs)
             ds.set_epoch(epoch)
             out[rank].append([x for x, _ in ds])
     return out
-
 
 
 @pytest.mark.parametrize("world, workers", [(2, 2), (3, 2), (2, 4), (4, 3)])
@@ -144,7 +170,8 @@ def test_exact_epoch_coverage_and_equal_counts(shard_dir, clean_env, world, work
 
 def test_fewer_shards_than_workers_and_reshuffle(shard_dir, clean_env):
     out, _ = shard_dir
-    shards = [str(out / "000000.tar"), str(out / "000006.tar")]  # 5 + 3 samples, 2 ranks x 2 workers
+    # 5 + 3 samples, 2 ranks x 2 workers
+    shards = [str(out / "000000.tar"), str(out / "000006.tar")]
     ids0 = _epoch_ids(shards, 2, 2, epoch=0)
     ids1 = _epoch_ids(shards, 2, 2, epoch=1)
     flat0 = [x for r in ids0 for w in ids0[r] for x in w]
@@ -157,7 +184,8 @@ def test_fewer_shards_than_workers_and_reshuffle(shard_dir, clean_env):
 def test_plan_epoch_batches_whole():
     units = plan_epoch([10, 3], world=2, workers=3, order=[0, 1], drop_last=False, batch_size=2)
     counts = [sum(b - a for _, a, b in u) for u in units]  # listed at worker * world + rank
-    # 7 per rank, batch 2, 3 workers: 3 full batches round-robin, then the partial one goes to worker 0
+    # 7 per rank, batch 2, 3 workers: 3 full batches round-robin, then the partial one goes to
+    # worker 0
     assert counts == [3, 3, 2, 2, 2, 2]
 
 
@@ -190,20 +218,27 @@ def test_corrupt_and_imageless_samples_skipped_counted(tmp_path, clean_env, capl
     write_tar(tmp_path / "a.tar", samples)
     ds = ShardDataset(str(tmp_path / "a.tar"), Fingerprint(), shuffle=False, max_bad_fraction=0.1)
     with caplog.at_level(logging.WARNING):
-        out = list(ds)  # 25% bad, over a limit of 10%: judging the epoch is BadSampleMonitor's, not the reader's
-    assert len(out) == 8 and {label for _, label in out} == {1}  # bad ones replaced: counts stay exact
+        # 25% bad, over a limit of 10%: judging the epoch is BadSampleMonitor's, not the reader's
+        out = list(ds)
+    # bad ones replaced: counts stay exact
+    assert len(out) == 8 and {label for _, label in out} == {1}
     assert ds.tracker.counts() == (8, 2) and len({x for x, _ in out}) == 6
-    assert [w for w, _, _ in ds.tracker.names()] == [f"{tmp_path / 'a.tar'}:k2", f"{tmp_path / 'a.tar'}:k5"]
+    assert [w for w, _, _ in ds.tracker.names()] == [
+        f"{tmp_path / 'a.tar'}:k2",
+        f"{tmp_path / 'a.tar'}:k5",
+    ]
     assert "a.tar:k2" in caplog.text and "a.tar:k5" in caplog.text and "no image" in caplog.text
 
 
 def test_unreadable_shard_is_named(tmp_path, clean_env):
     (tmp_path / "bad.tar").write_bytes(b"this is not a tar file" * 100)
-    with pytest.raises(ShardError, match="bad.tar"):  # no sizes.json: counting its samples fails at the start
+    # no sizes.json: counting its samples fails at the start
+    with pytest.raises(ShardError, match="bad.tar"):
         list(ShardDataset(str(tmp_path / "bad.tar")))
     (tmp_path / "sizes.json").write_text(json.dumps({"missing.tar": 3}))
     missing = ShardDataset(str(tmp_path / "missing.tar"), retry_backoff=0.01)
-    with pytest.raises(TooManyBadSamples, match="no decodable sample"):  # tried, skipped, and nothing else left
+    # tried, skipped, and nothing else left
+    with pytest.raises(TooManyBadSamples, match="no decodable sample"):
         list(missing)
     ((where, count, reason),) = missing.tracker.names()
     assert where.endswith("missing.tar") and count == 3 and "after 3 attempts" in reason

@@ -1,4 +1,5 @@
-"""The lean tar reader gives exactly the samples webdataset gives, for the tar flavours found in the wild."""
+"""The lean tar reader gives exactly the samples webdataset gives, for the tar flavours found in the
+wild."""
 
 from __future__ import annotations
 
@@ -32,14 +33,19 @@ def write_tar(path, members, fmt=tarfile.GNU_FORMAT, mode="w"):
 
 
 def reference(url):
-    return [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
-            for s in tarfile_samples(iter([{"url": url}]))]
+    return [
+        {k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+        for s in tarfile_samples(iter([{"url": url}]))
+    ]
 
 
 def ours(url, start=0, stop=None, seekable=True):
     with open(url, "rb") as f:
         stream = f if seekable else io.BufferedReader(NoSeek(f))
-        return [{k: v for k, v in s.items() if k != "__url__"} for s in tar.samples(stream, url, start, stop, seekable)]
+        return [
+            {k: v for k, v in s.items() if k != "__url__"}
+            for s in tar.samples(stream, url, start, stop, seekable)
+        ]
 
 
 class NoSeek(io.RawIOBase):
@@ -53,16 +59,20 @@ class NoSeek(io.RawIOBase):
 
     def readinto(self, b):
         data = self.f.read(len(b))
-        b[:len(data)] = data
+        b[: len(data)] = data
         return len(data)
 
 
 MEMBERS = [
-    ("0001.jpg", b"\xff\xd8" + bytes(700)), ("0001.cls", b"3"),
-    ("dir", None), ("link.jpg", ("symlink", "0001.jpg")),
+    ("0001.jpg", b"\xff\xd8" + bytes(700)),
+    ("0001.cls", b"3"),
+    ("dir", None),
+    ("link.jpg", ("symlink", "0001.jpg")),
     ("__meta__.json", b"{}"),
-    ("0002.JPG", bytes(512)), ("0002.cls", b"4"),  # extension lower-cased; data exactly one block
-    (LONG + "0003.jpeg", b"x" * 1025), (LONG + "0003.cls", b"5"),
+    ("0002.JPG", bytes(512)),
+    ("0002.cls", b"4"),  # extension lower-cased; data exactly one block
+    (LONG + "0003.jpeg", b"x" * 1025),
+    (LONG + "0003.cls", b"5"),
     ("sub/0004.tar.gz", b"nested name: key sub/0004, extension tar.gz"),
     ("0005.png", b""),  # empty member
 ]
@@ -70,8 +80,12 @@ MEMBERS = [
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
 def test_same_samples_as_webdataset(tmp_path, fmt):
-    members = MEMBERS if fmt != tarfile.USTAR_FORMAT else [  # ustar: long names split into prefix + name
-        (n.replace(LONG, "p" * 90 + "/"), d) for n, d in MEMBERS]
+    # ustar: long names split into prefix + name
+    members = (
+        MEMBERS
+        if fmt != tarfile.USTAR_FORMAT
+        else [(n.replace(LONG, "p" * 90 + "/"), d) for n, d in MEMBERS]
+    )
     if fmt == tarfile.PAX_FORMAT:
         members = [*members, ("ünïcode.jpg", b"pax path record")]
     url = write_tar(tmp_path / "a.tar", members, fmt)
@@ -99,7 +113,8 @@ def test_corrupt_and_truncated_shards_fail_clearly(tmp_path):
     url = write_tar(tmp_path / "a.tar", MEMBERS[:2] + MEMBERS[5:7])
     data = bytearray(open(url, "rb").read())
     bad = tmp_path / "bad.tar"
-    bad.write_bytes(data[:1536] + b"garbage!" * 64 + data[2048:])  # the header after 0001.jpg's 2 data blocks
+    # the header after 0001.jpg's 2 data blocks
+    bad.write_bytes(data[:1536] + b"garbage!" * 64 + data[2048:])
     with pytest.raises(tar.TarFormatError, match="checksum|corrupt"), open(bad, "rb") as f:
         list(tar.samples(f, str(bad), seekable=True))
     cut = tmp_path / "cut.tar"

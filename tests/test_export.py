@@ -1,6 +1,6 @@
-"""Our own runs out: class names into the fine-tuned classifier, and `convert to-transformers` on run directories,
-Lightning checkpoints, ZeRO checkpoint directories and our safetensors — then transformers' pipeline() on the export
-gives `predict`'s answers.
+"""Our own runs out: class names into the fine-tuned classifier, and `convert to-transformers` on
+run directories, Lightning checkpoints, ZeRO checkpoint directories and our safetensors — then
+transformers' pipeline() on the export gives `predict`'s answers.
     pytest tests/test_export.py              # the fast ones
     pytest tests/test_export.py -m slow      # the command-line journey, ZeRO-2 on the CPU
 """
@@ -30,7 +30,8 @@ from simmim_swinv2.weights import CHECKPOINT_KEY, ModelMeta, find_resume_checkpo
 
 TESTS = Path(__file__).resolve().parent
 CLASSES = ["cat", "dog", "owl"]
-ONE_STEP = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=1"]  # debug=fast, one optimizer step
+# debug=fast, one optimizer step
+ONE_STEP = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=1"]
 
 
 def _photos(folder: Path, n: int, seed: int = 0, size=(40, 48), name: str = "img") -> list[Path]:
@@ -40,7 +41,7 @@ def _photos(folder: Path, n: int, seed: int = 0, size=(40, 48), name: str = "img
     paths = []
     for i in range(n):
         base = rng.random((size[1] // 8 + 1, size[0] // 8 + 1, 3))
-        pixels = (np.kron(base, np.ones((8, 8, 1)))[:size[1], :size[0]] * 255).astype(np.uint8)
+        pixels = (np.kron(base, np.ones((8, 8, 1)))[: size[1], : size[0]] * 255).astype(np.uint8)
         paths.append(folder / f"{name}{i:02d}.png")
         Image.fromarray(pixels).save(paths[-1])
     return paths
@@ -67,36 +68,62 @@ def test_class_names_come_from_the_data_set(class_tree, tmp_path):
     assert class_names(build_folder(class_tree)) == CLASSES
     make_shards(class_tree, tmp_path / "shards", samples_per_shard=5, progress=False)
     urls = sorted(str(p) for p in (tmp_path / "shards").glob("*.tar"))
-    assert len(urls) == 3 and class_names(build_webdataset(urls)) == CLASSES  # classes.json beside them
+    # classes.json beside them
+    assert len(urls) == 3 and class_names(build_webdataset(urls)) == CLASSES
     (tmp_path / "shards" / "classes.json").unlink()
     assert class_names(build_webdataset(urls)) is None  # LABEL_0 … then, as transformers names them
 
 
 @pytest.mark.parametrize("data", ["folder", "webdataset"])
-def test_finetune_on_folders_or_shards_exports_their_class_names(data, class_tree, tmp_path, capsys):
+def test_finetune_on_folders_or_shards_exports_their_class_names(
+    data, class_tree, tmp_path, capsys
+):
     if data == "folder":
         source = [f"data.root={class_tree}"]
     else:
         make_shards(class_tree, tmp_path / "shards", samples_per_shard=6, progress=False)
-        source = [f"data.urls='{tmp_path / 'shards'}/{{000000..000001}}.tar'"]  # quoted: braces are Hydra syntax
+        # quoted: braces are Hydra syntax
+        source = [f"data.urls='{tmp_path / 'shards'}/{{000000..000001}}.tar'"]
     run = tmp_path / "ft"
-    finetune(compose_config("finetune", run, [*ONE_STEP, f"data={data}", *source, "num_classes=3",
-                                              "callbacks.checkpoint.monitor=null"]))
+    finetune(
+        compose_config(
+            "finetune",
+            run,
+            [
+                *ONE_STEP,
+                f"data={data}",
+                *source,
+                "num_classes=3",
+                "callbacks.checkpoint.monitor=null",
+            ],
+        )
+    )
     assert load_model(run).id2label == dict(enumerate(CLASSES))
     convert.main(["to-transformers", str(run), str(tmp_path / "hf")])
     assert "SwinV2Classifier from our checkpoint" in capsys.readouterr().out
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "owl"} and config["label2id"]["owl"] == 2
-    with pytest.raises(ConfigError, match="names 3 classes .*cat, dog, owl.* but num_classes=5: set num_classes=3"):
-        finetune(compose_config("finetune", tmp_path / "bad", [*ONE_STEP, f"data={data}", *source, "num_classes=5"]))
+    assert (
+        config["id2label"] == {"0": "cat", "1": "dog", "2": "owl"}
+        and config["label2id"]["owl"] == 2
+    )
+    with pytest.raises(
+        ConfigError, match="names 3 classes .*cat, dog, owl.* but num_classes=5: set num_classes=3"
+    ):
+        finetune(
+            compose_config(
+                "finetune", tmp_path / "bad", [*ONE_STEP, f"data={data}", *source, "num_classes=5"]
+            )
+        )
 
 
 @pytest.fixture(scope="module")
 def our_runs(tmp_path_factory):
-    """A one-step pretraining run (normalised targets, a 7-px window) and a one-step fine-tune of it on digits
-    (in-process, the real configs)."""
+    """A one-step pretraining run (normalised targets, a 7-px window) and a one-step fine-tune of it
+    on digits (in-process, the real configs)."""
     pre, ft = tmp_path_factory.mktemp("pre"), tmp_path_factory.mktemp("ft")
-    pretrain(compose_config("pretrain", pre, [*ONE_STEP, "norm_target=true", "norm_target_window=7"]))
+    pretrain(
+        compose_config("pretrain", pre, [*ONE_STEP, "norm_target=true", "norm_target_window=7"])
+    )
     finetune(compose_config("finetune", ft, [*ONE_STEP, f"pretrained={pre}"]))
     return pre, ft
 
@@ -107,9 +134,13 @@ def test_our_runs_save_the_model_description_load_model_reads(our_runs):
         saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)[CHECKPOINT_KEY]
         model = load_model(run)
         assert isinstance(model, cls) and saved == ModelMeta.of(model).to_dict()
-    assert (saved["id2label"], saved["config"]["img_size"]) == ({i: str(i) for i in range(10)}, (64, 64))
+    assert (saved["id2label"], saved["config"]["img_size"]) == (
+        {i: str(i) for i in range(10)},
+        (64, 64),
+    )
     mim = load_model(pre)
-    assert (mim.norm_target, mim.norm_target_window) == (True, 7)  # the pretraining loss comes back as it ran
+    # the pretraining loss comes back as it ran
+    assert (mim.norm_target, mim.norm_target_window) == (True, 7)
 
 
 @pytest.mark.parametrize("source", ["run_dir", "lightning_ckpt", "safetensors"])
@@ -127,7 +158,9 @@ def test_to_transformers_takes_our_pretraining_runs(source, our_runs, tmp_path, 
     enc = transformers.Swinv2Model.from_pretrained(tmp_path / "enc").eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert_norm_close(enc(x).pooler_output, ours.encoder.eval()(x).pooler_output, bound(ours.encoder.cfg))
+        assert_norm_close(
+            enc(x).pooler_output, ours.encoder.eval()(x).pooler_output, bound(ours.encoder.cfg)
+        )
 
 
 def test_to_transformers_takes_our_finetuning_runs_with_digit_names(our_runs, tmp_path):
@@ -147,10 +180,12 @@ def test_to_transformers_refuses_what_it_cannot_read(our_runs, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("not weights")
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "resnet.pth")
-    for source, error, match in [(tmp_path / "empty", FileNotFoundError, "neither checkpoints/.*expected a run dir"),
-                                 (tmp_path / "nowhere.ckpt", FileNotFoundError, "not found; expected a run dir"),
-                                 (tmp_path / "notes.txt", ValueError, "cannot read .*notes.txt as weights"),
-                                 (tmp_path / "resnet.pth", ValueError, "no SwinV2 weights we know.*conv1.weight")]:
+    for source, error, match in [
+        (tmp_path / "empty", FileNotFoundError, "neither checkpoints/.*expected a run dir"),
+        (tmp_path / "nowhere.ckpt", FileNotFoundError, "not found; expected a run dir"),
+        (tmp_path / "notes.txt", ValueError, "cannot read .*notes.txt as weights"),
+        (tmp_path / "resnet.pth", ValueError, "no SwinV2 weights we know.*conv1.weight"),
+    ]:
         with pytest.raises(error, match=match):
             convert.main(["to-transformers", str(source), str(tmp_path / "out")])
     with pytest.raises(ValueError, match="records its own config.*window_size"):
@@ -158,7 +193,7 @@ def test_to_transformers_refuses_what_it_cannot_read(our_runs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# ----------------------------------------------------------------------------------------------- slow
+# --------------------------------------------------------------------------------------------- slow
 def _ok(result) -> str:
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
@@ -167,14 +202,26 @@ def _ok(result) -> str:
 
 @pytest.mark.slow
 def test_zero_checkpoint_directory_exports(tmp_path, capsys):
-    """ZeRO-2, one CPU process: the sharded `last.ckpt/` directory (and its run, also once resharded to a universal
-    checkpoint, which is then the newest) export to transformers with the outputs of the same weights through
-    `load_model` (DeepSpeed's fp32 consolidation)."""
+    """ZeRO-2, one CPU process: the sharded `last.ckpt/` directory (and its run, also once resharded
+    to a universal checkpoint, which is then the newest) export to transformers with the outputs of
+    the same weights through `load_model` (DeepSpeed's fp32 consolidation)."""
     run = tmp_path / "run"
-    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), "DS_ACCELERATOR": "cpu"}
-    _ok(run_cli("simmim_swinv2.pretrain", *ONE_STEP, "trainer=deepspeed_zero2", "trainer.accelerator=cpu",
-                "trainer.devices=1", "trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy",
-                f"hydra.run.dir={run}", env=env))
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "DS_ACCELERATOR": "cpu",
+    }
+    _ok(
+        run_cli(
+            "simmim_swinv2.pretrain",
+            *ONE_STEP,
+            "trainer=deepspeed_zero2",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy",
+            f"hydra.run.dir={run}",
+            env=env,
+        )
+    )
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir()  # sharded: a directory
     ours = load_model(ckpt)

@@ -14,10 +14,17 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 def _dry(**env: str) -> tuple[list[tuple[str, int, bool]], str, dict[str, str]]:
     """(part, cap, may use earlier slack) rows, the caps line and each part's fate: a dry run's."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
-    out = subprocess.run(["bash", str(SCRIPT)], env={**clean, "GPU_CHECK_DRY": "1", **env},
-                         capture_output=True, text=True, check=True).stdout
-    rows = [(m[1], int(m[2]), m[3] == "+")
-            for m in re.finditer(r"^\| (\w+) \| (\d+) \| (\+?) \|", out, re.M)]
+    out = subprocess.run(
+        ["bash", str(SCRIPT)],
+        env={**clean, "GPU_CHECK_DRY": "1", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [
+        (m[1], int(m[2]), m[3] == "+")
+        for m in re.finditer(r"^\| (\w+) \| (\d+) \| (\+?) \|", out, re.M)
+    ]
     total = next(line for line in out.splitlines() if line.startswith("| caps + reserve"))
     fate = dict(re.findall(r"^(\w+): (.+)$", out, re.M))
     return rows, total, fate

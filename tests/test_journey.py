@@ -1,6 +1,7 @@
-"""A newcomer's first hour with a folder of their own photos, typed as the README's quick start types it: pretrain
--> fine-tune -> evaluate -> predict -> export, with `data.val_split` the only key to learn; and the mistakes a
-newcomer makes, each ending the command with one sentence that names the fix (exit status 2)."""
+"""A newcomer's first hour with a folder of their own photos, typed as the README's quick start
+types it: pretrain -> fine-tune -> evaluate -> predict -> export, with `data.val_split` the only key
+to learn; and the mistakes a newcomer makes, each ending the command with one sentence that names
+the fix (exit status 2)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,16 @@ def photos(tmp_path_factory) -> Path:
 
 
 def cli(module: str, *args: str, cwd: Path) -> str:
-    """`python -m simmim_swinv2.<module> ARGS` in `cwd`, as typed; its output, or the failure with its stderr."""
-    done = subprocess.run([sys.executable, "-m", f"simmim_swinv2.{module}", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env=os.environ)
+    """`python -m simmim_swinv2.<module> ARGS` in `cwd`, as typed; its output, or the failure with
+    its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"simmim_swinv2.{module}", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ,
+    )
     assert done.returncode == 0, f"{module}: {done.stderr[-3000:]}"
     return done.stdout + done.stderr
 
@@ -56,24 +64,37 @@ def test_own_folder_pretrain_finetune_evaluate_predict_export(photos, tmp_path, 
         knn = [float(r["val/knn_top1"]) for r in csv.DictReader(f) if r.get("val/knn_top1")]
     assert len(knn) == 2 and all(0 <= v <= 1 for v in knn)
 
-    out = cli("finetune", *FAST, *data, "pretrained=runs/pre", "hydra.run.dir=runs/ft", cwd=tmp_path)
+    out = cli(
+        "finetune", *FAST, *data, "pretrained=runs/pre", "hydra.run.dir=runs/ft", cwd=tmp_path
+    )
     assert "validation: top-1" in out  # 2 classes, counted from the folders: no num_classes given
     top1 = float(out.split("validation: top-1 ")[1].split(",")[0])
     last = torch.load(tmp_path / "runs/ft/checkpoints/last.ckpt", weights_only=True)
-    assert last["global_step"] == 6  # the newest weights, not the best epoch's (which it keeps beside)
+    # the newest weights, not the best epoch's (which it keeps beside)
+    assert last["global_step"] == 6
     out = cli("evaluate", "checkpoint=runs/ft", *data, "hydra.run.dir=runs/ev", cwd=tmp_path)
     # the same held-out 8, printed to 4 decimals both times
     assert float(out.split("top-1 ")[1].split(",")[0]) == pytest.approx(top1, abs=1e-4)
     ft, ev = f"checkpoint={tmp_path / 'runs/ft'}", f"hydra.run.dir={tmp_path / 'runs/ev2'}"
     err = run_main(evaluate, [ft, "data=folder", f"data.root={photos}", ev], capsys)
-    assert "data.val_split=0.15" in err  # the key that adds a validation split, not a dump of the config
+    # the key that adds a validation split, not a dump of the config
+    assert "data.val_split=0.15" in err
     err = run_main(evaluate, [ft, ev], capsys)  # data left out: the digits, 10 classes
     assert "classifies 2 classes (cat, dog)" in err and "data=folder data.root=PATH" in err
 
     queries = [photos / "cat" / "00.jpg", photos / "dog" / "03.jpg"]
-    printed = cli("predict", "checkpoint=runs/ft", f"images=[{','.join(map(str, queries))}]", "top_k=2",
-                  "output=json", "hydra.run.dir=runs/pred", cwd=tmp_path)
-    expected = {r["image"]: r["predictions"] for r in json.loads(printed[printed.index("{"):])["results"]}
+    printed = cli(
+        "predict",
+        "checkpoint=runs/ft",
+        f"images=[{','.join(map(str, queries))}]",
+        "top_k=2",
+        "output=json",
+        "hydra.run.dir=runs/pred",
+        cwd=tmp_path,
+    )
+    expected = {
+        r["image"]: r["predictions"] for r in json.loads(printed[printed.index("{") :])["results"]
+    }
     assert {p["label"] for r in expected.values() for p in r} == set(CLASSES)  # the folders' names
 
     out = cli("convert", "to-transformers", "runs/ft", "hf", cwd=tmp_path)
@@ -82,13 +103,16 @@ def test_own_folder_pretrain_finetune_evaluate_predict_export(photos, tmp_path, 
     for path in queries:
         got = pipe(Image.open(path), top_k=2)
         assert [p["label"] for p in got] == [p["label"] for p in expected[str(path)]], path
-        # probabilities of two classes: relative error ~ the logits' absolute error (a few fp32 ulps of O(1))
-        np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected[str(path)]], rtol=1e-4)
+        # probabilities of two classes: relative error ~ the logits' absolute error (a few fp32 ulps
+        # of O(1))
+        np.testing.assert_allclose(
+            [p["score"] for p in got], [p["score"] for p in expected[str(path)]], rtol=1e-4
+        )
 
 
 def run_main(module, argv: list[str], capsys) -> str:
-    """`python -m simmim_swinv2.<module> ARGV` through its real `main` (Hydra's command line), in this process;
-    the command must stop with exit status 2, and its stderr is returned."""
+    """`python -m simmim_swinv2.<module> ARGV` through its real `main` (Hydra's command line), in
+    this process; the command must stop with exit status 2, and its stderr is returned."""
     saved = sys.argv
     sys.argv = [module.__name__, *argv]
     try:
@@ -107,12 +131,15 @@ def test_newcomer_mistakes_stop_with_one_sentence_naming_the_fix(photos, tmp_pat
     if not torch.cuda.is_available():  # a real model's recipe brings trainer=gpu
         err = run_main(pretrain, ["model=swinv2_base", run], capsys)
         assert "model=swinv2_base brings trainer=gpu" in err and "add trainer=cpu" in err
-        assert "128 images per step at 192 px" in err  # what that run then is: the recipe's per-GPU batch
+        # what that run then is: the recipe's per-GPU batch
+        assert "128 images per step at 192 px" in err
     err = run_main(pretrain, ["data=folder", run], capsys)  # the images' folder not given
     assert "data.root is required by this data source: add data.root=" in err
     err = run_main(pretrain, ["img_size=100", run], capsys)
     assert "img_size (100, 100)" in err and "multiple of the encoder stride 32" in err
-    err = run_main(pretrain, [*FAST, "trainer.precision=16-mixed", "trainer.accelerator=cpu", run], capsys)
+    err = run_main(
+        pretrain, [*FAST, "trainer.precision=16-mixed", "trainer.accelerator=cpu", run], capsys
+    )
     assert "trainer.precision=bf16-mixed" in err
 
     flat = tmp_path / "flat"
@@ -121,11 +148,19 @@ def test_newcomer_mistakes_stop_with_one_sentence_naming_the_fix(photos, tmp_pat
         photo(i, (48, 40)).save(flat / f"{i}.jpg")
     err = run_main(finetune, [*FAST, "data=folder", f"data.root={flat}", run], capsys)
     assert "fine-tuning needs labelled images" in err and "subfolder" in err
-    err = run_main(finetune, [*FAST, "data=folder", f"data.root={photos}", "num_classes=3", run], capsys)
+    err = run_main(
+        finetune, [*FAST, "data=folder", f"data.root={photos}", "num_classes=3", run], capsys
+    )
     assert "names 2 classes (cat, dog) but num_classes=3" in err and "set num_classes=2" in err
 
-    err = run_main(finetune, [*FAST, *ONE_FOLDER, f"data.root={photos}", f"data.val_root={photos}", run], capsys)
+    err = run_main(
+        finetune,
+        [*FAST, *ONE_FOLDER, f"data.root={photos}", f"data.val_root={photos}", run],
+        capsys,
+    )
     assert "data.val_split" in err and "data.val_root" in err  # one or the other
-    err = run_main(finetune, [*FAST, "data=folder", f"data.root={photos}", "batch_size=40", run], capsys)
+    err = run_main(
+        finetune, [*FAST, "data=folder", f"data.root={photos}", "batch_size=40", run], capsys
+    )
     assert "batch_size=40" in err  # more than the 32 training images: not a single batch
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained

@@ -1,5 +1,5 @@
-"""The kNN monitor: DINO's weighted cosine kNN against a brute-force reference, and the callback in real pretraining
-runs (one process, and two DDP processes whose values must agree)."""
+"""The kNN monitor: DINO's weighted cosine kNN against a brute-force reference, and the callback in
+real pretraining runs (one process, and two DDP processes whose values must agree)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,18 @@ from simmim_swinv2.weights import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 # `++`: added here, or set where conf/callbacks has the monitor already
-KNN = ["++callbacks.knn._target_=simmim_swinv2.training.knn.KNNMonitor", "++callbacks.knn.train_samples=200",
-       "++callbacks.knn.val_samples=null", "++callbacks.knn.every_n_epochs=1", "callbacks.reconstructions.every_n_steps=0"]
+KNN = [
+    "++callbacks.knn._target_=simmim_swinv2.training.knn.KNNMonitor",
+    "++callbacks.knn.train_samples=200",
+    "++callbacks.knn.val_samples=null",
+    "++callbacks.knn.every_n_epochs=1",
+    "callbacks.reconstructions.every_n_steps=0",
+]
 
 
 def brute_force_knn(train, train_labels, val, k, T, num_classes):
-    """One validation row at a time, in float64 numpy: cosine similarities, the k largest, exp(s/T) votes."""
+    """One validation row at a time, in float64 numpy: cosine similarities, the k largest, exp(s/T)
+    votes."""
     train = train / np.linalg.norm(train, axis=1, keepdims=True)
     preds = []
     for row in val:
@@ -50,7 +56,9 @@ def test_knn_equals_a_brute_force_reference(k, T):
     train, val = torch.randn(300, 16, generator=gen), torch.randn(97, 16, generator=gen)
     labels = torch.randint(0, 7, (300,), generator=gen)
     got = knn_predict(train, labels, val, k=k, temperature=T, num_classes=7)
-    expected = brute_force_knn(train.double().numpy(), labels.numpy(), val.double().numpy(), k, T, 7)
+    expected = brute_force_knn(
+        train.double().numpy(), labels.numpy(), val.double().numpy(), k, T, 7
+    )
     assert (got.numpy() == expected).all()
 
 
@@ -63,10 +71,15 @@ def test_knn_chunked_equals_unchunked_and_knows_the_answer():
     val = centres[val_labels] + torch.randn(100, 32, generator=gen)
     one = knn_predict(train, train_labels, val, chunk_size=100_000)
     assert torch.equal(knn_predict(train, train_labels, val, chunk_size=7), one)
-    assert knn_top1(train, train_labels, val, val_labels) == 1.0  # separated clusters: every query right
-    assert knn_top1(train, (train_labels + 1) % 5, val, val_labels) == 0.0  # every label shifted: every query wrong
+    # separated clusters: every query right
+    assert knn_top1(train, train_labels, val, val_labels) == 1.0
+    # every label shifted: every query wrong
+    assert knn_top1(train, (train_labels + 1) % 5, val, val_labels) == 0.0
     # scale does not matter (cosine), and k is clamped to the memory size
-    assert torch.equal(knn_predict(train * 10, train_labels, val, k=500), knn_predict(train, train_labels, val, k=200))
+    assert torch.equal(
+        knn_predict(train * 10, train_labels, val, k=500),
+        knn_predict(train, train_labels, val, k=200),
+    )
 
 
 def test_bad_knn_inputs_fail_clearly():
@@ -79,7 +92,8 @@ def test_bad_knn_inputs_fail_clearly():
 
 
 def test_off_means_nothing_runs():
-    """every_n_epochs=0: the hook returns before touching the trainer or the model (None for both here)."""
+    """every_n_epochs=0: the hook returns before touching the trainer or the model (None for both
+    here)."""
     monitor = KNNMonitor(every_n_epochs=0)
     monitor.on_train_epoch_end(None, None)
     assert monitor.history == [] and monitor.disabled == "every_n_epochs=0"
@@ -110,11 +124,15 @@ def test_monitor_logs_knn_top1_in_a_real_run(tmp_path, caplog):
     values = [float(r["val/knn_top1"]) for r in rows]
     assert all(0.3 < v <= 1.0 for v in values), values  # chance is 0.1: features and labels line up
     assert values[-1] == pytest.approx(recompute(tmp_path), abs=1e-12)
-    assert "kNN monitor, epoch 1: val/knn_top1" in caplog.text and "200 train / 360 val samples" in caplog.text
+    assert (
+        "kNN monitor, epoch 1: val/knn_top1" in caplog.text
+        and "200 train / 360 val samples" in caplog.text
+    )
 
 
-@pytest.mark.parametrize("data, reason", [("unlabelled", "the data is unlabelled"),
-                                          ("no_val", "no validation split")])
+@pytest.mark.parametrize(
+    "data, reason", [("unlabelled", "the data is unlabelled"), ("no_val", "no validation split")]
+)
 def test_monitor_turns_itself_off_without_labels_or_validation(data, reason, tmp_path, caplog):
     from helpers.data import photo
 
@@ -123,35 +141,69 @@ def test_monitor_turns_itself_off_without_labels_or_validation(data, reason, tmp
     root.mkdir()
     for i in range(24):
         photo(i, (72, 64)).save(root / f"{i}.png")
-    val = f"data.val={{_target_:simmim_swinv2.data.build_folder,root:{root}}}" if data == "unlabelled" else "data.val=null"
+    val = (
+        f"data.val={{_target_:simmim_swinv2.data.build_folder,root:{root}}}"
+        if data == "unlabelled"
+        else "data.val=null"
+    )
     run = tmp_path / "run"
-    pretrain(compose_config("pretrain", run, [*FAST, *KNN, "data=folder", f"data.root={root}", val]))
+    pretrain(
+        compose_config("pretrain", run, [*FAST, *KNN, "data=folder", f"data.root={root}", val])
+    )
     assert caplog.text.count("kNN monitor off") == 1 and reason in caplog.text
     assert not knn_rows(run)
 
 
-# ZeRO-3 on the CPU: as tests/test_deepspeed.py runs it (Lightning's DeepSpeed strategy refuses the CPU)
-ZERO3 = ["trainer=deepspeed_zero3", "trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy"]
+# ZeRO-3 on the CPU: as tests/test_deepspeed.py runs it (Lightning's DeepSpeed strategy refuses the
+# CPU)
+ZERO3 = [
+    "trainer=deepspeed_zero3",
+    "trainer.strategy._target_=simmim_swinv2.distributed.strategy.CPUDeepSpeedStrategy",
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "zero3"])
 def test_two_ranks_log_the_same_value_over_all_samples(strategy, tmp_path):
-    """Each rank extracts half of the features (101 and 100 of the 201 train samples: one padded, so both run the
-    same forwards, which ZeRO-3's sharded parameters need); after the gather both hold all of them and log the same
-    number, the one a single process computes from the final weights. The DDP case is also the suite's plain
-    two-process `pretrain`: Lightning launches the second process itself (gloo), both share Hydra's run dir."""
+    """Each rank extracts half of the features (101 and 100 of the 201 train samples: one padded, so
+    both run the same forwards, which ZeRO-3's sharded parameters need); after the gather both hold
+    all of them and log the same number, the one a single process computes from the final weights.
+    The DDP case is also the suite's plain two-process `pretrain`: Lightning launches the second
+    process itself (gloo), both share Hydra's run dir."""
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-           "DS_ACCELERATOR": "cpu"}
-    final = tmp_path / "final_fp32.pt"  # ZeRO-3: its checkpoint consolidates to the live fp32 weights
-    trainer = ["trainer=ddp"] if strategy == "ddp" else [*ZERO3, *FINAL, f"+callbacks.final.path={final}"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "DS_ACCELERATOR": "cpu",
+    }
+    # ZeRO-3: its checkpoint consolidates to the live fp32 weights
+    final = tmp_path / "final_fp32.pt"
+    trainer = (
+        ["trainer=ddp"] if strategy == "ddp" else [*ZERO3, *FINAL, f"+callbacks.final.path={final}"]
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "simmim_swinv2.pretrain", *FAST, *KNN, *trainer, "trainer.devices=2",
-         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "callbacks.knn.train_samples=201",  # 101 + 100 (+1 pad)
-         "+callbacks.record._target_=helpers.knn_record.RecordKNN",
-         f"+callbacks.record.dirpath={tmp_path / 'record'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)  # ZeRO-3 on 2 busy cores: ~7 min
+        [
+            sys.executable,
+            "-m",
+            "simmim_swinv2.pretrain",
+            *FAST,
+            *KNN,
+            *trainer,
+            "trainer.devices=2",
+            # 101 + 100 (+1 pad)
+            "trainer.accelerator=cpu",
+            f"hydra.run.dir={run}",
+            "callbacks.knn.train_samples=201",
+            "+callbacks.record._target_=helpers.knn_record.RecordKNN",
+            f"+callbacks.record.dirpath={tmp_path / 'record'}",
+        ],
+        # ZeRO-3 on 2 busy cores: ~7 min
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert "global batch 16 = 8 per device x 2 devices" in out
@@ -166,9 +218,16 @@ def test_two_ranks_log_the_same_value_over_all_samples(strategy, tmp_path):
     for r in ranks:
         assert [(h["train_samples"], h["val_samples"]) for h in r["history"]] == [(201, 360)] * 2
         assert r["callback_metric"] == r["history"][-1]["knn_top1"]
-    assert [h["knn_top1"] for h in ranks[0]["history"]] == [h["knn_top1"] for h in ranks[1]["history"]]
-    assert [float(r["val/knn_top1"]) for r in knn_rows(run)] == [h["knn_top1"] for h in ranks[0]["history"]]
-    # Recomputed here in fp32 from the final weights. DDP: features of other batches differ in the last bits, one
-    # query may flip; ZeRO-3 ran the forward with bf16 parameters (a few may; 0.7472 against 0.7444 when written).
+    assert [h["knn_top1"] for h in ranks[0]["history"]] == [
+        h["knn_top1"] for h in ranks[1]["history"]
+    ]
+    assert [float(r["val/knn_top1"]) for r in knn_rows(run)] == [
+        h["knn_top1"] for h in ranks[0]["history"]
+    ]
+    # Recomputed here in fp32 from the final weights. DDP: features of other batches differ in the
+    # last bits, one query may flip; ZeRO-3 ran the forward with bf16 parameters (a few may; 0.7472
+    # against 0.7444 when written).
     flips = 1 if strategy == "ddp" else 5
-    assert ranks[0]["history"][-1]["knn_top1"] == pytest.approx(recompute(run, 201), abs=flips / 360 + 1e-9)
+    assert ranks[0]["history"][-1]["knn_top1"] == pytest.approx(
+        recompute(run, 201), abs=flips / 360 + 1e-9
+    )

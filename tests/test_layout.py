@@ -1,8 +1,9 @@
-"""The layout shows the architecture: no import cycle among the package's modules or among its packages, the network
-free of the training stack, files of a readable size, citations of what exists, and a README layout that is true.
+"""The layout shows the architecture: no import cycle among the package's modules or among its
+packages, the network free of the training stack, files of a readable size, citations of what
+exists, and a README layout that is true.
 
-Imports are read from the source with `ast` (every `import` / `from … import`, at module level or inside a function:
-a cycle through a lazy import still ties the two modules together)."""
+Imports are read from the source with `ast` (every `import` / `from … import`, at module level or
+inside a function: a cycle through a lazy import still ties the two modules together)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def _modules() -> dict[str, Path]:
 
 
 def _imported(path: Path, name: str, known: set[str]) -> set[str]:
-    """Every module `path` (module `name`) imports, absolute names; for modules of our package, also the packages
-    Python initialises on the way (`from ..models.config import X` runs `models/__init__.py` first)."""
+    """Every module `path` (module `name`) imports, absolute names; for modules of our package, also
+    the packages Python initialises on the way (`from ..models.config import X` runs
+    `models/__init__.py` first)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -40,18 +42,27 @@ def _imported(path: Path, name: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: from the module's package, one level up per extra dot
                 base = name.split(".") if is_package else name.split(".")[:-1]
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module
             found.add(target)
-            found.update(f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in known)
+            found.update(
+                f"{target}.{alias.name}"
+                for alias in node.names
+                if f"{target}.{alias.name}" in known
+            )
     ours = set()
     for target in found:
         parts = target.split(".")
-        ours.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))  # the target and the packages above it
-    own_packages = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1 + is_package)}
-    return {t for t in found if t.split(".")[0] != PACKAGE.name} | {t for t in ours & known if t not in own_packages}
+        # the target and the packages above it
+        ours.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+    own_packages = {
+        ".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1 + is_package)
+    }
+    return {t for t in found if t.split(".")[0] != PACKAGE.name} | {
+        t for t in ours & known if t not in own_packages
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +82,7 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         state[node] = 2
@@ -85,7 +96,8 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 
 def _package_of(module: str) -> str:
-    """`simmim_swinv2.weights.load` -> `simmim_swinv2.weights`; a top-level module is its own node."""
+    """`simmim_swinv2.weights.load` -> `simmim_swinv2.weights`; a top-level module is its own
+    node."""
     return ".".join(module.split(".")[:2])
 
 
@@ -96,10 +108,15 @@ def test_cycle_finder_finds_cycles():
 
 def test_import_reader_resolves_relative_lazy_and_package_imports(graph):
     load = graph["simmim_swinv2.weights.load"]
-    assert {"simmim_swinv2.distributed.zero", "simmim_swinv2.distributed", "simmim_swinv2.models"} <= load
+    assert {
+        "simmim_swinv2.distributed.zero",
+        "simmim_swinv2.distributed",
+        "simmim_swinv2.models",
+    } <= load
     assert "simmim_swinv2.weights" not in load  # its own package is not an import
     assert "simmim_swinv2.models.classifier" in graph["simmim_swinv2.models"]
-    assert "deepspeed.utils.zero_to_fp32" in graph["simmim_swinv2.distributed.zero"]  # imported inside a function
+    # imported inside a function
+    assert "deepspeed.utils.zero_to_fp32" in graph["simmim_swinv2.distributed.zero"]
 
 
 def test_no_import_cycle_among_modules(graph):
@@ -114,7 +131,9 @@ def test_no_import_cycle_among_packages(graph):
         if module == PACKAGE.name:
             continue
         src = _package_of(module)
-        packages.setdefault(src, set()).update(_package_of(t) for t in targets if t in graph and _package_of(t) != src)
+        packages.setdefault(src, set()).update(
+            _package_of(t) for t in targets if t in graph and _package_of(t) != src
+        )
     cycle = _cycle(packages)
     assert cycle is None, f"import cycle between packages: {' -> '.join(cycle)}"
 
@@ -132,40 +151,54 @@ def test_models_need_neither_lightning_hydra_wandb_nor_deepspeed(graph):
 
 
 def test_files_are_under_400_lines():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines()))
-            > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not set(long) - set(LONG_FILES), f"over {MAX_LINES} lines (split them): {long}"
     stale = {f for f in LONG_FILES if f not in long}
     assert not stale, f"no longer over {MAX_LINES} lines: remove {sorted(stale)} from LONG_FILES"
 
 
 def test_no_file_cites_a_document_outside_the_repository():
-    names = [f"{stem}.md" for stem in ("REFERENCE", "STYLE")]  # spelled in parts: this file would cite them
-    citing = [f"{p.relative_to(ROOT)}: {name}" for folder in ("src", "conf", "scripts", "slurm", "tests")
-              for p in sorted((ROOT / folder).rglob("*")) if p.is_file() and p.suffix != ".pyc"
-              for name in names if name in p.read_text(errors="replace")]
+    # spelled in parts: this file would cite them
+    names = [f"{stem}.md" for stem in ("REFERENCE", "STYLE")]
+    citing = [
+        f"{p.relative_to(ROOT)}: {name}"
+        for folder in ("src", "conf", "scripts", "slurm", "tests")
+        for p in sorted((ROOT / folder).rglob("*"))
+        if p.is_file() and p.suffix != ".pyc"
+        for name in names
+        if name in p.read_text(errors="replace")
+    ]
     assert not citing, citing
 
 
 def _readme_layout() -> tuple[set[str], set[str]]:
-    """(packages, modules) the README's `## Layout` block lists directly under `src/simmim_swinv2/`: the first
-    column of each line at the children's indent (names separated by single spaces; two or more end the names)."""
+    """(packages, modules) the README's `## Layout` block lists directly under `src/simmim_swinv2/`:
+    the first column of each line at the children's indent (names separated by single spaces; two or
+    more end the names)."""
     text = (ROOT / "README.md").read_text()
     match = re.search(r"^## Layout\s*\n.*?^```[^\n]*\n(.*?)^```", text, re.S | re.M)
     assert match, "README.md has no fenced block after '## Layout'"
     lines = match.group(1).splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip().startswith("src/simmim_swinv2/")), None)
+    start = next(
+        (i for i, line in enumerate(lines) if line.strip().startswith("src/simmim_swinv2/")), None
+    )
     assert start is not None, "the README's layout block does not show src/simmim_swinv2/"
     parent = len(lines[start]) - len(lines[start].lstrip())
     children = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         indent = len(line) - len(line.lstrip())
         if line.strip() and indent <= parent:
             break
         children.append((indent, line.strip()))
     child = min((i for i, s in children if s), default=parent + 1)
     names = [n for i, s in children if i == child for n in re.split(r"\s{2,}", s)[0].split()]
-    return {n.rstrip("/") for n in names if n.endswith("/")}, {n.removesuffix(".py") for n in names if n.endswith(".py")}
+    return {n.rstrip("/") for n in names if n.endswith("/")}, {
+        n.removesuffix(".py") for n in names if n.endswith(".py")
+    }
 
 
 def test_readme_layout_lists_every_package_and_entry_point():
@@ -174,5 +207,6 @@ def test_readme_layout_lists_every_package_and_entry_point():
     listed_packages, listed_modules = _readme_layout()
     assert (listed_packages, listed_modules) == (packages, entry_points), (
         f"README layout: missing packages {sorted(packages - listed_packages)}, modules "
-        f"{sorted(entry_points - listed_modules)}; listed but absent: packages {sorted(listed_packages - packages)}, "
-        f"modules {sorted(listed_modules - entry_points)}")
+        f"{sorted(entry_points - listed_modules)}; listed but absent: packages "
+        f"{sorted(listed_packages - packages)}, modules {sorted(listed_modules - entry_points)}"
+    )

@@ -1,4 +1,5 @@
-"""Model features beyond parity: variants and their sizes, validation, checkpointing, huge/giant norms, compile."""
+"""Model features beyond parity: variants and their sizes, validation, checkpointing, huge/giant
+norms, compile."""
 
 from __future__ import annotations
 
@@ -35,14 +36,20 @@ def test_count_command_prints_every_variant(capsys):
     assert "3,001.9M" in out  # giant
 
 
-@pytest.mark.parametrize("variant,every,norms", [("huge", 6, 3 * 1 + 0), ("giant", 6, 7 + 0), ("base", 0, 0)])
+@pytest.mark.parametrize(
+    "variant,every,norms", [("huge", 6, 3 * 1 + 0), ("giant", 6, 7 + 0), ("base", 0, 0)]
+)
 def test_extra_norms_every_six_blocks(variant, every, norms):
     cfg = swinv2_config(variant)
     assert cfg.extra_norm_every == every
     with torch.device("meta"):
         encoder = SwinV2Encoder(cfg)
-    placed = [(s, b) for s, stage in enumerate(encoder.layers) for b, blk in enumerate(stage.blocks)
-              if blk.norm3 is not None]
+    placed = [
+        (s, b)
+        for s, stage in enumerate(encoder.layers)
+        for b, blk in enumerate(stage.blocks)
+        if blk.norm3 is not None
+    ]
     assert len(placed) == norms  # huge: blocks 6, 12, 18 of stage 3; giant: 6 … 42 of stage 3
     assert all((b + 1) % 6 == 0 for _, b in placed)
 
@@ -54,7 +61,8 @@ def test_extra_norm_is_applied_at_the_block_end():
     x = torch.randn(2, 16, 16, cfg.embed_dim)
     with torch.no_grad():
         without = SwinV2Block.__mro__[1].forward(block, x)  # timm's forward, no norm3
-        torch.testing.assert_close(block(x), block.norm3(without))  # the same kernels in the same order
+        # the same kernels in the same order
+        torch.testing.assert_close(block(x), block.norm3(without))
 
 
 def test_one_giant_block_forward_and_backward_on_cpu():
@@ -63,10 +71,20 @@ def test_one_giant_block_forward_and_backward_on_cpu():
     with torch.device("meta"):
         encoder = SwinV2Encoder(cfg)
     meta_block = encoder.layers[2].blocks[5]
-    assert meta_block.norm3 is not None and meta_block.dim == 2048 and meta_block.attn.num_heads == 64
-    block = SwinV2Block(dim=2048, input_resolution=(12, 12), num_heads=64, window_size=12, shift_size=0,
-                        extra_norm=True)
-    assert sum(p.numel() for p in block.parameters()) == sum(p.numel() for p in meta_block.parameters())
+    assert (
+        meta_block.norm3 is not None and meta_block.dim == 2048 and meta_block.attn.num_heads == 64
+    )
+    block = SwinV2Block(
+        dim=2048,
+        input_resolution=(12, 12),
+        num_heads=64,
+        window_size=12,
+        shift_size=0,
+        extra_norm=True,
+    )
+    assert sum(p.numel() for p in block.parameters()) == sum(
+        p.numel() for p in meta_block.parameters()
+    )
     x = torch.randn(1, 12, 12, 2048, requires_grad=True)
     out = block(x)
     out.square().mean().backward()
@@ -88,36 +106,47 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     for (name, _), g0, g1 in zip(model.named_parameters(), results[0][1], results[1][1]):
-        # the recomputed forward is the same kernels; its backward may add the same terms in another order
+        # the recomputed forward is the same kernels; its backward may add the same terms in another
+        # order
         assert_norm_close(g0, g1, grad_bound(cfg, torch.float32, mask.numel(), name), name)
     per_stage = SwinV2Encoder(cfg.replace(grad_checkpointing=(False, False, True, False)))
     assert [s.grad_checkpointing for s in per_stage.layers] == [False, False, True, False]
 
 
 def test_nonsquare_and_other_sizes_run():
-    model = SwinV2Classifier.from_config(swinv2_config("debug", img_size=64, window_size=4), 3).eval()
+    model = SwinV2Classifier.from_config(
+        swinv2_config("debug", img_size=64, window_size=4), 3
+    ).eval()
     for hw in ((64, 96), (96, 64), (128, 32)):
         with torch.no_grad():
             out = model.encoder(torch.randn(2, 3, *hw), output_hidden_states=True)
         assert out.last_hidden_state.shape == (2, hw[0] // 32, hw[1] // 32, 256)
         assert [h.shape[1:3] for h in out.hidden_states] == [
-            (hw[0] // 4, hw[1] // 4), (hw[0] // 4, hw[1] // 4), (hw[0] // 8, hw[1] // 8),
-            (hw[0] // 16, hw[1] // 16), (hw[0] // 32, hw[1] // 32)]
+            (hw[0] // 4, hw[1] // 4),
+            (hw[0] // 4, hw[1] // 4),
+            (hw[0] // 8, hw[1] // 8),
+            (hw[0] // 16, hw[1] // 16),
+            (hw[0] // 32, hw[1] // 32),
+        ]
 
 
 def test_mask_token_replaces_exactly_the_masked_embeddings():
-    encoder = randomize_(SwinV2Encoder(swinv2_config("debug", img_size=64, window_size=4, use_mask_token=True)))
+    encoder = randomize_(
+        SwinV2Encoder(swinv2_config("debug", img_size=64, window_size=4, use_mask_token=True))
+    )
     x, mask = torch.randn(2, 3, 64, 64), random_mask(2, 16, 16)
     with torch.no_grad():
         plain, masked = encoder.embed(x), encoder.embed(x, mask)
     m = mask.bool()
     torch.testing.assert_close(masked[~m], plain[~m], rtol=0, atol=0)
-    torch.testing.assert_close(masked[m], encoder.mask_token[0].expand(int(m.sum()), -1), rtol=0, atol=0)
+    torch.testing.assert_close(
+        masked[m], encoder.mask_token[0].expand(int(m.sum()), -1), rtol=0, atol=0
+    )
 
 
 def test_pixels_are_never_masked_only_tokens():
-    """Masking changes the encoder input tokens, never the loss target: the same image with two masks gives
-    losses over different pixels of the same target."""
+    """Masking changes the encoder input tokens, never the loss target: the same image with two
+    masks gives losses over different pixels of the same target."""
     model = randomize_(SimMIM.from_config(swinv2_config("debug", img_size=64, window_size=4)))
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -126,13 +155,16 @@ def test_pixels_are_never_masked_only_tokens():
     assert everything.loss > 0 and nothing.loss == 0
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(embed_dim=30, num_heads=(4, 8, 16, 32)), "not divisible"),
-    (dict(window_size=(6, 6)), "window_size has 2 entries"),
-    (dict(img_size=100), "multiple of the encoder stride"),
-    (dict(act_layer="tanh"), "act_layer"),
-    (dict(depths=()), "depths"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(embed_dim=30, num_heads=(4, 8, 16, 32)), "not divisible"),
+        (dict(window_size=(6, 6)), "window_size has 2 entries"),
+        (dict(img_size=100), "multiple of the encoder stride"),
+        (dict(act_layer="tanh"), "act_layer"),
+        (dict(depths=()), "depths"),
+    ],
+)
 def test_config_errors_name_the_fix(bad, match):
     with pytest.raises(ValueError, match=match):
         SwinV2Config(**bad)
@@ -154,15 +186,21 @@ def test_input_and_mask_errors_name_the_fix():
 
 
 def test_classifier_soft_targets_and_label_smoothing():
-    model = randomize_(SwinV2Classifier.from_config(swinv2_config("debug", img_size=64, window_size=4), 4,
-                                                    label_smoothing=0.1))
+    model = randomize_(
+        SwinV2Classifier.from_config(
+            swinv2_config("debug", img_size=64, window_size=4), 4, label_smoothing=0.1
+        )
+    )
     x = torch.randn(2, 3, 64, 64)
     labels = torch.tensor([1, 3])
     with torch.no_grad():
         out = model(x, labels)
         logp = out.logits.log_softmax(-1)
-        smooth = torch.full((2, 4), 0.1 / 4).scatter_add_(1, labels[:, None], torch.full((2, 1), 0.9))
-        torch.testing.assert_close(out.loss, -(smooth * logp).sum(-1).mean())  # a loss: away from zero, few terms
+        smooth = torch.full((2, 4), 0.1 / 4).scatter_add_(
+            1, labels[:, None], torch.full((2, 1), 0.9)
+        )
+        # a loss: away from zero, few terms
+        torch.testing.assert_close(out.loss, -(smooth * logp).sum(-1).mean())
         torch.testing.assert_close(model(x, smooth).loss, out.loss)  # soft targets given directly
     assert model.label2id == {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2, "LABEL_3": 3}
 

@@ -1,5 +1,6 @@
 """Parameter groups, layer-wise LR decay and per-iteration schedules, against the official recipe
-(microsoft/Swin-Transformer `optimizer.py`: no-decay names; microsoft/SimMIM `optimizer.py`: layer-wise LR decay)."""
+(microsoft/Swin-Transformer `optimizer.py`: no-decay names; microsoft/SimMIM `optimizer.py`:
+layer-wise LR decay)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from simmim_swinv2.training.optim import (
     scale_lr,
 )
 
-NO_DECAY_KEYS = SwinV2Encoder.NO_WEIGHT_DECAY_KEYWORDS  # the official keyword rule, applied by substring below
+# the official keyword rule, applied by substring below
+NO_DECAY_KEYS = SwinV2Encoder.NO_WEIGHT_DECAY_KEYWORDS
 
 
 def _cfg():
@@ -55,13 +57,16 @@ def test_no_decay_rule_on_every_parameter(which, layer_decay, request):
         assert of[name]["weight_decay"] == (0.05 if expect_decay else 0.0), name
     # the multi-dimensional exclusions really occur in the debug model, and are excluded
     names = {n for n, p in model.named_parameters() if p.ndim > 1 and of[n]["weight_decay"] == 0.0}
-    assert any("logit_scale" in n for n in names) and any("cpb_mlp" in n and n.endswith("weight") for n in names)
+    assert any("logit_scale" in n for n in names) and any(
+        "cpb_mlp" in n and n.endswith("weight") for n in names
+    )
     assert any(n.endswith("qkv.weight") and of[n]["weight_decay"] == 0.05 for n in of)
 
 
 def test_timm_helper_misplaces_logit_scale_and_cpb_mlp(simmim):
-    """A pitfall measured with timm 1.0.31: the third positional argument of timm's helper is `weight_decay_exclude_1d`, so
-    the no-decay names are silently ignored; our groups put the same parameters right."""
+    """A pitfall measured with timm 1.0.31: the third positional argument of timm's helper is
+    `weight_decay_exclude_1d`, so the no-decay names are silently ignored; our groups put the same
+    parameters right."""
     from timm.optim import param_groups_weight_decay
 
     enc = simmim.encoder
@@ -88,7 +93,8 @@ def test_frozen_parameters_are_left_out():
         ((2, 2, 6, 2), "patch_embed.proj.weight", 0),
         ((2, 2, 6, 2), "layers.0.blocks.0.attn.qkv.weight", 1),
         ((2, 2, 6, 2), "layers.0.blocks.1.norm1.weight", 2),
-        ((2, 2, 6, 2), "layers.1.downsample.reduction.weight", 2),  # official: stage 0's end-of-stage merge
+        # official: stage 0's end-of-stage merge
+        ((2, 2, 6, 2), "layers.1.downsample.reduction.weight", 2),
         ((2, 2, 6, 2), "layers.1.blocks.0.mlp.fc1.weight", 3),
         ((2, 2, 6, 2), "layers.2.downsample.norm.bias", 4),
         ((2, 2, 6, 2), "layers.2.blocks.0.attn.logit_scale", 5),
@@ -123,10 +129,15 @@ def test_layer_decay_groups_on_debug_model(which, request):
     of = _group_of(model, groups)
     last = sum(_cfg().depths) + 1  # debug depths (1, 1, 2, 1) → 6
     expected = {
-        "encoder.mask_token": 0, "encoder.patch_embed.proj.weight": 0, "encoder.layers.0.blocks.0.norm1.bias": 1,
-        "encoder.layers.1.downsample.reduction.weight": 1, "encoder.layers.1.blocks.0.attn.qkv.weight": 2,
-        "encoder.layers.2.blocks.1.attn.cpb_mlp.0.weight": 4, "encoder.layers.3.downsample.norm.weight": 4,
-        "encoder.layers.3.blocks.0.mlp.fc1.weight": 5, "encoder.norm.weight": last,
+        "encoder.mask_token": 0,
+        "encoder.patch_embed.proj.weight": 0,
+        "encoder.layers.0.blocks.0.norm1.bias": 1,
+        "encoder.layers.1.downsample.reduction.weight": 1,
+        "encoder.layers.1.blocks.0.attn.qkv.weight": 2,
+        "encoder.layers.2.blocks.1.attn.cpb_mlp.0.weight": 4,
+        "encoder.layers.3.downsample.norm.weight": 4,
+        "encoder.layers.3.blocks.0.mlp.fc1.weight": 5,
+        "encoder.norm.weight": last,
     }
     expected.update({"decoder.0.weight": last} if which == "simmim" else {"head.weight": last})
     for name, lid in expected.items():
@@ -176,7 +187,9 @@ def test_scale_lr_and_epochs_to_steps():
 
 
 def _opt(scales=(1.0, 0.5), lr=1e-3) -> torch.optim.Optimizer:
-    groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr": lr * s, "lr_scale": s} for s in scales]
+    groups = [
+        {"params": [nn.Parameter(torch.zeros(1))], "lr": lr * s, "lr_scale": s} for s in scales
+    ]
     return torch.optim.SGD(groups, lr=lr)
 
 
@@ -197,7 +210,8 @@ def test_cosine_warmup_midpoint_end_and_group_scaling():
     assert lrs[5][0] == pytest.approx(warm + (peak - warm) / 2)
     assert lrs[10][0] == pytest.approx(peak)
     assert lrs[60][0] == pytest.approx((peak + low) / 2)  # cosine midpoint
-    assert lrs[110][0] == pytest.approx(low) and lrs[120][0] == pytest.approx(low)  # ends and stays at min
+    # ends and stays at min
+    assert lrs[110][0] == pytest.approx(low) and lrs[120][0] == pytest.approx(low)
     assert all(a[0] >= b[0] for a, b in pairwise(lrs[10:]))  # monotone after warmup
     for row in lrs:  # scaled mode: the half-scale group follows the same curve at half the LR
         assert row[1] == pytest.approx(0.5 * row[0])
@@ -205,28 +219,49 @@ def test_cosine_warmup_midpoint_end_and_group_scaling():
 
 def test_absolute_warmup_min_and_official_cosine():
     peak, warm, low = 1e-3, 1e-6, 1e-5
-    sched = build_scheduler(_opt(), total_steps=100, warmup_steps=10, warmup_lr=warm, min_lr=low,
-                            scale_warmup_min=False, warmup_prefix=False)
+    sched = build_scheduler(
+        _opt(),
+        total_steps=100,
+        warmup_steps=10,
+        warmup_lr=warm,
+        min_lr=low,
+        scale_warmup_min=False,
+        warmup_prefix=False,
+    )
     lrs = _lrs(sched, 101)
     assert lrs[0] == pytest.approx([warm, warm])  # same absolute start for every group
     assert lrs[100] == pytest.approx([low, low])  # and the same absolute end
-    assert lrs[9][1] == pytest.approx(warm + 9 * (0.5 * peak - warm) / 10)  # warmup toward the scaled peak
-    cos_at_10 = [low + (p - low) * 0.5 * (1 + math.cos(math.pi * 10 / 100)) for p in (peak, 0.5 * peak)]
+    # warmup toward the scaled peak
+    assert lrs[9][1] == pytest.approx(warm + 9 * (0.5 * peak - warm) / 10)
+    cos_at_10 = [
+        low + (p - low) * 0.5 * (1 + math.cos(math.pi * 10 / 100)) for p in (peak, 0.5 * peak)
+    ]
     assert lrs[10] == pytest.approx(cos_at_10)  # cosine over all steps
 
 
 def test_multistep_and_constant():
-    sched = build_scheduler(_opt(), name="multistep", total_steps=100, warmup_steps=5, warmup_lr=0.0,
-                            milestones=(70, 40), gamma=0.1)
+    sched = build_scheduler(
+        _opt(),
+        name="multistep",
+        total_steps=100,
+        warmup_steps=5,
+        warmup_lr=0.0,
+        milestones=(70, 40),
+        gamma=0.1,
+    )
     lrs = _lrs(sched, 100)
     assert lrs[0][0] == 0.0 and lrs[5][0] == pytest.approx(1e-3)
     assert lrs[39][0] == pytest.approx(1e-3) and lrs[40][0] == pytest.approx(1e-4)
     assert lrs[69][0] == pytest.approx(1e-4) and lrs[70][0] == pytest.approx(1e-5)
     assert all(r[1] == pytest.approx(0.5 * r[0]) for r in lrs)
     with pytest.raises(ValueError, match="milestones"):
-        build_scheduler(_opt(), name="multistep", total_steps=100, warmup_steps=50, milestones=(40,))
+        build_scheduler(
+            _opt(), name="multistep", total_steps=100, warmup_steps=50, milestones=(40,)
+        )
     const = _lrs(build_scheduler(_opt(), name="constant", total_steps=10, warmup_steps=2), 10)
-    assert const[1][0] == pytest.approx(5e-4) and all(r[0] == pytest.approx(1e-3) for r in const[2:])
+    assert const[1][0] == pytest.approx(5e-4) and all(
+        r[0] == pytest.approx(1e-3) for r in const[2:]
+    )
     with pytest.raises(ValueError, match="warmup_steps"):
         build_scheduler(_opt(), total_steps=10, warmup_steps=11)
 
@@ -242,7 +277,8 @@ def test_scheduler_resume_gives_the_same_lrs(tmp_path, order):
     expected = _lrs(sched, 20)
 
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert all(isinstance(f, dict) and f for f in state["sched"]["lr_lambdas"])  # factors saved, not dropped
+    # factors saved, not dropped
+    assert all(isinstance(f, dict) and f for f in state["sched"]["lr_lambdas"])
     opt2 = build_optimizer(model, base_lr=1e-3, layer_decay=0.7)
     if order == "optimizer_first":  # the groups then hold the scheduled LR, not the peak
         opt2.load_state_dict(state["opt"])

@@ -1,6 +1,7 @@
-"""Preemption: a signal (SIGUSR1, what `sbatch --signal` sends) makes every rank save the same hpc checkpoint
-at a batch boundary, requeue the SLURM job, and stop; the next run resumes from it and trains on exactly as an
-uninterrupted run would. The SLURM controller is the only stand-in (a `scontrol` script on PATH)."""
+"""Preemption: a signal (SIGUSR1, what `sbatch --signal` sends) makes every rank save the same hpc
+checkpoint at a batch boundary, requeue the SLURM job, and stop; the next run resumes from it and
+trains on exactly as an uninterrupted run would. The SLURM controller is the only stand-in (a
+`scontrol` script on PATH)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ from simmim_swinv2.pretrain import pretrain
 from simmim_swinv2.training.preemption import Preempted, Preemption
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = [*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=4", "callbacks.reconstructions.every_n_steps=0"]
+ARGS = [
+    *FAST,
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=4",
+    "callbacks.reconstructions.every_n_steps=0",
+]
 
 
 @pytest.fixture
@@ -41,7 +47,11 @@ def scontrol(tmp_path, monkeypatch):
 def losses(run_dir) -> dict[int, float]:
     """The last logged loss of each step (a resumed run logs its steps again)."""
     with open(Path(run_dir) / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
+        return {
+            int(r["step"]): float(r["train/loss_step"])
+            for r in csv.DictReader(f)
+            if r.get("train/loss_step")
+        }
 
 
 @pytest.fixture(scope="module")
@@ -54,28 +64,48 @@ def shard_data(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("shards")
     write_class_folder(root / "images", [24, 24], size=(72, 64))
     make_shards(root / "images", root / "tars", samples_per_shard=16, progress=False)
-    return ["data=webdataset", f"data.urls=[{','.join(sorted(str(p) for p in (root / 'tars').glob('*.tar')))}]"]
+    return [
+        "data=webdataset",
+        f"data.urls=[{','.join(sorted(str(p) for p in (root / 'tars').glob('*.tar')))}]",
+    ]
 
 
 @pytest.mark.parametrize("source, step", [("digits", 5), ("shards", 6)])
-def test_signal_saves_requeues_stops_and_the_resumed_run_matches(source, step, tmp_path, scontrol, caplog, request):
-    """Stopped mid-epoch 1 (2 or 3 of its 4 batches done; with 2 loader workers, so the shard workers skip
-    unequal numbers of batches), the resumed run's later losses equal an uninterrupted run's."""
+def test_signal_saves_requeues_stops_and_the_resumed_run_matches(
+    source, step, tmp_path, scontrol, caplog, request
+):
+    """Stopped mid-epoch 1 (2 or 3 of its 4 batches done; with 2 loader workers, so the shard
+    workers skip unequal numbers of batches), the resumed run's later losses equal an uninterrupted
+    run's."""
     caplog.set_level("INFO")
-    args = [*ARGS, "num_workers=2", *(request.getfixturevalue("shard_data") if source == "shards" else [])]
+    args = [
+        *ARGS,
+        "num_workers=2",
+        *(request.getfixturevalue("shard_data") if source == "shards" else []),
+    ]
     ref = pretrain(compose_config("pretrain", tmp_path / "ref", args))
     run = tmp_path / "run"
-    signalled = [*args, "+callbacks.signal._target_=helpers.callbacks.SignalAt", f"+callbacks.signal.step={step}"]
+    signalled = [
+        *args,
+        "+callbacks.signal._target_=helpers.callbacks.SignalAt",
+        f"+callbacks.signal.step={step}",
+    ]
     with pytest.raises(Preempted) as stop:
         pretrain(compose_config("pretrain", run, signalled))
     assert stop.value.code == 0
     assert max(losses(run)) == step  # the last step trained (and saved) was logged before the stop
     ckpt = torch.load(run / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == step + 1  # signalled as the step began, saved when that batch ended
+    # signalled as the step began, saved when that batch ended
+    assert ckpt["global_step"] == step + 1
     assert scontrol.read_text().split() == ["requeue", "4242"]
     assert "SIGUSR1 received; saving" in caplog.text and "requeued SLURM job 4242" in caplog.text
-    assert not (run / "checkpoints" / "last.ckpt").is_file() or torch.load(
-        run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] <= step
+    assert (
+        not (run / "checkpoints" / "last.ckpt").is_file()
+        or torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+            "global_step"
+        ]
+        <= step
+    )
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler restored after the run
 
     caplog.clear()
@@ -95,23 +125,37 @@ def test_signal_saves_requeues_stops_and_the_resumed_run_matches(source, step, t
 def test_without_slurm_it_saves_and_stops_without_requeueing(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     caplog.set_level("INFO")
-    signalled = [*ARGS, "trainer.max_epochs=1", "+callbacks.signal._target_=helpers.callbacks.SignalAt",
-                 "+callbacks.signal.step=1"]
+    signalled = [
+        *ARGS,
+        "trainer.max_epochs=1",
+        "+callbacks.signal._target_=helpers.callbacks.SignalAt",
+        "+callbacks.signal.step=1",
+    ]
     with pytest.raises(Preempted):
         pretrain(compose_config("pretrain", tmp_path, signalled))
     assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 2
-    assert "the same command resumes from the checkpoint" in caplog.text and "requeued" not in caplog.text
+    assert (
+        "the same command resumes from the checkpoint" in caplog.text
+        and "requeued" not in caplog.text
+    )
 
-    again = [*signalled[:-1], "+callbacks.signal.step=3"]  # resumed, then stopped again at its last step
+    # resumed, then stopped again at its last step
+    again = [*signalled[:-1], "+callbacks.signal.step=3"]
     with pytest.raises(Preempted):
         pretrain(compose_config("pretrain", tmp_path, again))
-    assert [p.name for p in tmp_path.glob("hpc_ckpt_*")] == ["hpc_ckpt_2.ckpt"]  # the superseded one is gone
+    # the superseded one is gone
+    assert [p.name for p in tmp_path.glob("hpc_ckpt_*")] == ["hpc_ckpt_2.ckpt"]
     assert torch.load(tmp_path / "hpc_ckpt_2.ckpt", weights_only=True)["global_step"] == 4
 
 
-@pytest.mark.parametrize("kwargs, message", [({"requeue": "sometimes"}, "requeue='sometimes'"),
-                                             ({"signals": ["SIGNOPE"]}, "unknown signal"),
-                                             ({"check_every_n_steps": 0}, "must be >= 1")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"requeue": "sometimes"}, "requeue='sometimes'"),
+        ({"signals": ["SIGNOPE"]}, "unknown signal"),
+        ({"check_every_n_steps": 0}, "must be >= 1"),
+    ],
+)
 def test_bad_preemption_settings_fail_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Preemption(**kwargs)
@@ -120,15 +164,34 @@ def test_bad_preemption_settings_fail_clearly(kwargs, message):
 @pytest.mark.slow
 def test_signal_on_one_rank_only_stops_both_ranks_at_one_checkpoint(tmp_path):
     """Two DDP processes; SIGUSR1 reaches rank 1 alone. Saving from inside the handler (Lightning's
-    auto_requeue) would meet rank 0 in a different collective and hang; here both stop after the same batch."""
+    auto_requeue) would meet rank 0 in a different collective and hang; here both stop after the
+    same batch."""
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("SLURM_JOB_ID", None)
     result = subprocess.run(
-        [sys.executable, "-m", "simmim_swinv2.pretrain", *ARGS, "trainer=ddp", "trainer.devices=2",
-         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "+callbacks.signal._target_=helpers.callbacks.SignalAt",
-         "+callbacks.signal.step=4", "+callbacks.signal.rank=1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "simmim_swinv2.pretrain",
+            *ARGS,
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            f"hydra.run.dir={run}",
+            "+callbacks.signal._target_=helpers.callbacks.SignalAt",
+            "+callbacks.signal.step=4",
+            "+callbacks.signal.rank=1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert "SIGUSR1 (on another rank) received; saving" in out, out[-3000:]
@@ -138,11 +201,20 @@ def test_signal_on_one_rank_only_stops_both_ranks_at_one_checkpoint(tmp_path):
 
 
 def _pretrain_process(run: Path, *overrides: str, log: Path, extra_env=None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-           **(extra_env or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        **(extra_env or {}),
+    }
     with open(log, "w") as out:  # a file, not a pipe: a full pipe would block the run
-        return subprocess.Popen([sys.executable, "-m", "simmim_swinv2.pretrain", *overrides, f"hydra.run.dir={run}"],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "simmim_swinv2.pretrain", *overrides, f"hydra.run.dir={run}"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
@@ -153,14 +225,21 @@ def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 30
 
 
 @pytest.mark.slow
-def test_sigterm_from_outside_saves_does_not_requeue_exits_143_and_the_run_resumes(tmp_path, scontrol):
-    """What SLURM preemption, `scancel` and Kubernetes send: a real SIGTERM to a real training process, from
-    another process, mid-run (the run waits at step 5 until the signal is sent: `helpers.callbacks.WaitAt`). It saves once,
-    does not requeue (the scheduler's call, even inside a SLURM job), and exits with 143 (128 + SIGTERM: a run to
-    restart, not a finished one); the same command then resumes from the save and trains every remaining step once."""
+def test_sigterm_from_outside_saves_does_not_requeue_exits_143_and_the_run_resumes(
+    tmp_path, scontrol
+):
+    """What SLURM preemption, `scancel` and Kubernetes send: a real SIGTERM to a real training
+    process, from another process, mid-run (the run waits at step 5 until the signal is sent:
+    `helpers.callbacks.WaitAt`). It saves once, does not requeue (the scheduler's call, even inside
+    a SLURM job), and exits with 143 (128 + SIGTERM: a run to restart, not a finished one); the same
+    command then resumes from the save and trains every remaining step once."""
     run, log, gate = tmp_path / "run", tmp_path / "log.txt", tmp_path / "gate"
-    args = [*ARGS, "+callbacks.wait._target_=helpers.callbacks.WaitAt", f"+callbacks.wait.dirpath={gate}",
-            "+callbacks.wait.steps=[5]"]
+    args = [
+        *ARGS,
+        "+callbacks.wait._target_=helpers.callbacks.WaitAt",
+        f"+callbacks.wait.dirpath={gate}",
+        "+callbacks.wait.steps=[5]",
+    ]
     proc = _pretrain_process(run, *args, log=log, extra_env={"SLURM_JOB_ID": "4242"})
     _wait_for(gate / "ready_5_0", proc, log)
     proc.send_signal(signal.SIGTERM)
@@ -169,28 +248,49 @@ def test_sigterm_from_outside_saves_does_not_requeue_exits_143_and_the_run_resum
     out = log.read_text()
     assert "SIGTERM received; saving" in out and "requeued" not in out
     assert not scontrol.exists()  # scontrol never ran
-    assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 6  # after the signalled step
+    # after the signalled step
+    assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 6
 
     proc = _pretrain_process(run, *args, log=log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert f"resuming from {run / 'hpc_ckpt_1.ckpt'}" in log.read_text()
-    assert sorted(losses(run)) == list(range(12))  # every step trained; the resumed ones from step 6 on
+    # every step trained; the resumed ones from step 6 on
+    assert sorted(losses(run)) == list(range(12))
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
     assert not (run / "hpc_ckpt_1.ckpt").exists()  # superseded by the later checkpoints
 
 
 @pytest.mark.slow
 def test_sigterm_on_rank_0_only_stops_both_ddp_ranks_at_one_checkpoint(tmp_path):
-    """Kubernetes signals the container's first process: under Lightning's launcher that is rank 0 alone. Both
-    ranks still save one checkpoint together and exit with 143."""
+    """Kubernetes signals the container's first process: under Lightning's launcher that is rank 0
+    alone. Both ranks still save one checkpoint together and exit with 143."""
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("SLURM_JOB_ID", None)
     result = subprocess.run(
-        [sys.executable, "-m", "simmim_swinv2.pretrain", *ARGS, "trainer=ddp", "trainer.devices=2",
-         "trainer.accelerator=cpu", f"hydra.run.dir={run}", "+callbacks.signal._target_=helpers.callbacks.SignalAt",
-         "+callbacks.signal.step=4", "+callbacks.signal.rank=0", "+callbacks.signal.signal=SIGTERM"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "simmim_swinv2.pretrain",
+            *ARGS,
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            f"hydra.run.dir={run}",
+            "+callbacks.signal._target_=helpers.callbacks.SignalAt",
+            "+callbacks.signal.step=4",
+            "+callbacks.signal.rank=0",
+            "+callbacks.signal.signal=SIGTERM",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert "SIGTERM received; saving" in out, out[-3000:]

@@ -1,4 +1,5 @@
-"""The numbers behind FLOP/s, MFU and `train/data_wait` (the logged metrics: tests/test_train.py)."""
+"""The numbers behind FLOP/s, MFU and `train/data_wait` (the logged metrics:
+tests/test_train.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ CFG = swinv2_config("debug", img_size=(64, 32), window_size=4)
 
 @pytest.mark.parametrize("kind", ["simmim", "classifier"])
 def test_step_flops_on_the_meta_device_equal_a_real_step(kind):
-    """The meta-device count (no memory, no arithmetic) is the count of a real forward + backward, times the batch."""
-    model = SimMIM.from_config(CFG) if kind == "simmim" else SwinV2Classifier.from_config(CFG, num_classes=5)
+    """The meta-device count (no memory, no arithmetic) is the count of a real forward + backward,
+    times the batch."""
+    model = (
+        SimMIM.from_config(CFG)
+        if kind == "simmim"
+        else SwinV2Classifier.from_config(CFG, num_classes=5)
+    )
     x = torch.randn(3, 3, 64, 32)
     with FlopCounterMode(display=False) as counter:
         if kind == "simmim":
@@ -32,7 +38,8 @@ def test_step_flops_on_the_meta_device_equal_a_real_step(kind):
 def test_the_cpu_peak_is_its_measured_matmul_rate():
     rate = measured_matmul_flops("cpu", torch.float32)
     assert 1e8 < rate < 1e14  # any CPU: between 0.1 GFLOP/s and 100 TFLOP/s
-    assert peak_flops(torch.device("cpu"), torch.float32) == rate  # measured once per process (cached)
+    # measured once per process (cached)
+    assert peak_flops(torch.device("cpu"), torch.float32) == rate
 
 
 class _Slow(Dataset):

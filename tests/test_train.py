@@ -1,4 +1,5 @@
-"""Pretraining and fine-tuning end to end on the CPU: entry points, checkpoints, resume, loading matrix."""
+"""Pretraining and fine-tuning end to end on the CPU: entry points, checkpoints, resume, loading
+matrix."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ from simmim_swinv2.finetune import finetune
 from simmim_swinv2.models import SimMIM, SwinV2Encoder, swinv2_config
 from simmim_swinv2.pretrain import pretrain
 from simmim_swinv2.training.base import NonFiniteLossError
-from simmim_swinv2.weights import AtomicCheckpointIO, encoder_state_dict, load_model, load_pretrained_encoder
+from simmim_swinv2.weights import (
+    AtomicCheckpointIO,
+    encoder_state_dict,
+    load_model,
+    load_pretrained_encoder,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,11 +53,15 @@ def test_pretrain_writes_checkpoints_metrics_pictures_and_config(pretrained_run)
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert len(losses) == 6 and all(l == l for l in losses)
     assert any(r.get("train/device/samples_per_sec") for r in rows)  # throughput (img/s)
-    assert any(r.get("train/grad_norm") for r in rows) and any(r.get("lr-AdamW/decay") or
-                                                               any(k.startswith("lr-") and r[k] for k in r)
-                                                               for r in rows)
+    assert any(r.get("train/grad_norm") for r in rows) and any(
+        r.get("lr-AdamW/decay") or any(k.startswith("lr-") and r[k] for k in r) for r in rows
+    )
     pictures = sorted((run / "reconstructions").glob("step_*.png"))
-    assert [p.name for p in pictures] == ["step_0000002.png", "step_0000004.png", "step_0000006.png"]
+    assert [p.name for p in pictures] == [
+        "step_0000002.png",
+        "step_0000004.png",
+        "step_0000006.png",
+    ]
     from PIL import Image
 
     assert Image.open(pictures[-1]).size[0] == 4 * (64 + 2) + 2  # 4 columns of 64 px + padding
@@ -62,11 +72,13 @@ def test_pretrain_writes_checkpoints_metrics_pictures_and_config(pretrained_run)
 
 
 def test_pretrain_logs_data_wait_flops_and_mfu(pretrained_run):
-    """Every run logs the share of time spent waiting for data, and FLOP/s and MFU from the model's FLOPs counted
-    once (the CPU's peak: its measured matmul rate)."""
+    """Every run logs the share of time spent waiting for data, and FLOP/s and MFU from the model's
+    FLOPs counted once (the CPU's peak: its measured matmul rate)."""
     rows = metrics(pretrained_run[0])
     waits = [float(r["train/data_wait"]) for r in rows if r.get("train/data_wait")]
-    flops = [float(r["train/device/flops_per_sec"]) for r in rows if r.get("train/device/flops_per_sec")]
+    flops = [
+        float(r["train/device/flops_per_sec"]) for r in rows if r.get("train/device/flops_per_sec")
+    ]
     mfu = [float(r["train/device/mfu"]) for r in rows if r.get("train/device/mfu")]
     assert waits and all(0.0 <= w <= 1.0 for w in waits)
     assert flops and all(f > 0 for f in flops)
@@ -78,12 +90,24 @@ def test_finetune_from_the_pretrain_run_then_evaluate(pretrained_run, tmp_path, 
     cfg = compose_config("finetune", tmp_path / "ft", [*FAST, f"pretrained={run}"])
     result = finetune(cfg)
     out = capsys.readouterr().out
-    assert "pretrained: 1" in out and "missing 0, unexpected 0" in out  # mask token dropped, nothing else
+    # mask token dropped, nothing else
+    assert "pretrained: 1" in out and "missing 0, unexpected 0" in out
     assert 0.0 <= result["val/top1"] <= result["val/top5"] <= 1.0
     assert "validation: top-1" in out
-    ev = evaluate(compose_config("evaluate", tmp_path / "ev", [f"checkpoint={tmp_path / 'ft'}", "batch_size=8",
-                                                            "trainer.limit_val_batches=1"]))  # as debug=fast
-    # a fraction of the same batch of 8 (a multiple of 1/8): equal, approx only for the float that carries it
+    ev = evaluate(
+        compose_config(
+            "evaluate",
+            tmp_path / "ev",
+            [
+                f"checkpoint={tmp_path / 'ft'}",
+                "batch_size=8",
+                # as debug=fast
+                "trainer.limit_val_batches=1",
+            ],
+        )
+    )
+    # a fraction of the same batch of 8 (a multiple of 1/8): equal, approx only for the float that
+    # carries it
     assert ev["val/top1"] == pytest.approx(result["val/top1"])
 
 
@@ -97,7 +121,9 @@ def test_resume_auto_continues_a_finished_run_without_training_again(pretrained_
     assert len(rows) >= before
 
 
-@pytest.mark.parametrize("kind", ["lightning_ckpt", "run_dir", "safetensors", "transformers", "official", "timm"])
+@pytest.mark.parametrize(
+    "kind", ["lightning_ckpt", "run_dir", "safetensors", "transformers", "official", "timm"]
+)
 def test_finetune_loads_pretrained_weights_from_anything(kind, pretrained_run, tmp_path):
     run, _ = pretrained_run
     simmim = load_model(run)
@@ -122,14 +148,20 @@ def test_finetune_loads_pretrained_weights_from_anything(kind, pretrained_run, t
     report = load_pretrained_encoder(encoder, source)
     assert report == {"missing": [], "unexpected": [], "shape_mismatch": []}
     for name, value in encoder.state_dict().items():
-        if not name.endswith(("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")):
-            torch.testing.assert_close(value, simmim.encoder.state_dict()[name], rtol=0, atol=0, msg=name)
+        if not name.endswith(
+            ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
+        ):
+            torch.testing.assert_close(
+                value, simmim.encoder.state_dict()[name], rtol=0, atol=0, msg=name
+            )
 
 
 def test_pretrained_weights_load_into_another_window(pretrained_run):
     """Window 4 -> 8 at a larger size: the position-bias MLP carries over, tables are rebuilt."""
     run, _ = pretrained_run
-    encoder = SwinV2Encoder(swinv2_config("debug", img_size=128, window_size=8, pretrained_window_sizes=(4, 4, 4, 2)))
+    encoder = SwinV2Encoder(
+        swinv2_config("debug", img_size=128, window_size=8, pretrained_window_sizes=(4, 4, 4, 2))
+    )
     report = load_pretrained_encoder(encoder, run)
     assert report["missing"] == [] and report["shape_mismatch"] == []
     assert encoder.layers[0].blocks[0].attn.relative_position_index.shape == (64, 64)
@@ -179,17 +211,33 @@ def test_without_the_stability_guard_a_non_finite_loss_stops_the_run(tmp_path, m
         pretrain(cfg)
 
 
-def test_a_run_stopped_after_an_epoch_resumes_from_it_and_matches_an_uninterrupted_one(tmp_path, caplog):
-    """A run that dies in epoch 2 (nothing saved at the crash; SIGKILL itself: test_checkpoints) is started again
-    with the same command: it resumes by itself from the end of epoch 1, and its later losses equal those of a run
-    that was never interrupted (same seed, same data order)."""
+def test_a_run_stopped_after_an_epoch_resumes_from_it_and_matches_an_uninterrupted_one(
+    tmp_path, caplog
+):
+    """A run that dies in epoch 2 (nothing saved at the crash; SIGKILL itself: test_checkpoints) is
+    started again with the same command: it resumes by itself from the end of epoch 1, and its later
+    losses equal those of a run that was never interrupted (same seed, same data order)."""
     caplog.set_level("INFO")
-    args = [*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=4", "callbacks.reconstructions.every_n_steps=0"]
+    args = [
+        *FAST,
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=4",
+        "callbacks.reconstructions.every_n_steps=0",
+    ]
     pretrain(compose_config("pretrain", tmp_path / "ref", args))
     run = tmp_path / "run"
     with pytest.raises(InterruptedError):
-        pretrain(compose_config("pretrain", run, [*args, "+callbacks.stop._target_=helpers.callbacks.StopAt",
-                                                  "+callbacks.stop.step=10"]))
+        pretrain(
+            compose_config(
+                "pretrain",
+                run,
+                [
+                    *args,
+                    "+callbacks.stop._target_=helpers.callbacks.StopAt",
+                    "+callbacks.stop.step=10",
+                ],
+            )
+        )
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 8  # the end of epoch 1
     caplog.clear()
@@ -197,7 +245,11 @@ def test_a_run_stopped_after_an_epoch_resumes_from_it_and_matches_an_uninterrupt
     assert f"resuming from {last}" in caplog.text
 
     def losses(path):  # the last value logged for each step (a resumed run logs its steps again)
-        return {int(r["step"]): float(r["train/loss_step"]) for r in metrics(path) if r.get("train/loss_step")}
+        return {
+            int(r["step"]): float(r["train/loss_step"])
+            for r in metrics(path)
+            if r.get("train/loss_step")
+        }
 
     expected, got = losses(tmp_path / "ref"), losses(run)
     assert sorted(expected) == sorted(got) == list(range(12))
@@ -208,9 +260,17 @@ def test_a_run_stopped_after_an_epoch_resumes_from_it_and_matches_an_uninterrupt
 
 def test_bf16_mixed_precision_and_accumulation_on_cpu(tmp_path, caplog):
     caplog.set_level("INFO")
-    cfg = compose_config("pretrain", tmp_path, [*FAST, "trainer.precision=bf16-mixed",
-                                                "trainer.accumulate_grad_batches=2", "trainer.max_epochs=1",
-                                                "trainer.limit_train_batches=4"])
+    cfg = compose_config(
+        "pretrain",
+        tmp_path,
+        [
+            *FAST,
+            "trainer.precision=bf16-mixed",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=4",
+        ],
+    )
     result = pretrain(cfg)
     assert "global batch 16 = 8 per device x 1 devices x 2 accumulation" in caplog.text
     assert "precision bf16-mixed" in caplog.text
@@ -221,27 +281,49 @@ def test_bf16_mixed_precision_and_accumulation_on_cpu(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_two_nodes_of_one_process_agree_on_the_weights(tmp_path):
-    """Two launched processes, one per "node" (NODE_RANK 0 and 1 on localhost, gloo), train a few steps with
-    trainer.num_nodes=2 and end with identical weights."""
+    """Two launched processes, one per "node" (NODE_RANK 0 and 1 on localhost, gloo), train a few
+    steps with trainer.num_nodes=2 and end with identical weights."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = [*FAST, "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=1", "trainer.accelerator=cpu",
-            f"hydra.run.dir={tmp_path / 'run'}", "+callbacks.dump._target_=helpers.callbacks.SaveFinalWeights",
-            f"+callbacks.dump.dirpath={tmp_path / 'weights'}"]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-m", "simmim_swinv2.pretrain", *args], cwd=REPO,
-                              env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for rank in (0, 1)]
+    args = [
+        *FAST,
+        "trainer=ddp",
+        "trainer.num_nodes=2",
+        "trainer.devices=1",
+        "trainer.accelerator=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.dump._target_=helpers.callbacks.SaveFinalWeights",
+        f"+callbacks.dump.dirpath={tmp_path / 'weights'}",
+    ]
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "simmim_swinv2.pretrain", *args],
+            cwd=REPO,
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
     assert "global batch 16 = 8 per device x 2 devices" in outputs[0]
-    w0, w1 = (torch.load(tmp_path / "weights" / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))
+    w0, w1 = (
+        torch.load(tmp_path / "weights" / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1)
+    )
     assert w0.keys() == w1.keys() and len(w0) > 0
     for name in w0:
         torch.testing.assert_close(w0[name], w1[name], rtol=0, atol=0, msg=name)
-    assert len([r for r in metrics(tmp_path / "run") if r.get("train/loss_step")]) == 6  # they did train
+    # they did train
+    assert len([r for r in metrics(tmp_path / "run") if r.get("train/loss_step")]) == 6

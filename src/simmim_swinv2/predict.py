@@ -1,12 +1,14 @@
-"""Classify images: `python -m simmim_swinv2.predict checkpoint=PATH images=[…] [top_k=5] [output=json]`.
+"""Classify images: `python -m simmim_swinv2.predict checkpoint=PATH images=[…] [top_k=5]
+[output=json]`.
 
-`checkpoint` is a fine-tuning run directory, a `.ckpt` file or ZeRO directory of ours, our `.safetensors`, a
-transformers directory (what `python -m simmim_swinv2.convert to-transformers RUN OUT` writes), or an official
-classifier (anything `weights.load_model` reads). Prints the top-k labels (`id2label` names: the data set's
+`checkpoint` is a fine-tuning run directory, a `.ckpt` file or ZeRO directory of ours, our
+`.safetensors`, a transformers directory (what
+`python -m simmim_swinv2.convert to-transformers RUN OUT` writes), or an official classifier
+(anything `weights.load_model` reads). Prints the top-k labels (`id2label` names: the data set's
 class names) with probabilities per image. Preprocessing is transformers' for
-SwinV2 (`data/processor.py`), read from the checkpoint's `preprocessor_config.json` when it has one, so the
-numbers equal `pipeline("image-classification", model=export_dir)`'s. Unreadable images are reported on stderr
-and skipped.
+SwinV2 (`data/processor.py`), read from the checkpoint's `preprocessor_config.json` when it has one,
+so the numbers equal `pipeline("image-classification", model=export_dir)`'s. Unreadable images are
+reported on stderr and skipped.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ __all__ = ["Predictor", "expand_images", "prepare", "predict"]
 
 def prepare(processor: ImageProcessor, data) -> torch.Tensor:
     """`(C, H, W)` model input of a stored sample (encoded bytes or an array). RGB images as
-    pipeline("image-classification") loads them: EXIF orientation applied, then a plain RGB conversion (transparency
-    dropped; the processor alone would composite it); arrays and grey images through `ImageProcessor.pixels`."""
+    pipeline("image-classification") loads them: EXIF orientation applied, then a plain RGB
+    conversion (transparency dropped; the processor alone would composite it); arrays and grey
+    images through `ImageProcessor.pixels`."""
     channels = len(processor.mean)
     if channels == 3 and isinstance(data, bytes) and not is_array_bytes(data):
         with Image.open(io.BytesIO(data)) as img:
@@ -60,38 +63,61 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         path = Path(checkpoint)
-        self.processor = (ImageProcessor.from_dir(path) if path.is_dir() else None) or ImageProcessor(
-            model.encoder.cfg.img_size, *normalization(model))
+        self.processor = (
+            ImageProcessor.from_dir(path) if path.is_dir() else None
+        ) or ImageProcessor(model.encoder.cfg.img_size, *normalization(model))
 
     @torch.no_grad()
-    def predict(self, inputs: list[Input | Path], top_k: int = 5, batch_size: int = 32, progress: bool = True,
-                on_error=None) -> list[dict]:
-        """Top-k `{"label", "score"}` per input (`Input`s or file paths); an unreadable one goes to `on_error`."""
+    def predict(
+        self,
+        inputs: list[Input | Path],
+        top_k: int = 5,
+        batch_size: int = 32,
+        progress: bool = True,
+        on_error=None,
+    ) -> list[dict]:
+        """Top-k `{"label", "score"}` per input (`Input`s or file paths); an unreadable one goes to
+        `on_error`."""
         inputs = [Input(str(i), i.read_bytes) if isinstance(i, Path) else i for i in inputs]
         k = min(top_k, self.model.num_classes)
         results = []
         batches = range(0, len(inputs), batch_size)
-        for start in tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2,
-                          file=sys.stderr):
+        for start in tqdm(
+            batches,
+            desc="predict",
+            unit="batch",
+            disable=not progress or len(batches) < 2,
+            file=sys.stderr,
+        ):
             images, names = [], []
-            for item in inputs[start:start + batch_size]:
+            for item in inputs[start : start + batch_size]:
                 try:
                     images.append(prepare(self.processor, item.read()))
                     names.append(item.name)
-                except Exception as err:  # noqa: BLE001 - any unreadable input is reported and skipped
+                # any unreadable input is reported and skipped
+                except Exception as err:  # noqa: BLE001
                     (on_error or _report)(item.name, err)
             if not images:
                 continue
             logits = self.model(torch.stack(images).to(self.device)).logits.float()
             probs, ids = logits.softmax(-1).topk(k, dim=-1)
             for name, p, i in zip(names, probs.tolist(), ids.tolist()):
-                results.append({"image": name, "predictions": [
-                    {"label": self.model.id2label[c], "score": s} for c, s in zip(i, p)]})
+                results.append(
+                    {
+                        "image": name,
+                        "predictions": [
+                            {"label": self.model.id2label[c], "score": s} for c, s in zip(i, p)
+                        ],
+                    }
+                )
         return results
 
 
 def _report(path: Path, err: Exception) -> None:
-    print(f"skipping {path}: cannot read it as an image ({type(err).__name__}: {err})", file=sys.stderr)
+    print(
+        f"skipping {path}: cannot read it as an image ({type(err).__name__}: {err})",
+        file=sys.stderr,
+    )
 
 
 def predict(cfg: DictConfig) -> list[dict]:
@@ -106,12 +132,18 @@ def predict(cfg: DictConfig) -> list[dict]:
         skipped.append(str(path))
         _report(path, err)
 
-    results = Predictor(job.checkpoint, job.device).predict(paths, job.top_k, job.batch_size, on_error=on_error)
+    results = Predictor(job.checkpoint, job.device).predict(
+        paths, job.top_k, job.batch_size, on_error=on_error
+    )
     if job.output is OutputFormat.json:
         print(json.dumps({"results": results, "skipped": skipped}, indent=2))
     else:
         for r in results:
-            print(r["image"] + ": " + ", ".join(f"{p['label']} {p['score']:.4f}" for p in r["predictions"]))
+            print(
+                r["image"]
+                + ": "
+                + ", ".join(f"{p['label']} {p['score']:.4f}" for p in r["predictions"])
+            )
         if skipped:
             print(f"{len(skipped)} unreadable image(s) skipped", file=sys.stderr)
     return results

@@ -1,1 +1,2 @@
-"""What several test modules share: reference models and data, numeric comparisons, callbacks for real runs."""
+"""What several test modules share: reference models and data, numeric comparisons, callbacks for
+real runs."""

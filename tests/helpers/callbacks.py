@@ -1,4 +1,5 @@
-"""Test-only callbacks, added to real runs with a Hydra override (`+callbacks.x._target_=helpers.callbacks.…`)."""
+"""Test-only callbacks, added to real runs with a Hydra override
+(`+callbacks.x._target_=helpers.callbacks.…`)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ class SaveFinalWeights(L.Callback):
 
 
 class SignalAt(L.Callback):
-    """Sends `signal` to its own process when a batch starts at optimizer step `step` — on rank `rank` only
-    (all ranks when None): a scheduler's signal arriving at one rank before the others."""
+    """Sends `signal` to its own process when a batch starts at optimizer step `step` — on rank
+    `rank` only (all ranks when None): a scheduler's signal arriving at one rank before the
+    others."""
 
     def __init__(self, step: int, signal: str = "SIGUSR1", rank: int | None = None) -> None:
         self.step, self.signal, self.rank = step, signal, rank
@@ -32,14 +34,19 @@ class SignalAt(L.Callback):
         import os
         import signal
 
-        if not self.sent and trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
+        if (
+            not self.sent
+            and trainer.global_step == self.step
+            and self.rank in (None, trainer.global_rank)
+        ):
             self.sent = True
             os.kill(os.getpid(), signal.Signals[self.signal])
 
 
 class KillAt(L.Callback):
-    """SIGKILLs its own process when a batch starts at optimizer step `step`: an out-of-memory kill, a node that
-    dies, a scheduler past its grace time. Nothing runs after it: no handler, no save."""
+    """SIGKILLs its own process when a batch starts at optimizer step `step`: an out-of-memory kill,
+    a node that dies, a scheduler past its grace time. Nothing runs after it: no handler, no
+    save."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -53,10 +60,11 @@ class KillAt(L.Callback):
 
 
 class WaitAt(L.Callback):
-    """When a batch starts at optimizer step `s` (each of `steps`), every rank writes `<dirpath>/ready_<s>_<rank>` and
-    waits until the test writes `<dirpath>/go_<s>` (polling, so a signal's handler runs meanwhile; `timeout` s at
-    most): a signal sent from outside then lands at a known step, however fast or slow the machine. A resumed run
-    that starts past a step does not wait there."""
+    """When a batch starts at optimizer step `s` (each of `steps`), every rank writes
+    `<dirpath>/ready_<s>_<rank>` and waits until the test writes `<dirpath>/go_<s>` (polling, so a
+    signal's handler runs meanwhile; `timeout` s at most): a signal sent from outside then lands at
+    a known step, however fast or slow the machine. A resumed run that starts past a step does not
+    wait there."""
 
     def __init__(self, dirpath: str, steps: list[int], timeout: float = 300.0) -> None:
         self.dirpath, self.steps, self.timeout = Path(dirpath), set(steps), timeout
@@ -76,7 +84,8 @@ class WaitAt(L.Callback):
 
 
 class StopAt(L.Callback):
-    """Raises when a batch starts at optimizer step `step`: a run that ends there without saving anything."""
+    """Raises when a batch starts at optimizer step `step`: a run that ends there without saving
+    anything."""
 
     def __init__(self, step: int) -> None:
         self.step = step
@@ -102,8 +111,10 @@ class WeightsAt(L.Callback):
         if hasattr(trainer.strategy, "deepspeed_engine"):
             from deepspeed.utils import safe_get_full_fp32_param
 
-            weights = {n: safe_get_full_fp32_param(p).detach().cpu().clone()
-                       for n, p in pl_module.model.named_parameters()}
+            weights = {
+                n: safe_get_full_fp32_param(p).detach().cpu().clone()
+                for n, p in pl_module.model.named_parameters()
+            }
         else:
             weights = {n: p.detach().cpu().clone() for n, p in pl_module.model.named_parameters()}
         self.dirpath.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The real `conf/` composed as the commands compose it, and the overrides that make a run a few fast CPU steps."""
+"""The real `conf/` composed as the commands compose it, and the overrides that make a run a few
+fast CPU steps."""
 
 from __future__ import annotations
 
@@ -19,11 +20,21 @@ FAST = [
 
 
 def compose_config(name: str, run_dir, overrides=()):
-    """Compose `conf/<name>.yaml` as `python -m simmim_swinv2.<name>` would, with `hydra.run.dir=run_dir`."""
+    """Compose `conf/<name>.yaml` as `python -m simmim_swinv2.<name>` would, with
+    `hydra.run.dir=run_dir`."""
     return compose_job(name, run_dir, overrides)
 
 
-def run_cli(module: str, *overrides: str, timeout: int = 600, env=None) -> subprocess.CompletedProcess:
-    """`python -m <module> <overrides>` from the repository root, in a fresh process; output captured."""
-    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def run_cli(
+    module: str, *overrides: str, timeout: int = 600, env=None
+) -> subprocess.CompletedProcess:
+    """`python -m <module> <overrides>` from the repository root, in a fresh process; output
+    captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -1,4 +1,5 @@
-"""Helpers for the data tests: write small images of every kind, shards, and a bytes-identity transform."""
+"""Helpers for the data tests: write small images of every kind, shards, and a bytes-identity
+transform."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ def photo(seed: int, size: tuple[int, int] = (80, 60)) -> Image.Image:
     rng = np.random.default_rng(seed)
     w, h = size
     y, x = np.mgrid[0:h, 0:w] / max(w, h)
-    arr = np.stack([np.sin(x * rng.uniform(1, 9) + y * rng.uniform(1, 9) + c) for c in range(3)], -1)
-    return Image.fromarray((arr * 100 + 128 + rng.normal(0, 8, arr.shape)).clip(0, 255).astype(np.uint8))
+    arr = np.stack(
+        [np.sin(x * rng.uniform(1, 9) + y * rng.uniform(1, 9) + c) for c in range(3)], -1
+    )
+    return Image.fromarray(
+        (arr * 100 + 128 + rng.normal(0, 8, arr.shape)).clip(0, 255).astype(np.uint8)
+    )
 
 
 def write_mixed_folder(root: Path) -> dict[str, str]:
@@ -36,8 +41,16 @@ def write_mixed_folder(root: Path) -> dict[str, str]:
         base.save(d / "web.webp")
         base.save(d / "bitmap.BMP")
         (d / "notes.txt").write_text("not an image")
-        for name in ["rgb.jpg", "upper.JPEG", "png.png", "rgba.png", "gray.jpg", "palette.png", "web.webp",
-                     "bitmap.BMP"]:
+        for name in [
+            "rgb.jpg",
+            "upper.JPEG",
+            "png.png",
+            "rgba.png",
+            "gray.jpg",
+            "palette.png",
+            "web.webp",
+            "bitmap.BMP",
+        ]:
             kinds[f"{cls}/{name}"] = name
     return kinds
 
@@ -49,7 +62,9 @@ def write_corrupt(path: Path) -> None:
     path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
 
 
-def write_class_folder(root: Path, counts: list[int], size: tuple[int, int] = (48, 40)) -> list[str]:
+def write_class_folder(
+    root: Path, counts: list[int], size: tuple[int, int] = (48, 40)
+) -> list[str]:
     """ImageFolder tree with ``counts[c]`` distinct JPEGs in class ``c``; returns relative paths."""
     rels, i = [], 0
     for c, n in enumerate(counts):
@@ -75,10 +90,17 @@ def write_tar(path: Path, samples: list[dict[str, bytes]]) -> None:
 
 
 def oriented_jpeg(upright: Image.Image, orientation: int) -> bytes:
-    """JPEG (q95) whose stored pixels, turned by its EXIF ``orientation`` tag (1-8), show ``upright``."""
-    undo = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_270}
+    """JPEG (q95) whose stored pixels, turned by its EXIF ``orientation`` tag (1-8), show
+    ``upright``."""
+    undo = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }
     stored = upright.transpose(undo[orientation]) if orientation in undo else upright
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -94,7 +116,8 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
 
 
 class Fingerprint:
-    """Transform over encoded bytes returning a stable id (first 12 hex of md5) instead of an image."""
+    """Transform over encoded bytes returning a stable id (first 12 hex of md5) instead of an
+    image."""
 
     accepts_bytes = True
 

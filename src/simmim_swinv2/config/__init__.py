@@ -1,6 +1,6 @@
-"""The configuration: its schema (structured configs registered with Hydra's ConfigStore, `schema`), the checks
-OmegaConf cannot make (`checks`), and, re-exported from the package root, where the configs are (`CONFIG_DIR`) and the
-error every check before work raises (`ConfigError`)."""
+"""The configuration: its schema (structured configs registered with Hydra's ConfigStore, `schema`),
+the checks OmegaConf cannot make (`checks`), and, re-exported from the package root, where the
+configs are (`CONFIG_DIR`) and the error every check before work raises (`ConfigError`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The commands' configs: `command`, the `hydra.main` of every `python -m simmim_swinv2.<command>`, and `compose_job`,
-the same config composed in Python, for scripts that run several jobs in one process (scripts/knn_curve.py,
-scripts/pretraining_gain.py) and the tests."""
+"""The commands' configs: `command`, the `hydra.main` of every `python -m simmim_swinv2.<command>`,
+and `compose_job`, the same config composed in Python, for scripts that run several jobs in one
+process (scripts/knn_curve.py, scripts/pretraining_gain.py) and the tests."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from .. import CONFIG_DIR, ConfigError
 
 
 def command(config_name: str) -> Callable:
-    """`hydra.main` with `conf/<config_name>.yaml`. A `ConfigError` (a configuration that cannot work, found before
-    any work) ends the command with its message alone, which names the fix, and exit status 2: a traceback would
-    only hide it."""
+    """`hydra.main` with `conf/<config_name>.yaml`. A `ConfigError` (a configuration that cannot
+    work, found before any work) ends the command with its message alone, which names the fix, and
+    exit status 2: a traceback would only hide it."""
 
     def decorate(job: Callable[[DictConfig], None]) -> Callable[[], None]:
         @functools.wraps(job)
@@ -38,12 +38,14 @@ def command(config_name: str) -> Callable:
 
 
 def compose_job(command: str, run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """`conf/<command>.yaml` with `overrides` and `hydra.run.dir=run_dir`, as `hydra.main` hands it to the job: the
-    `hydra` node set as the current HydraConfig (interpolations such as `${hydra:runtime.choices.model}` resolve)
-    and removed from the job's config."""
+    """`conf/<command>.yaml` with `overrides` and `hydra.run.dir=run_dir`, as `hydra.main` hands it
+    to the job: the `hydra` node set as the current HydraConfig (interpolations such as
+    `${hydra:runtime.choices.model}` resolve) and removed from the job's config."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(command, overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True)
+        cfg = compose(
+            command, overrides=[f"hydra.run.dir={run_dir}", *overrides], return_hydra_config=True
+        )
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]

@@ -15,25 +15,28 @@ DatasetOrFactory = Dataset | Callable[..., Dataset]
 
 
 def _epoch(trainer) -> int:
-    """The epoch the next training pass belongs to, as Lightning passes it to `sampler.set_epoch`. Differs from
-    `trainer.current_epoch` right after resuming from an end-of-epoch checkpoint (processed, not yet completed)."""
+    """The epoch the next training pass belongs to, as Lightning passes it to `sampler.set_epoch`.
+    Differs from `trainer.current_epoch` right after resuming from an end-of-epoch checkpoint
+    (processed, not yet completed)."""
     return trainer.fit_loop.epoch_progress.current.processed
 
 
 def _batches_done(trainer) -> int:
-    """Training batches of the current epoch already done when a pass starts: nonzero only for the first pass
-    after resuming from a mid-epoch checkpoint (a preemption's `hpc_ckpt`). Read from the loop's restored
-    progress, which counts what was trained on; a count kept in the loader would be ahead by Lightning's
-    prefetched batch."""
+    """Training batches of the current epoch already done when a pass starts: nonzero only for the
+    first pass after resuming from a mid-epoch checkpoint (a preemption's `hpc_ckpt`). Read from the
+    loop's restored progress, which counts what was trained on; a count kept in the loader would be
+    ahead by Lightning's prefetched batch."""
     epochs = trainer.fit_loop.epoch_progress.current
-    if epochs.started <= epochs.processed:  # at the start of an epoch (or resuming from the end of one)
+    # at the start of an epoch (or resuming from the end of one)
+    if epochs.started <= epochs.processed:
         return 0
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 class _TimedIterator:
-    """A loader's iterator that adds the time each `next()` takes to `loader.wait_seconds`: how long the training
-    loop waited for data (`training.throughput.TrainThroughput` logs it as `train/data_wait`)."""
+    """A loader's iterator that adds the time each `next()` takes to `loader.wait_seconds`: how long
+    the training loop waited for data (`training.throughput.TrainThroughput` logs it as
+    `train/data_wait`)."""
 
     def __init__(self, iterator: Iterator, loader: _ResumableLoader) -> None:
         self._iterator, self._loader = iterator, loader
@@ -53,10 +56,11 @@ class _TimedIterator:
 
 
 class _ResumableLoader(DataLoader):
-    """A training loader that resumes mid-epoch where training stopped: its sampler (map-style) or its dataset
-    (shards) leaves out the batches done (`_batches_done`). Lightning warns that mid-epoch resumes are unreliable
-    unless the loader has `state_dict` / `load_state_dict`; the position lives in the loop's progress instead, so
-    these hold nothing. `wait_seconds`: the time spent waiting for its batches so far (`_TimedIterator`)."""
+    """A training loader that resumes mid-epoch where training stopped: its sampler (map-style) or
+    its dataset (shards) leaves out the batches done (`_batches_done`). Lightning warns that
+    mid-epoch resumes are unreliable unless the loader has `state_dict` / `load_state_dict`; the
+    position lives in the loop's progress instead, so these hold nothing. `wait_seconds`: the time
+    spent waiting for its batches so far (`_TimedIterator`)."""
 
     wait_seconds = 0.0
 
@@ -71,10 +75,11 @@ class _ResumableLoader(DataLoader):
 
 
 class _EpochLoader(_ResumableLoader):
-    """DataLoader that tells an iterable dataset the epoch (Lightning only tells samplers) and the batches of
-    it already done before each pass, and reseeds its generator from (seed, epoch), so the workers' random
-    streams are the same for an epoch whether or not the run was resumed. It also starts the pass on the
-    dataset's bad-sample tracker, before the workers get to it (map-style: `SeededSampler` does)."""
+    """DataLoader that tells an iterable dataset the epoch (Lightning only tells samplers) and the
+    batches of it already done before each pass, and reseeds its generator from (seed, epoch), so
+    the workers' random streams are the same for an epoch whether or not the run was resumed. It
+    also starts the pass on the dataset's bad-sample tracker, before the workers get to it
+    (map-style: `SeededSampler` does)."""
 
     epoch_fn: Callable[[], int] | None = None
     skip_fn: Callable[[], int] | None = None
@@ -100,8 +105,8 @@ class SimMIMDataModule(L.LightningDataModule):
     """Train/val DataLoaders for pretraining and fine-tuning.
 
     Args:
-        train, val: a dataset, or a factory (e.g. ``functools.partial(build_folder, root=...)``) called
-            in ``setup()`` as ``factory(transform=train_transform / val_transform)``.
+        train, val: a dataset, or a factory (e.g. ``functools.partial(build_folder, root=...)``)
+            called in ``setup()`` as ``factory(transform=train_transform / val_transform)``.
         batch_size: per-device batch size.
         num_workers: loader workers per device.
         pin_memory: default: True when CUDA is available.
@@ -110,13 +115,14 @@ class SimMIMDataModule(L.LightningDataModule):
 
     Map-style datasets (folders, digits) are shuffled; under DDP Lightning swaps in a
     ``DistributedSampler`` and calls its ``set_epoch``: every rank gets ``ceil(N / world)`` samples
-    (padded by repeating at most ``world - 1``), hence the same number of batches, and
-    ``drop_last`` then drops each rank's last partial batch. Iterable ones (shards) split themselves
-    over ranks and workers and get the trainer's epoch before every pass (persistent workers count
-    on from it). ``tests/test_data_datamodule.py`` checks both, the latter in a real ``Trainer.fit``.
+    (padded by repeating at most ``world - 1``), hence the same number of batches, and ``drop_last``
+    then drops each rank's last partial batch. Iterable ones (shards) split themselves over ranks
+    and workers and get the trainer's epoch before every pass (persistent workers count on from it).
+    ``tests/test_data_datamodule.py`` checks both, the latter in a real ``Trainer.fit``.
 
-    Each pass (train or validation) over a dataset with a ``tracker`` starts a new pass of its bad-sample
-    counts (:class:`~.faults.BadSampleTracker`), which the ``BadSampleMonitor`` callback reads.
+    Each pass (train or validation) over a dataset with a ``tracker`` starts a new pass of its
+    bad-sample counts (:class:`~.faults.BadSampleTracker`), which the ``BadSampleMonitor`` callback
+    reads.
     """
 
     def __init__(
@@ -140,7 +146,9 @@ class SimMIMDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
+        self.persistent_workers = (
+            num_workers > 0 if persistent_workers is None else persistent_workers
+        )
         self.drop_last = drop_last
         self.prefetch_factor = prefetch_factor
         self.train_dataset: Dataset | None = None
@@ -170,10 +178,15 @@ class SimMIMDataModule(L.LightningDataModule):
             kwargs["prefetch_factor"] = self.prefetch_factor
         trainer = self.trainer if self._has_trainer() else None
         if not isinstance(dataset, IterableDataset):
-            # (epoch, index) samples: augmentation and masks depend on (seed, epoch, index) only; the sampler
-            # asks the trainer for the epoch when a pass starts, so a resumed run's first pass is that epoch's.
-            world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-            sampler = SeededSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=self.seed)
+            # (epoch, index) samples: augmentation and masks depend on (seed, epoch, index) only;
+            # the sampler asks the trainer for the epoch when a pass starts, so a resumed run's
+            # first pass is that epoch's.
+            world, rank = (
+                (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            )
+            sampler = SeededSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=train, seed=self.seed
+            )
             wrapped = PerSampleSeed(dataset, self.seed, fixed_epoch=None if train else 0)
             if trainer is None or not train:
                 return DataLoader(wrapped, sampler=sampler, **kwargs)

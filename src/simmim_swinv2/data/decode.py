@@ -61,7 +61,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_rgb(data: bytes, min_shorter: int | None = None) -> Image.Image:
-    """Decode encoded image bytes to an upright RGB PIL image (fully loaded, so truncation raises here).
+    """Decode encoded image bytes to an upright RGB PIL image (fully loaded, so truncation raises
+    here).
 
     With ``min_shorter``, JPEGs are decoded at the largest DCT reduction that keeps the shorter
     side ``>= min_shorter`` (a no-op for images already near that size).
@@ -70,7 +71,8 @@ def decode_rgb(data: bytes, min_shorter: int | None = None) -> Image.Image:
 
 
 def decode_image(data: bytes, min_shorter: int | None = None) -> Image.Image:
-    """:func:`decode_rgb` without the conversion: the upright image in its own mode (grey stays grey)."""
+    """:func:`decode_rgb` without the conversion: the upright image in its own mode (grey stays
+    grey)."""
     img = Image.open(io.BytesIO(data))
     if min_shorter is not None and img.format == "JPEG":
         w, h = img.size
@@ -114,7 +116,8 @@ def load_pixels(data, channels: int = 3) -> Image.Image | np.ndarray:
 
 
 def jpeg_orientation(data: bytes) -> int:
-    """EXIF orientation tag (1–8) of JPEG bytes, read from the APP1 segment; 1 when absent or unreadable."""
+    """EXIF orientation tag (1–8) of JPEG bytes, read from the APP1 segment; 1 when absent or
+    unreadable."""
     pos, end = 2, len(data)
     while pos + 4 <= end and data[pos] == 0xFF:
         marker = data[pos + 1]
@@ -138,7 +141,8 @@ def _tiff_orientation(tiff: bytes) -> int:
     count = int.from_bytes(tiff[ifd : ifd + 2], order) if ifd + 2 <= len(tiff) else 0
     for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
         if int.from_bytes(tiff[entry : entry + 2], order) == 0x0112:
-            value = int.from_bytes(tiff[entry + 8 : entry + 10], order)  # SHORT, first in the value field
+            # SHORT, first in the value field
+            value = int.from_bytes(tiff[entry + 8 : entry + 10], order)
             return value if 1 <= value <= 8 else 1
     return 1
 
@@ -156,12 +160,15 @@ def sample_crop(
     ratio: tuple[float, float],
     generator: torch.Generator | None = None,
 ) -> tuple[int, int, int, int]:
-    """``(top, left, h, w)`` drawn exactly as ``torchvision.transforms.RandomResizedCrop.get_params``."""
+    """``(top, left, h, w)`` drawn exactly as
+    ``torchvision.transforms.RandomResizedCrop.get_params``."""
     area = height * width
     log_ratio = _log_ratio(tuple(ratio))
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+        aspect = math.exp(
+            torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item()
+        )
         w = round(math.sqrt(target_area * aspect))
         h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
@@ -180,26 +187,29 @@ def sample_crop(
 
 
 def _hwc_to_nchw(arr: np.ndarray) -> torch.Tensor:
-    # An HWC array viewed as NCHW is already channels-last: no copy. PIL's buffer is read-only, but it
-    # is only ever read, so torch's warning about that is silenced.
+    # An HWC array viewed as NCHW is already channels-last: no copy. PIL's buffer is read-only, but
+    # it is only ever read, so torch's warning about that is silenced.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
 
 
-def _crop_resize(arr: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int],
-                 mode: str = "bilinear") -> torch.Tensor:
+def _crop_resize(
+    arr: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
     """Crop ``box = (top, left, bottom, right)`` of an HWC array, resize (antialiased ``mode``).
 
-    uint8 pixels resized bilinearly stay uint8 ``(C, H, W)``, channels-last in memory (strides ``(1, CW, C)``);
-    any other pixels (uint16, float, bicubic) come back as float32 ``(C, H, W)`` scaled by
-    :func:`~.arrays.pixel_scale` (uint16 / 65535).
+    uint8 pixels resized bilinearly stay uint8 ``(C, H, W)``, channels-last in memory (strides
+    ``(1, CW, C)``); any other pixels (uint16, float, bicubic) come back as float32 ``(C, H, W)``
+    scaled by :func:`~.arrays.pixel_scale` (uint16 / 65535).
     """
     top, left, bottom, right = box
     if arr.dtype != np.uint8 or mode != "bilinear":
         arr = as_float(arr[top:bottom, left:right])
         top, left, bottom, right = 0, 0, arr.shape[0], arr.shape[1]
-    x = _hwc_to_nchw(arr)[:, :, top:bottom, left:right].contiguous(memory_format=torch.channels_last)
+    x = _hwc_to_nchw(arr)[:, :, top:bottom, left:right].contiguous(
+        memory_format=torch.channels_last
+    )
     return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)[0]
 
 
@@ -212,7 +222,8 @@ def _dct_reduction(h: int, w: int, out_h: int, out_w: int) -> int:
 
 
 def _fast_jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """``(height, width)`` if libjpeg-turbo can take this file straight to upright RGB, else ``None``."""
+    """``(height, width)`` if libjpeg-turbo can take this file straight to upright RGB, else
+    ``None``."""
     if data[:2] != JPEG_MAGIC:
         return None
     try:
@@ -234,16 +245,22 @@ def decode_resized_crop(
     channels: int = 3,
     mode: str = "bilinear",
 ) -> torch.Tensor:
-    """Decode and random-resized-crop one sample → ``(C, H, W)``, ``(H, W) = size``, ``C = channels``.
+    """Decode and random-resized-crop one sample → ``(C, H, W)``, ``(H, W) = size``,
+    ``C = channels``.
 
-    Images (RGB, or grey for ``channels=1``) come back as uint8, channels-last; ``.npy`` / TIFF arrays (bytes or an
-    ``(H, W, C)`` / ``(C, H, W)`` array) of uint8 as uint8 too, of any other type as float32 scaled to [0, 1] (uint16)
-    or as stored (float): see :mod:`.arrays`. ``mode="bicubic"`` (fine-tuning's) resizes in float32.
-    ``fast=False`` uses fancy chroma upsampling (PIL's and torchvision's default) instead of the
-    plain one: then JPEG pixels match PIL's decode to within 1 level.
+    Images (RGB, or grey for ``channels=1``) come back as uint8, channels-last; ``.npy`` / TIFF
+    arrays (bytes or an ``(H, W, C)`` / ``(C, H, W)`` array) of uint8 as uint8 too, of any other
+    type as float32 scaled to [0, 1] (uint16) or as stored (float): see :mod:`.arrays`.
+    ``mode="bicubic"`` (fine-tuning's) resizes in float32. ``fast=False`` uses fancy chroma
+    upsampling (PIL's and torchvision's default) instead of the plain one: then JPEG pixels match
+    PIL's decode to within 1 level.
     """
-    if channels != 3 or mode != "bilinear" or isinstance(data, np.ndarray) or (
-            not isinstance(data, Image.Image) and is_array_bytes(data)):
+    if (
+        channels != 3
+        or mode != "bilinear"
+        or isinstance(data, np.ndarray)
+        or (not isinstance(data, Image.Image) and is_array_bytes(data))
+    ):
         arr = np.asarray(load_pixels(data, channels))
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         top, left, h, w = sample_crop(arr.shape[0], arr.shape[1], scale, ratio, generator)
@@ -257,12 +274,20 @@ def decode_resized_crop(
     height, width = jpeg_size
     top, left, h, w = sample_crop(height, width, scale, ratio, generator)
     reduction = _dct_reduction(h, w, *size)
-    min_h, min_w = (math.ceil(height / reduction), math.ceil(width / reduction)) if reduction > 1 else (0, 0)
+    min_h, min_w = (
+        (math.ceil(height / reduction), math.ceil(width / reduction)) if reduction > 1 else (0, 0)
+    )
     try:
         arr = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", fastdct=False, fastupsample=fast, min_height=min_h, min_width=min_w
+            data,
+            colorspace="RGB",
+            fastdct=False,
+            fastupsample=fast,
+            min_height=min_h,
+            min_width=min_w,
         )
-    except ValueError:  # truncated, or a recoverable warning under strict mode: PIL decides (same crop)
+    # truncated, or a recoverable warning under strict mode: PIL decides (same crop)
+    except ValueError:
         arr = np.asarray(decode_rgb(data))
     if arr.shape[:2] == (height, width):
         return _crop_resize(arr, (top, left, top + h, left + w), size)
@@ -274,8 +299,9 @@ def decode_resized_crop(
 
 
 def apply_transform(transform, data: bytes | Image.Image | np.ndarray, label: int) -> tuple:
-    """Run ``transform`` on the stored sample (encoded bytes, a PIL image or an array) if it ``accepts_bytes``,
-    else on its upright RGB PIL image (an array: its ``(H, W, C)`` pixels, :func:`~.arrays.load_pixels`).
+    """Run ``transform`` on the stored sample (encoded bytes, a PIL image or an array) if it
+    ``accepts_bytes``, else on its upright RGB PIL image (an array: its ``(H, W, C)`` pixels,
+    :func:`~.arrays.load_pixels`).
 
     Returns the transform's outputs flattened, then the label: ``(image, mask, label)`` for
     :class:`~.transforms.SimMIMTransform`, ``(image, label)`` for single-output transforms.

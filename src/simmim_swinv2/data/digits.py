@@ -1,4 +1,5 @@
-"""scikit-learn's bundled digits (1,797 8×8 grey images, 10 classes) as a tiny offline RGB dataset."""
+"""scikit-learn's bundled digits (1,797 8×8 grey images, 10 classes) as a tiny offline RGB
+dataset."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .decode import apply_transform
 
 
 class DigitsDataset(Dataset):
-    """Digits rendered to RGB PIL images of ``image_size`` (bicubic upsampling), item = outputs + label.
+    """Digits rendered to RGB PIL images of ``image_size`` (bicubic upsampling), item = outputs +
+    label.
 
     The split is a fixed stratified ``1 - val_fraction`` / ``val_fraction`` split (seeded), so
     train and val never overlap and are the same on every run and rank.

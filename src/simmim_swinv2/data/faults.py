@@ -1,15 +1,17 @@
 """Bad-sample accounting shared by a dataset's copies: the main process and every DataLoader worker.
 
-A data set is judged as a whole, never by what one loader worker happens to see first: each process adds
-its counts to a shared-memory table and names its bad samples in a file of its own; the main process sums
-them for a pass over the data (an epoch), and :class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor`
-sums those over ranks, logs them and stops the run once they pass ``max_bad_fraction`` of an epoch.
+A data set is judged as a whole, never by what one loader worker happens to see first: each process
+adds its counts to a shared-memory table and names its bad samples in a file of its own; the main
+process sums them for a pass over the data (an epoch), and
+:class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor` sums those over ranks, logs them and
+stops the run once they pass ``max_bad_fraction`` of an epoch.
 
-Passes are told apart by a tag that the main process draws when a pass starts (:meth:`start_pass`: the
-sampler does it for map-style data sets, the loader for iterable ones) and that reaches the workers with the
-work: in the sampler's keys (map-style) or read when the worker's iterator starts (iterable). So the counts
-of a pass are exactly those of its samples, with persistent workers too, and samples a worker still reads
-for an earlier, cut-short pass (``limit_train_batches``) never land in the next one.
+Passes are told apart by a tag that the main process draws when a pass starts (:meth:`start_pass`:
+the sampler does it for map-style data sets, the loader for iterable ones) and that reaches the
+workers with the work: in the sampler's keys (map-style) or read when the worker's iterator starts
+(iterable). So the counts of a pass are exactly those of its samples, with persistent workers too,
+and samples a worker still reads for an earlier, cut-short pass (``limit_train_batches``) never land
+in the next one.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ from torch.utils.data import Dataset, get_worker_info
 
 log = logging.getLogger(__name__)
 
-SLOTS = 257  # the main process + 256 loader workers (more share slots: the counts stay close, not exact)
-RING = 4  # passes kept per slot: a worker finishing a cut-short pass writes a cell the next pass does not read
-WARN_PER_PASS = 20  # bad samples each process logs one by one in a pass; the rest go to the epoch summary
+# the main process + 256 loader workers (more share slots: the counts stay close, not exact)
+SLOTS = 257
+# passes kept per slot: a worker finishing a cut-short pass writes a cell the next pass does not
+# read
+RING = 4
+# bad samples each process logs one by one in a pass; the rest go to the epoch summary
+WARN_PER_PASS = 20
 
 
 class TooManyBadSamples(RuntimeError):
@@ -49,28 +55,32 @@ def _clean(text: str) -> str:
 class BadSampleTracker:
     """Counts the good and bad samples of each pass over a data set, in all of its processes.
 
-    Created in the main process (with the data set, before any loader worker starts); its copies in the
-    workers, forked or spawned, write to the same shared ``(SLOTS, RING, 3)`` int64 table, one row of
-    cells per process (slot 0: the main process, slot ``1 + w``: worker ``w``), one cell per pass tag
-    (``tag % RING``) holding ``(tag, seen, bad)``. A cell has a single writer, so no locks. Bad samples
-    are also appended, ``tag  count  where  reason``, to ``<tmp dir>/<slot>.tsv``; the main process reads
-    them back (:meth:`names`).
+    Created in the main process (with the data set, before any loader worker starts); its copies in
+    the workers, forked or spawned, write to the same shared ``(SLOTS, RING, 3)`` int64 table, one
+    row of cells per process (slot 0: the main process, slot ``1 + w``: worker ``w``), one cell per
+    pass tag (``tag % RING``) holding ``(tag, seen, bad)``. A cell has a single writer, so no locks.
+    Bad samples are also appended, ``tag  count  where  reason``, to ``<tmp dir>/<slot>.tsv``; the
+    main process reads them back (:meth:`names`).
 
-    ``where`` is a file path, ``shard.tar:key``, or a shard whose unread part counts ``count`` samples.
-    Nothing is raised here: the limit is ``max_bad_fraction`` of an epoch over all ranks, which only
-    :class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor` (in the main process of every rank) can see.
+    ``where`` is a file path, ``shard.tar:key``, or a shard whose unread part counts ``count``
+    samples. Nothing is raised here: the limit is ``max_bad_fraction`` of an epoch over all ranks,
+    which only :class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor` (in the main process of
+    every rank) can see.
     """
 
     def __init__(self, max_bad_fraction: float = 0.01) -> None:
         if not 0.0 <= max_bad_fraction <= 1.0:
-            raise ValueError(f"max_bad_fraction={max_bad_fraction} must be within [0, 1] (1.0: never stop)")
+            raise ValueError(
+                f"max_bad_fraction={max_bad_fraction} must be within [0, 1] (1.0: never stop)"
+            )
         self.max_bad_fraction = max_bad_fraction
         self._cells = torch.zeros(SLOTS, RING, 3, dtype=torch.int64).share_memory_()
         self._cells[..., 0] = -1
         self._current = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.dir = tempfile.mkdtemp(prefix="simmim-bad-samples-")
         weakref.finalize(self, _remove, self.dir, os.getpid())
-        self.tag = 0  # the pass this process's next samples belong to (PerSampleSeed sets it per sample)
+        # the pass this process's next samples belong to (PerSampleSeed sets it per sample)
+        self.tag = 0
         self._local_state()
 
     def _local_state(self) -> None:
@@ -97,7 +107,8 @@ class BadSampleTracker:
 
     # -- the main process ------------------------------------------------------------------------
     def start_pass(self) -> int:
-        """Begin a pass over the data (main process, before its workers get work); returns its tag."""
+        """Begin a pass over the data (main process, before its workers get work); returns its
+        tag."""
         self.tag = int(self._current[0]) + 1
         self._current[0] = self.tag
         return self.tag
@@ -108,14 +119,16 @@ class BadSampleTracker:
         return int(self._current[0])
 
     def counts(self, tag: int | None = None) -> tuple[int, int]:
-        """``(seen, bad)`` of pass ``tag`` (default: the current one) over this process and its workers."""
+        """``(seen, bad)`` of pass ``tag`` (default: the current one) over this process and its
+        workers."""
         tag = self.current_pass if tag is None else tag
         cells = self.table[:, tag % RING]
         mine = cells[:, 0] == tag
         return int(cells[mine, 1].sum()), int(cells[mine, 2].sum())
 
     def names(self, tag: int | None = None) -> list[tuple[str, int, str]]:
-        """``(where, count, reason)`` of the bad samples of pass ``tag`` so far, from every process."""
+        """``(where, count, reason)`` of the bad samples of pass ``tag`` so far, from every
+        process."""
         tag = self.current_pass if tag is None else tag
         for entry in sorted(os.listdir(self.dir)) if os.path.isdir(self.dir) else []:
             path = os.path.join(self.dir, entry)
@@ -135,18 +148,31 @@ class BadSampleTracker:
     def good(self, tag: int | None = None) -> None:
         self._add(self.tag if tag is None else tag, 1, 0)
 
-    def bad(self, where: str, err: BaseException | str, count: int = 1, tag: int | None = None) -> None:
-        """Count ``count`` bad samples at ``where`` (a path, ``shard:key``, or a shard) and name them."""
+    def bad(
+        self, where: str, err: BaseException | str, count: int = 1, tag: int | None = None
+    ) -> None:
+        """Count ``count`` bad samples at ``where`` (a path, ``shard:key``, or a shard) and name
+        them."""
         tag = self.tag if tag is None else tag
         reason = _clean(err if isinstance(err, str) else f"{type(err).__name__}: {err}")
         self._add(tag, count, count)
         with open(os.path.join(self.dir, f"{self._slot()}.tsv"), "a", encoding="utf-8") as f:
-            f.write(f"{tag}\t{count}\t{_clean(where)}\t{reason}\n")  # one write: lines never interleave
+            # one write: lines never interleave
+            f.write(f"{tag}\t{count}\t{_clean(where)}\t{reason}\n")
         warned = self._warned[tag] = self._warned.get(tag, 0) + 1
         if warned <= WARN_PER_PASS:
-            more = " (further ones of this pass: in the epoch summary)" if warned == WARN_PER_PASS else ""
-            log.warning("skipping bad sample %s (%s)%s%s", where, reason,
-                        f" [{count} samples]" if count > 1 else "", more)
+            more = (
+                " (further ones of this pass: in the epoch summary)"
+                if warned == WARN_PER_PASS
+                else ""
+            )
+            log.warning(
+                "skipping bad sample %s (%s)%s%s",
+                where,
+                reason,
+                f" [{count} samples]" if count > 1 else "",
+                more,
+            )
 
     @staticmethod
     def _slot() -> int:
@@ -166,13 +192,15 @@ _REPLACEMENT_TRIES = 64  # candidates tried in place of an unreadable sample bef
 
 
 class ReplacingDataset(Dataset):
-    """A map-style data set whose unreadable samples are counted, named and replaced: subclasses give `_load(index)`
-    (the sample, raising when it cannot be read), `where(index)` (what names it: a path, `hf:PATH:split#row`),
-    `self.tracker` and `unreadable_hint` (what to check when most of the data fails).
+    """A map-style data set whose unreadable samples are counted, named and replaced: subclasses
+    give `_load(index)` (the sample, raising when it cannot be read), `where(index)` (what names it:
+    a path, `hf:PATH:split#row`), `self.tracker` and `unreadable_hint` (what to check when most of
+    the data fails).
 
-    A failure is counted and named in `tracker` and the sample replaced by the next readable one, so batch shapes and
-    per-rank counts stay fixed; the run stops once the bad samples of an epoch, over all loader workers and ranks,
-    pass `max_bad_fraction` of it (`training.bad_samples.BadSampleMonitor`)."""
+    A failure is counted and named in `tracker` and the sample replaced by the next readable one, so
+    batch shapes and per-rank counts stay fixed; the run stops once the bad samples of an epoch,
+    over all loader workers and ranks, pass `max_bad_fraction` of it
+    (`training.bad_samples.BadSampleMonitor`)."""
 
     tracker: BadSampleTracker
     unreadable_hint = "check the data"
@@ -184,7 +212,8 @@ class ReplacingDataset(Dataset):
         return f"#{index}"
 
     def __getitem__(self, index: int) -> tuple:
-        if not -len(self) <= index < len(self):  # the end of the data, not a bad sample (iteration stops here)
+        # the end of the data, not a bad sample (iteration stops here)
+        if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         try:
             out = self._load(index)
@@ -193,9 +222,9 @@ class ReplacingDataset(Dataset):
         else:
             self.tracker.good()
             return out
-        # The replacement: the next readable sample (a broken run is passed over by jumping ahead; random jumps
-        # under PerSampleSeed are the same in every run). Failed candidates are not counted here: each is counted
-        # once, when its own index comes.
+        # The replacement: the next readable sample (a broken run is passed over by jumping ahead;
+        # random jumps under PerSampleSeed are the same in every run). Failed candidates are not
+        # counted here: each is counted once, when its own index comes.
         n = len(self)
         for attempt in range(1, _REPLACEMENT_TRIES + 1):
             candidate = (index + attempt) % n if attempt <= 8 else random.randrange(n)
@@ -204,6 +233,6 @@ class ReplacingDataset(Dataset):
             except Exception:  # noqa: BLE001, S112 - try the next candidate
                 continue
         raise TooManyBadSamples(
-            f"{_REPLACEMENT_TRIES} samples tried in place of the unreadable {self.where(index)} could not be read "
-            f"either: most of the data seems unreadable; {self.unreadable_hint}"
+            f"{_REPLACEMENT_TRIES} samples tried in place of the unreadable {self.where(index)} "
+            f"could not be read either: most of the data seems unreadable; {self.unreadable_hint}"
         )

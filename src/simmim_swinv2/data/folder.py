@@ -1,4 +1,5 @@
-"""Image-folder source: ImageFolder layout (class subfolders → sorted labels) or an unlabelled tree."""
+"""Image-folder source: ImageFolder layout (class subfolders → sorted labels) or an unlabelled
+tree."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ from .listing_shared import load_listing
 __all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "build_folder", "scan_folder"]
 
 
-def scan_folder(root: str | Path, labelled: bool | None = None) -> tuple[list[tuple[str, int]], list[str]]:
+def scan_folder(
+    root: str | Path, labelled: bool | None = None
+) -> tuple[list[tuple[str, int]], list[str]]:
     """List ``(path, label)`` pairs and the sorted class names under ``root``.
 
     ``labelled=True``: each immediate subfolder is a class (ImageFolder layout; files directly in
-    ``root`` are ignored; a subfolder without images gets no label). ``False``: every image anywhere below
-    ``root``, label -1. ``None``: labelled when ``root`` has subfolders and no images of its own.
-    Images: :data:`IMAGE_EXTENSIONS` in any case; hidden files and folders are skipped; symlinked folders are
-    followed. Order: sorted names, a folder's images before its subfolders' (as ``os.walk`` goes).
-    As Python objects: for a dataset, :func:`~.listing.load_listing` keeps the same list compact.
+    ``root`` are ignored; a subfolder without images gets no label). ``False``: every image anywhere
+    below ``root``, label -1. ``None``: labelled when ``root`` has subfolders and no images of its
+    own. Images: :data:`IMAGE_EXTENSIONS` in any case; hidden files and folders are skipped;
+    symlinked folders are followed. Order: sorted names, a folder's images before its subfolders'
+    (as ``os.walk`` goes). As Python objects: for a dataset, :func:`~.listing.load_listing` keeps
+    the same list compact.
     """
     listing = build_listing(root, labelled)
     return listing.tolist(), listing.classes
@@ -32,17 +36,18 @@ class FolderDataset(ReplacingDataset):
 
     An unreadable image is counted and named (its path) in ``self.tracker``
     (:class:`~.faults.BadSampleTracker`) and replaced by the next readable one
-    (:class:`~.faults.ReplacingDataset`), so batch shapes and per-rank counts stay fixed; the run stops once the
-    bad images of an epoch, over all loader workers and ranks, pass ``max_bad_fraction`` of it
-    (:class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor`).
-    Under DDP, use a ``DistributedSampler`` (Lightning adds one): it pads by repeating so every rank gets the
-    same number of batches, and reshuffles on ``set_epoch``.
+    (:class:`~.faults.ReplacingDataset`), so batch shapes and per-rank counts stay fixed; the run
+    stops once the bad images of an epoch, over all loader workers and ranks, pass
+    ``max_bad_fraction`` of it (:class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor`).
+    Under DDP, use a ``DistributedSampler`` (Lightning adds one): it pads by repeating so every rank
+    gets the same number of batches, and reshuffles on ``set_epoch``.
 
-    ``samples`` is a :class:`~.listing.Listing` (``samples[i] = (path, label)``, as :func:`scan_folder` lists
-    them), held as arrays so loader workers share it instead of copying it. With ``listing_dir`` it is made once
-    by the first process, kept there and reused by every rank and on restart while the tree is unchanged
-    (``listing``: ``auto``, or ``rebuild`` to list again; the others wait up to ``listing_timeout`` s); without,
-    each process lists the folder itself. See :func:`~.listing.load_listing`.
+    ``samples`` is a :class:`~.listing.Listing` (``samples[i] = (path, label)``, as
+    :func:`scan_folder` lists them), held as arrays so loader workers share it instead of copying
+    it. With ``listing_dir`` it is made once by the first process, kept there and reused by every
+    rank and on restart while the tree is unchanged (``listing``: ``auto``, or ``rebuild`` to list
+    again; the others wait up to ``listing_timeout`` s); without, each process lists the folder
+    itself. See :func:`~.listing.load_listing`.
     """
 
     def __init__(
@@ -87,4 +92,6 @@ def build_folder(
     listing_timeout: float = 3600.0,
 ) -> FolderDataset:
     """Image-folder source (see :class:`FolderDataset`)."""
-    return FolderDataset(root, transform, labelled, max_bad_fraction, listing_dir, listing, listing_timeout)
+    return FolderDataset(
+        root, transform, labelled, max_bad_fraction, listing_dir, listing, listing_timeout
+    )

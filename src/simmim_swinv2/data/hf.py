@@ -214,7 +214,8 @@ def build_hf(
     (``part="train"``) or the validation part (``part="val"``): the split ``val_split`` names, or
     the fraction ``val_split`` held out of ``split`` with ``split_seed`` (None: ``seed``); None for
     the validation part without ``val_split``. ``seed`` shuffles a streamed data set; ``split_seed``
-    picks the held-out and the ``max_samples`` rows, the same in every run (``data.val_split_seed``).
+    picks the held-out and the ``max_samples`` rows, the same in every run
+    (``data.val_split_seed``).
 
     ``max_samples`` bounds the training part; streaming takes ``samples_per_epoch`` (None: exact
     epochs), ``shuffle_buffer``, ``read_attempts`` and ``retry_backoff`` as

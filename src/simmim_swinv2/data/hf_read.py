@@ -17,7 +17,8 @@ _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 def _datasets():
     try:
         import datasets
-    except ImportError as e:  # an optional dependency: the core install stays free of pyarrow and pandas
+    # an optional dependency: the core install stays free of pyarrow and pandas
+    except ImportError as e:
         from simmim_swinv2 import ConfigError
 
         raise ConfigError(

@@ -45,7 +45,8 @@ class MaskGenerator:
         h, w = _pair(input_size)
         if mask_patch_size <= 0 or model_patch_size <= 0:
             raise ValueError(
-                f"mask_patch_size ({mask_patch_size}) and model_patch_size ({model_patch_size}) must be positive"
+                f"mask_patch_size ({mask_patch_size}) and model_patch_size ({model_patch_size}) "
+                "must be positive"
             )
         if h % mask_patch_size or w % mask_patch_size:
             raise ValueError(
@@ -55,12 +56,15 @@ class MaskGenerator:
             )
         if mask_patch_size % model_patch_size:
             raise ValueError(
-                f"mask_patch_size={mask_patch_size} is not a multiple of model_patch_size={model_patch_size}; "
-                f"pick a mask patch size in {{{model_patch_size}, {2 * model_patch_size}, ...}} "
-                "so that each masked block covers whole tokens"
+                f"mask_patch_size={mask_patch_size} is not a multiple of "
+                f"model_patch_size={model_patch_size}; pick a mask patch size in "
+                f"{{{model_patch_size}, {2 * model_patch_size}, ...}} so that each masked block "
+                "covers whole tokens"
             )
         if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio={mask_ratio} must lie strictly between 0 and 1 (SimMIM uses 0.6)")
+            raise ValueError(
+                f"mask_ratio={mask_ratio} must lie strictly between 0 and 1 (SimMIM uses 0.6)"
+            )
         self.input_size = (h, w)
         self.mask_patch_size = mask_patch_size
         self.model_patch_size = model_patch_size

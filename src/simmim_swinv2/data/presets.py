@@ -1,4 +1,5 @@
-"""ImageNet-1K/22K presets (folders or shards, root from an argument or env var) and a synthetic source."""
+"""ImageNet-1K/22K presets (folders or shards, root from an argument or env var) and a synthetic
+source."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ IMAGENET_VARIANTS = {
 
 def _how_to_make_shards(variant: str, env: str) -> str:
     return (
-        f"Point root= (or ${env}) at a folder holding train/ and val/ (22K: train/ alone is fine), each "
-        "either in ImageFolder layout (one subfolder per class) or as .tar shards made with: "
-        f"python scripts/make_shards.py /path/to/{variant}/train ${env}/train --samples-per-shard 1000"
+        f"Point root= (or ${env}) at a folder holding train/ and val/ (22K: train/ alone is "
+        "fine), each either in ImageFolder layout (one subfolder per class) or as .tar shards "
+        f"made with: python scripts/make_shards.py /path/to/{variant}/train ${env}/train "
+        "--samples-per-shard 1000"
     )
 
 
@@ -41,7 +43,8 @@ def build_imagenet(
     listing_timeout: float = 3600.0,
 ) -> Dataset:
     """ImageNet from ``<root>/<split>``: ``*.tar`` shards → :class:`ShardDataset`, class folders →
-    :class:`FolderDataset`. ``root`` defaults to ``$SIMMIM_IMAGENET1K_ROOT`` / ``$SIMMIM_IMAGENET22K_ROOT``.
+    :class:`FolderDataset`. ``root`` defaults to ``$SIMMIM_IMAGENET1K_ROOT`` /
+    ``$SIMMIM_IMAGENET22K_ROOT``.
 
     A class-folder tree is listed once, by the first process, into ``listing_dir`` (see
     :func:`~.listing.load_listing`; None: every process lists it). Shards need no listing.
@@ -54,20 +57,37 @@ def build_imagenet(
     num_classes, env = IMAGENET_VARIANTS[variant]
     root = root or os.environ.get(env)
     if not root:
-        raise FileNotFoundError(f"no {variant} root given and ${env} is not set. " + _how_to_make_shards(variant, env))
+        raise FileNotFoundError(
+            f"no {variant} root given and ${env} is not set. " + _how_to_make_shards(variant, env)
+        )
     base = Path(root).expanduser()
     folder = base / split if (base / split).is_dir() else base
     if not folder.is_dir() or not any(folder.iterdir()):
-        raise FileNotFoundError(f"{variant} root {folder} is missing or empty. " + _how_to_make_shards(variant, env))
+        raise FileNotFoundError(
+            f"{variant} root {folder} is missing or empty. " + _how_to_make_shards(variant, env)
+        )
     shards = sorted(str(p) for p in folder.glob("*.tar"))
     train = split == "train"
     if shards:
         return ShardDataset(
-            shards, transform, shuffle=train, seed=seed, samples_per_epoch=samples_per_epoch if train else None,
-            batch_size=batch_size, max_bad_fraction=max_bad_fraction, num_classes=num_classes,
+            shards,
+            transform,
+            shuffle=train,
+            seed=seed,
+            samples_per_epoch=samples_per_epoch if train else None,
+            batch_size=batch_size,
+            max_bad_fraction=max_bad_fraction,
+            num_classes=num_classes,
         )
-    dataset = FolderDataset(folder, transform, labelled=True, max_bad_fraction=max_bad_fraction,
-                            listing_dir=listing_dir, listing=listing, listing_timeout=listing_timeout)
+    dataset = FolderDataset(
+        folder,
+        transform,
+        labelled=True,
+        max_bad_fraction=max_bad_fraction,
+        listing_dir=listing_dir,
+        listing=listing,
+        listing_timeout=listing_timeout,
+    )
     if dataset.num_classes != num_classes:
         raise ValueError(
             f"{folder} has {dataset.num_classes} class folders but {variant} has {num_classes}; "
@@ -76,20 +96,29 @@ def build_imagenet(
     return dataset
 
 
-def build_imagenet1k(root: str | Path | None = None, split: str = "train", transform: Callable | None = None,
-                     **kwargs) -> Dataset:
+def build_imagenet1k(
+    root: str | Path | None = None,
+    split: str = "train",
+    transform: Callable | None = None,
+    **kwargs,
+) -> Dataset:
     """ImageNet-1K preset (1000 classes); see :func:`build_imagenet`."""
     return build_imagenet("imagenet1k", root, split, transform, **kwargs)
 
 
-def build_imagenet22k(root: str | Path | None = None, split: str = "train", transform: Callable | None = None,
-                      **kwargs) -> Dataset:
+def build_imagenet22k(
+    root: str | Path | None = None,
+    split: str = "train",
+    transform: Callable | None = None,
+    **kwargs,
+) -> Dataset:
     """ImageNet-22K preset (21841 classes); see :func:`build_imagenet`."""
     return build_imagenet("imagenet22k", root, split, transform, **kwargs)
 
 
 class SyntheticDataset(Dataset):
-    """Random images for throughput benchmarks: item = ``(image, mask, label)`` or ``(image, label)``.
+    """Random images for throughput benchmarks: item = ``(image, mask, label)`` or
+    ``(image, label)``.
 
     ``image`` is float ``(3, H, W)`` from a small fixed pool (so producing it costs ~nothing);
     ``mask`` is bool ``(H/p, W/p)`` freshly drawn by ``mask_generator`` when one is given.
@@ -128,8 +157,9 @@ def build_synthetic(
     seed: int = 0,
     transform: Callable | None = None,
 ) -> SyntheticDataset:
-    """Synthetic source (see :class:`SyntheticDataset`). `transform`: the entry points pass every source theirs;
-    the images here are made already normalised, so only its `mask_generator` (pretraining's) is taken."""
+    """Synthetic source (see :class:`SyntheticDataset`). `transform`: the entry points pass every
+    source theirs; the images here are made already normalised, so only its `mask_generator`
+    (pretraining's) is taken."""
     if mask_generator is None:
         mask_generator = getattr(transform, "mask_generator", None)
     return SyntheticDataset(length, input_size, num_classes, mask_generator, seed)

@@ -1,11 +1,12 @@
-"""Randomness tied to (seed, epoch, sample), so a resumed run sees exactly the crops and masks an uninterrupted
-one does, whatever the number of loader workers and however often the loader was rebuilt.
+"""Randomness tied to (seed, epoch, sample), so a resumed run sees exactly the crops and masks an
+uninterrupted one does, whatever the number of loader workers and however often the loader was
+rebuilt.
 
-The sampler yields `(epoch, index, tag)`; the dataset wrapper seeds torch's CPU generator, NumPy and Python's
-`random` from `(seed, epoch, index)` before each `__getitem__`. In the main process (no loader workers) it
-restores the previous states after, so nothing else's randomness moves; loader workers need no restoring.
-`tag` names the pass over the data for the dataset's bad-sample tracker (`faults.BadSampleTracker`), which keeps
-the counts of each pass apart.
+The sampler yields `(epoch, index, tag)`; the dataset wrapper seeds torch's CPU generator, NumPy and
+Python's `random` from `(seed, epoch, index)` before each `__getitem__`. In the main process (no
+loader workers) it restores the previous states after, so nothing else's randomness moves; loader
+workers need no restoring. `tag` names the pass over the data for the dataset's bad-sample tracker
+(`faults.BadSampleTracker`), which keeps the counts of each pass apart.
 """
 
 from __future__ import annotations
@@ -26,24 +27,28 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededSampler(DistributedSampler):
-    """`DistributedSampler` (shuffled from `seed + epoch`; each of `num_replicas` ranks gets `ceil(N / world)`
-    indices, padded by repeating at most `world - 1`) that yields `(epoch, index, tag)`, `tag` being the pass
-    it starts on the dataset's bad-sample tracker (0 without one). Being a `DistributedSampler`, Lightning
-    keeps it under DDP and calls its `set_epoch` every epoch."""
+    """`DistributedSampler` (shuffled from `seed + epoch`; each of `num_replicas` ranks gets
+    `ceil(N / world)` indices, padded by repeating at most `world - 1`) that yields
+    `(epoch, index, tag)`, `tag` being the pass it starts on the dataset's bad-sample tracker (0
+    without one). Being a `DistributedSampler`, Lightning keeps it under DDP and calls its
+    `set_epoch` every epoch."""
 
     epoch_fn = None  # when set: the epoch is read at __iter__ time (see SimMIMDataModule)
-    skip_fn = None  # when set: how many of this pass's first indices were already trained on (a mid-epoch resume)
+    # when set: how many of this pass's first indices were already trained on (a mid-epoch resume)
+    skip_fn = None
 
     def __iter__(self):
         if self.epoch_fn is not None:
-            # Lightning builds the loader before a resume restores the epoch, and worker processes fetch their
-            # first indices when the iterator is created, before its set_epoch call: ask the trainer now.
+            # Lightning builds the loader before a resume restores the epoch, and worker processes
+            # fetch their first indices when the iterator is created, before its set_epoch call: ask
+            # the trainer now.
             self.epoch = self.epoch_fn()
         epoch = self.epoch
         indices = super().__iter__()
         skip = self.skip_fn() if self.skip_fn is not None else 0
         tracker = getattr(self.dataset, "tracker", None)
-        tag = tracker.start_pass() if tracker is not None else 0  # here, in the main process, once per pass
+        # here, in the main process, once per pass
+        tag = tracker.start_pass() if tracker is not None else 0
         return ((epoch, i, tag) for i in itertools.islice(indices, skip, None))
 
     def batch_indices(self, batch: int, batch_size: int) -> list[int]:
@@ -55,9 +60,9 @@ class SeededSampler(DistributedSampler):
 
 
 class PerSampleSeed(Dataset):
-    """Wraps a map-style dataset: item `(epoch, index[, tag])` is `dataset[index]` drawn with its own seed,
-    counted in pass `tag` of the dataset's bad-sample tracker. A plain index means epoch 0; `fixed_epoch` pins
-    the epoch (validation: the same masks every time)."""
+    """Wraps a map-style dataset: item `(epoch, index[, tag])` is `dataset[index]` drawn with its
+    own seed, counted in pass `tag` of the dataset's bad-sample tracker. A plain index means epoch
+    0; `fixed_epoch` pins the epoch (validation: the same masks every time)."""
 
     def __init__(self, dataset: Dataset, seed: int = 0, fixed_epoch: int | None = None) -> None:
         self.dataset = dataset
@@ -96,8 +101,9 @@ def batch_sample_ids(loader, batch: int) -> list[str] | None:
 
 
 def seeded(seed: int, fn, *args):
-    """`fn(*args)` with torch's CPU generator, NumPy and `random` seeded from `seed`. In a loader worker, whose
-    RNGs serve the data alone, nothing is restored; in the main process the previous states come back after."""
+    """`fn(*args)` with torch's CPU generator, NumPy and `random` seeded from `seed`. In a loader
+    worker, whose RNGs serve the data alone, nothing is restored; in the main process the previous
+    states come back after."""
     if get_worker_info() is not None:
         _seed_cpu_rngs(seed)
         return fn(*args)
@@ -112,7 +118,8 @@ def seeded(seed: int, fn, *args):
 
 
 def _seed_cpu_rngs(seed: int) -> None:
-    # torch's CPU generator only: torch.manual_seed would also seed every CUDA device (~70 us a call)
+    # torch's CPU generator only: torch.manual_seed would also seed every CUDA device (~70 us a
+    # call)
     torch.default_generator.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -1,9 +1,9 @@
 """Write an image folder as WebDataset tar shards (the engine behind ``scripts/make_shards.py``).
 
-Output in ``out_dir``: ``000000.tar, 000001.tar, …`` (each sample: ``<key>.jpg`` — or, for ``.npy`` arrays and
-TIFF files of any channel count, the file as it is, ``<key>.npy`` / ``<key>.tif`` —, ``<key>.cls`` when
-labelled, ``<key>.path`` = path relative to the source), ``classes.json`` (list, index =
-label), ``sizes.json`` (samples per shard), ``bad_files.tsv`` (path, reason) and
+Output in ``out_dir``: ``000000.tar, 000001.tar, …`` (each sample: ``<key>.jpg`` — or, for ``.npy``
+arrays and TIFF files of any channel count, the file as it is, ``<key>.npy`` / ``<key>.tif`` —,
+``<key>.cls`` when labelled, ``<key>.path`` = path relative to the source), ``classes.json`` (list,
+index = label), ``sizes.json`` (samples per shard), ``bad_files.tsv`` (path, reason) and
 ``manifest.json`` (the settings; a re-run with other settings is refused).
 
 Files are shuffled with ``seed`` before being cut into shards, so every shard mixes classes.
@@ -53,31 +53,40 @@ def encode_image(data: bytes, resize_shorter: int | None, quality: int = 95) -> 
     """Fully decode ``data`` (raising on corrupt/truncated files); return JPEG bytes.
 
     The original bytes (EXIF included) are kept for RGB/grey JPEGs that need no resizing; anything
-    else is turned upright by its EXIF orientation, converted to RGB (and resized so the shorter side
-    is ``resize_shorter``) and re-encoded.
+    else is turned upright by its EXIF orientation, converted to RGB (and resized so the shorter
+    side is ``resize_shorter``) and re-encoded.
     """
     img = Image.open(io.BytesIO(data))
     original_size = img.size
     if resize_shorter is not None and min(img.size) > resize_shorter and img.format == "JPEG":
         s = resize_shorter / min(img.size)
-        img.draft("RGB", (round(img.width * s), round(img.height * s)))  # only reduces while >= target
+        # only reduces while >= target
+        img.draft("RGB", (round(img.width * s), round(img.height * s)))
     img.load()
     resize = resize_shorter is not None and min(img.size) > resize_shorter
-    if img.format == "JPEG" and img.mode in ("RGB", "L") and not resize and img.size == original_size:
+    if (
+        img.format == "JPEG"
+        and img.mode in ("RGB", "L")
+        and not resize
+        and img.size == original_size
+    ):
         return data
     ImageOps.exif_transpose(img, in_place=True)  # re-encoded without EXIF: store the pixels upright
     img = to_rgb(img)
     if resize:
         s = resize_shorter / min(img.size)
-        img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.Resampling.BICUBIC)
+        img = img.resize(
+            (max(1, round(img.width * s)), max(1, round(img.height * s))), Image.Resampling.BICUBIC
+        )
     out = io.BytesIO()
     img.save(out, "JPEG", quality=quality)
     return out.getvalue()
 
 
 def encode_sample(data: bytes, resize_shorter: int | None, quality: int = 95) -> tuple[str, bytes]:
-    """``(extension, payload)`` of one source file: an array (``.npy``, TIFF) read in full to check it and kept as
-    it is (``npy`` / ``tif``; ``resize_shorter`` does not apply), any other image through :func:`encode_image`."""
+    """``(extension, payload)`` of one source file: an array (``.npy``, TIFF) read in full to check
+    it and kept as it is (``npy`` / ``tif``; ``resize_shorter`` does not apply), any other image
+    through :func:`encode_image`."""
     if is_array_bytes(data):
         to_hwc(read_array(data))
         return ("npy" if data[:1] == b"\x93" else "tif"), data
@@ -128,15 +137,22 @@ def make_shards(
     quality: int = 95,
     progress: bool = True,
 ) -> dict:
-    """Shard ``src_dir`` into ``out_dir``; returns ``{"shards", "samples", "bad", "skipped_shards"}``."""
+    """Shard ``src_dir`` into ``out_dir``; returns
+    ``{"shards", "samples", "bad", "skipped_shards"}``."""
     src_dir, out_dir = Path(src_dir).resolve(), Path(out_dir)
     samples, classes = scan_folder(src_dir)
     random.Random(seed).shuffle(samples)
     files = [(p, label, os.path.getsize(p)) for p, label in samples]
     plan = plan_shards(files, samples_per_shard, max_shard_bytes)
     settings = {
-        "src_dir": str(src_dir), "samples_per_shard": samples_per_shard, "max_shard_bytes": max_shard_bytes,
-        "resize_shorter": resize_shorter, "seed": seed, "quality": quality, "files": len(files), "shards": len(plan),
+        "src_dir": str(src_dir),
+        "samples_per_shard": samples_per_shard,
+        "max_shard_bytes": max_shard_bytes,
+        "resize_shorter": resize_shorter,
+        "seed": seed,
+        "quality": quality,
+        "files": len(files),
+        "shards": len(plan),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "manifest.json"
@@ -157,8 +173,15 @@ def make_shards(
             records[name] = json.loads(done.read_text())
             continue
         rows = [(j, files[j][0], os.path.relpath(files[j][0], src_dir), files[j][1]) for j in shard]
-        jobs.append({"out_dir": str(out_dir), "name": name, "samples": rows,
-                     "resize_shorter": resize_shorter, "quality": quality})
+        jobs.append(
+            {
+                "out_dir": str(out_dir),
+                "name": name,
+                "samples": rows,
+                "resize_shorter": resize_shorter,
+                "quality": quality,
+            }
+        )
     skipped = len(records)
 
     from tqdm import tqdm
@@ -177,8 +200,15 @@ def make_shards(
             pool.join()
 
     names = sorted(records)
-    (out_dir / "sizes.json").write_text(json.dumps({records[n]["name"]: records[n]["count"] for n in names}, indent=0))
+    (out_dir / "sizes.json").write_text(
+        json.dumps({records[n]["name"]: records[n]["count"] for n in names}, indent=0)
+    )
     bad = [row for n in names for row in records[n]["bad"]]
     (out_dir / "bad_files.tsv").write_text("".join(f"{p}\t{r}\n" for p, r in bad))
-    return {"shards": len(names), "samples": sum(records[n]["count"] for n in names), "bad": bad,
-            "skipped_shards": skipped, "classes": len(classes)}
+    return {
+        "shards": len(names),
+        "samples": sum(records[n]["count"] for n in names),
+        "bad": bad,
+        "skipped_shards": skipped,
+        "classes": len(classes),
+    }

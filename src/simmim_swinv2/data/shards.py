@@ -50,8 +50,10 @@ from .decode import apply_transform
 from .faults import BadSampleTracker, TooManyBadSamples
 from .seeding import sample_seed, seeded
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "npy", "tif", "tiff")  # arrays of any channel count: data/arrays.py
-_WHOLE = 1 << 62  # "to the end of the shard" (streaming reads whole shards; their sizes are not needed)
+# arrays of any channel count: data/arrays.py
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "npy", "tif", "tiff")
+# "to the end of the shard" (streaming reads whole shards; their sizes are not needed)
+_WHOLE = 1 << 62
 
 
 class ShardError(RuntimeError):
@@ -59,11 +61,15 @@ class ShardError(RuntimeError):
 
 
 def expand_shards(urls: str | Sequence[str]) -> list[str]:
-    """Brace pattern (``/d/{000000..000009}.tar``, ``::``-joined) or list of patterns → list of shards."""
+    """Brace pattern (``/d/{000000..000009}.tar``, ``::``-joined) or list of patterns → list of
+    shards."""
     items = [urls] if isinstance(urls, str) else list(urls)
     shards = [s for item in items for s in wds.shardlists.expand_urls(str(item))]
     if not shards:
-        raise ValueError(f"no shards in {urls!r}; give a brace pattern like 'dir/{{000000..000099}}.tar' or a list")
+        raise ValueError(
+            f"no shards in {urls!r}; give a brace pattern like 'dir/{{000000..000099}}.tar' or a "
+            "list"
+        )
     return shards
 
 
@@ -78,12 +84,15 @@ def count_samples(shard: str) -> int:
                     if key is not None and not os.path.basename(key).startswith("__"):
                         keys.add(key)
     except (OSError, tarfile.TarError) as err:
-        raise ShardError(f"cannot read shard {shard}: {err}; check the path or re-create it with make_shards.py") from err
+        raise ShardError(
+            f"cannot read shard {shard}: {err}; check the path or re-create it with make_shards.py"
+        ) from err
     return len(keys)
 
 
 def shard_sizes(shards: Sequence[str]) -> list[int]:
-    """Sample count per shard: ``sizes.json`` next to the shards if present, else counted from the tar."""
+    """Sample count per shard: ``sizes.json`` next to the shards if present, else counted from the
+    tar."""
     index: dict[str, dict] = {}
     sizes = []
     for shard in shards:
@@ -97,21 +106,29 @@ def shard_sizes(shards: Sequence[str]) -> list[int]:
 
 
 def _worker_counts(total: int, workers: int, batch_size: int | None) -> list[int]:
-    """Split ``total`` samples over workers; in whole batches (one partial at most) if ``batch_size``."""
+    """Split ``total`` samples over workers; in whole batches (one partial at most) if
+    ``batch_size``."""
     if batch_size is None:
         base, extra = divmod(total, workers)
         return [base + (k < extra) for k in range(workers)]
     full, rest = divmod(total, batch_size)
     counts = [(full // workers + (k < full % workers)) * batch_size for k in range(workers)]
     if rest:
-        counts[full % workers] += rest  # the DataLoader visits workers round-robin: this one is next
+        # the DataLoader visits workers round-robin: this one is next
+        counts[full % workers] += rest
     return counts
 
 
 def plan_epoch(
-    sizes: Sequence[int], world: int, workers: int, order: Sequence[int], drop_last: bool, batch_size: int | None
+    sizes: Sequence[int],
+    world: int,
+    workers: int,
+    order: Sequence[int],
+    drop_last: bool,
+    batch_size: int | None,
 ) -> list[list[tuple[int, int, int]]]:
-    """Pieces ``[(shard, start, stop), ...]`` for every (rank, worker), listed at ``worker * world + rank``.
+    """Pieces ``[(shard, start, stop), ...]`` for every (rank, worker), listed at
+    ``worker * world + rank``.
 
     That order is what ``split_by_node`` (``islice(rank, None, world)``) followed by
     ``split_by_worker`` (``islice(worker, None, workers)``) picks apart.
@@ -119,7 +136,9 @@ def plan_epoch(
     total = sum(sizes)
     per_rank = total // world if drop_last else math.ceil(total / world)
     if per_rank == 0:
-        raise ValueError(f"{total} samples cannot be split over {world} ranks; use fewer ranks or more data")
+        raise ValueError(
+            f"{total} samples cannot be split over {world} ranks; use fewer ranks or more data"
+        )
     bounds, pos = [], 0  # global [begin, end) of each shard in epoch order
     for s in order:
         bounds.append((s, pos, pos + sizes[s]))
@@ -168,15 +187,15 @@ class ShardDataset(IterableDataset):
         transform: applied to the encoded bytes (if it ``accepts_bytes``) or the RGB PIL image.
         shuffle: reshuffle shard order (and samples, through a buffer) every epoch from ``seed``.
         seed: shuffling seed, the same on every rank.
-        samples_per_epoch: ``None`` for exact epochs, else streaming with this many samples per epoch
-            over all ranks.
+        samples_per_epoch: ``None`` for exact epochs, else streaming with this many samples per
+            epoch over all ranks.
         drop_last: exact mode: drop the last ``< world`` samples instead of padding by repeats.
         batch_size: the DataLoader batch size; lets ``len(DataLoader)`` match the batches exactly.
         shuffle_buffer: samples held (encoded) for shuffling within a worker.
         max_bad_fraction: the run stops once the bad samples of an epoch (over all ranks) pass this
             fraction of it (:class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor` judges).
-        read_attempts: reads of a shard that fails before it is skipped; ``retry_backoff``: seconds before
-            the second, doubling after.
+        read_attempts: reads of a shard that fails before it is skipped; ``retry_backoff``: seconds
+            before the second, doubling after.
         num_classes: for presets / heads; not checked against the data.
     """
 
@@ -196,7 +215,9 @@ class ShardDataset(IterableDataset):
         num_classes: int | None = None,
     ) -> None:
         if read_attempts < 1:
-            raise ValueError(f"read_attempts={read_attempts} must be >= 1 (1: skip a failing shard at once)")
+            raise ValueError(
+                f"read_attempts={read_attempts} must be >= 1 (1: skip a failing shard at once)"
+            )
         self.shards = expand_shards(urls)
         self.transform = transform
         self.shuffle = shuffle
@@ -221,14 +242,16 @@ class ShardDataset(IterableDataset):
         return self._sizes
 
     def select(self, shards: Sequence[str]) -> ShardDataset:
-        """A copy that reads only ``shards`` (of these), e.g. the shards held out as a validation split."""
+        """A copy that reads only ``shards`` (of these), e.g. the shards held out as a validation
+        split."""
         part = copy.copy(self)
         part.shards, part._sizes = list(shards), None
         return part
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Use ``epoch`` for the next iteration (later iterations of this copy count up from it); that next
-        iteration leaves out the rank's first ``skip_batches`` batches (a mid-epoch resume: already trained on)."""
+        """Use ``epoch`` for the next iteration (later iterations of this copy count up from it);
+        that next iteration leaves out the rank's first ``skip_batches`` batches (a mid-epoch
+        resume: already trained on)."""
         self.epoch = epoch
         self._iterations = 0
         self._skip_batches = skip_batches
@@ -242,9 +265,10 @@ class ShardDataset(IterableDataset):
         return total // world if self.drop_last else math.ceil(total / world)
 
     def _read(self, pieces: Sequence[tuple[int, int, int]]) -> Iterator[dict]:
-        """The samples of each piece ``(shard, start, stop)``. A read that fails is tried again from the sample
-        it had reached; after ``read_attempts`` the rest of the piece is given up and a marker takes its place:
-        ``{"__url__", "__bad__": reason, "__count__": samples not read}``."""
+        """The samples of each piece ``(shard, start, stop)``. A read that fails is tried again from
+        the sample it had reached; after ``read_attempts`` the rest of the piece is given up and a
+        marker takes its place: ``{"__url__", "__bad__": reason, "__count__": samples not
+        read}``."""
         for shard_index, start, stop in pieces:
             url, pos = self.shards[shard_index], start
             for attempt in range(self.read_attempts):
@@ -253,17 +277,25 @@ class ShardDataset(IterableDataset):
                         pos += 1
                         yield sample
                     if pos < stop < _WHOLE:
-                        raise ShardError(f"the shard ended after {pos} samples, {stop} expected (sizes.json or "
-                                         "its headers when the epoch was planned)")
+                        raise ShardError(
+                            f"the shard ended after {pos} samples, {stop} expected (sizes.json or "
+                            "its headers when the epoch was planned)"
+                        )
                     break
                 except (OSError, tarfile.TarError, ValueError, ShardError) as err:
                     if attempt + 1 < self.read_attempts:
                         time.sleep(self.retry_backoff * 2**attempt)
                         continue
                     unread = self._unread(shard_index, pos, stop)
-                    yield {"__url__": url, "__count__": unread, "__bad__": (
-                        f"unreadable after {self.read_attempts} attempts ({type(err).__name__}: {err}); "
-                        f"{unread} samples from #{pos} skipped; check the file or re-create it with make_shards.py")}
+                    yield {
+                        "__url__": url,
+                        "__count__": unread,
+                        "__bad__": (
+                            f"unreadable after {self.read_attempts} attempts "
+                            f"({type(err).__name__}: {err}); {unread} samples from #{pos} "
+                            "skipped; check the file or re-create it with make_shards.py"
+                        ),
+                    }
 
     def _unread(self, shard_index: int, pos: int, stop: int) -> int:
         if stop < _WHOLE:
@@ -275,8 +307,9 @@ class ShardDataset(IterableDataset):
 
     @staticmethod
     def _samples(url: str, start: int, stop: int) -> Iterator[dict]:
-        """Samples start … stop - 1 of a shard: a local uncompressed tar through `tar.samples` (earlier samples
-        passed over by seeking), anything else (compressed, pipe:, http…) through webdataset."""
+        """Samples start … stop - 1 of a shard: a local uncompressed tar through `tar.samples`
+        (earlier samples passed over by seeking), anything else (compressed, pipe:, http…) through
+        webdataset."""
         path = url.removeprefix("file:")
         if os.path.isfile(path):
             with open(path, "rb", buffering=1 << 16) as f:
@@ -301,10 +334,12 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch + self._iterations
         self._iterations += 1
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        tag = self.tracker.current_pass  # the pass the main process started (the loader, before our workers)
-        # A resumed pass leaves out the first `done` batches. The DataLoader takes batches from its workers in
-        # turn, starting with worker 0, and an uninterrupted pass would go on with worker `done % workers`: so
-        # worker w plays worker (w + done) % workers here, which has ceil((done - that) / workers) batches done.
+        # the pass the main process started (the loader, before our workers)
+        tag = self.tracker.current_pass
+        # A resumed pass leaves out the first `done` batches. The DataLoader takes batches from its
+        # workers in turn, starting with worker 0, and an uninterrupted pass would go on with worker
+        # `done % workers`: so worker w plays worker (w + done) % workers here, which has
+        # ceil((done - that) / workers) batches done.
         done, self._skip_batches = self._skip_batches, 0
         worker = (worker + done) % workers
         skip = max(0, -(-(done - worker) // workers)) * (self.batch_size or 1)
@@ -325,10 +360,15 @@ class ShardDataset(IterableDataset):
         local_rng = random.Random(f"{self.seed}/{epoch}/{rank}/{worker}/samples")
         if self.shuffle_buffer > 1:
             stream = _shuffled(stream, self.shuffle_buffer, local_rng)
-        seeds = (sample_seed(self.seed, epoch, (n * world + rank) * workers + worker) for n in itertools.count())
+        seeds = (
+            sample_seed(self.seed, epoch, (n * world + rank) * workers + worker)
+            for n in itertools.count()
+        )
         yield from self._emit(stream, target, local_rng, seeds, skip, tag)
 
-    def _stream(self, order: list[int], where: tuple[int, int, int, int], rng: random.Random) -> Iterator[dict]:
+    def _stream(
+        self, order: list[int], where: tuple[int, int, int, int], rng: random.Random
+    ) -> Iterator[dict]:
         rank, world, worker, workers = where
         shards = [(s, 0, _WHOLE) for s in order]  # whole shards; sizes not needed
         if len(shards) >= world * workers:  # as webdataset's split_by_node, then split_by_worker
@@ -338,19 +378,30 @@ class ShardDataset(IterableDataset):
             for sample in self._read(shards):
                 read = read or "__bad__" not in sample
                 yield sample
-            if not read:  # none of this reader's shards could be read: read from all of them, or give up
+            # none of this reader's shards could be read: read from all of them, or give up
+            if not read:
                 if len(shards) == len(self.shards):
-                    raise ShardError(f"none of the {len(shards)} shards could be read (first: {self.shards[0]}); "
-                                     "check the paths and the file system")
+                    raise ShardError(
+                        f"none of the {len(shards)} shards could be read (first: "
+                        f"{self.shards[0]}); check the paths and the file system"
+                    )
                 shards = [(s, 0, _WHOLE) for s in order]
             rng.shuffle(shards)
 
-    def _emit(self, stream: Iterator[dict], target: int, rng: random.Random, seeds: Iterator[int],
-              skip: int = 0, tag: int = 0) -> Iterator[tuple]:
-        """Yield exactly ``target`` decoded samples, replacing bad ones by re-augmented good ones. Each sample's
-        augmentation draws from its own seed (``seeds``, by position), so the first ``skip`` are passed over
-        undecoded and what follows is what an uninterrupted pass yields (exactly so if none of the skipped
-        samples was corrupt). Bad samples are counted in pass ``tag`` of the tracker."""
+    def _emit(
+        self,
+        stream: Iterator[dict],
+        target: int,
+        rng: random.Random,
+        seeds: Iterator[int],
+        skip: int = 0,
+        tag: int = 0,
+    ) -> Iterator[tuple]:
+        """Yield exactly ``target`` decoded samples, replacing bad ones by re-augmented good ones.
+        Each sample's augmentation draws from its own seed (``seeds``, by position), so the first
+        ``skip`` are passed over undecoded and what follows is what an uninterrupted pass yields
+        (exactly so if none of the skipped samples was corrupt). Bad samples are counted in pass
+        ``tag`` of the tracker."""
         recent: list[dict] = []
         produced = 0
         for sample in stream:
@@ -359,7 +410,8 @@ class ShardDataset(IterableDataset):
             seed = next(seeds)
             unread = sample.get("__bad__")
             if produced < skip:
-                produced += unread is None  # a shard given up on produced nothing, in the first pass too
+                # a shard given up on produced nothing, in the first pass too
+                produced += unread is None
                 continue
             if unread is not None:
                 self.tracker.bad(sample["__url__"], unread, count=sample["__count__"], tag=tag)

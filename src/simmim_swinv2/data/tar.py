@@ -1,11 +1,13 @@
-"""Samples out of an uncompressed tar shard, ~10x cheaper per member than `tarfile` (which webdataset uses).
+"""Samples out of an uncompressed tar shard, ~10x cheaper per member than `tarfile` (which
+webdataset uses).
 
-A sample is the run of consecutive members sharing a key, as webdataset groups them (`base_plus_ext`: the key
-is the path up to the first dot of the file name, the rest is the lower-cased extension): `{"__key__", "__url__",
-ext: bytes, ...}`. Handled: ustar (with the name prefix), GNU long names (`L`), pax headers (`x`: path and size;
-`g` ignored), base-256 sizes; members that are not regular files, and webdataset's `__*__` metadata, are
-skipped. Members before `start` samples are passed over by seeking, without reading their data. Compressed
-shards are not this module's: `is_plain_tar` tells them apart, and the caller reads those through webdataset.
+A sample is the run of consecutive members sharing a key, as webdataset groups them
+(`base_plus_ext`: the key is the path up to the first dot of the file name, the rest is the
+lower-cased extension): `{"__key__", "__url__", ext: bytes, ...}`. Handled: ustar (with the name
+prefix), GNU long names (`L`), pax headers (`x`: path and size; `g` ignored), base-256 sizes;
+members that are not regular files, and webdataset's `__*__` metadata, are skipped. Members before
+`start` samples are passed over by seeking, without reading their data. Compressed shards are not
+this module's: `is_plain_tar` tells them apart, and the caller reads those through webdataset.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ class TarFormatError(ValueError):
 
 
 def is_plain_tar(head: bytes) -> bool:
-    """Whether the first block of a file is an uncompressed tar header (ustar/GNU magic, or a v7 header whose
-    checksum holds)."""
+    """Whether the first block of a file is an uncompressed tar header (ustar/GNU magic, or a v7
+    header whose checksum holds)."""
     if len(head) < BLOCK:
         return False
     if head[257:262] == b"ustar":
@@ -46,22 +48,27 @@ def _number(field: bytes) -> int:
     try:
         return int(field.strip(b" \0") or b"0", 8)
     except ValueError:
-        raise TarFormatError(f"bad tar header field {bytes(field)!r} (checksum or size): a corrupt shard?") from None
+        raise TarFormatError(
+            f"bad tar header field {bytes(field)!r} (checksum or size): a corrupt shard?"
+        ) from None
 
 
 def _pax(data: bytes) -> dict[str, str]:
     records, pos = {}, 0
     while pos < len(data):
-        length = int(data[pos:data.index(b" ", pos)])
-        key, _, value = data[data.index(b" ", pos) + 1:pos + length - 1].partition(b"=")
+        length = int(data[pos : data.index(b" ", pos)])
+        key, _, value = data[data.index(b" ", pos) + 1 : pos + length - 1].partition(b"=")
         records[key.decode()] = value.decode("utf-8", "surrogateescape")
         pos += length
     return records
 
 
-def members(stream: BinaryIO, seekable: bool = False) -> Iterator[tuple[str, int, Callable[[], bytes]]]:
-    """`(name, size, read)` of each regular member; `read()` returns its data, and the data of a member not
-    read is passed over (by seeking, when `seekable`). Ends at the end-of-archive block or at end of file."""
+def members(
+    stream: BinaryIO, seekable: bool = False
+) -> Iterator[tuple[str, int, Callable[[], bytes]]]:
+    """`(name, size, read)` of each regular member; `read()` returns its data, and the data of a
+    member not read is passed over (by seeking, when `seekable`). Ends at the end-of-archive block
+    or at end of file."""
     long_name: str | None = None
     pax: dict[str, str] = {}
     pending = 0  # bytes of the previous member's data (and padding) still to pass
@@ -90,7 +97,9 @@ def members(stream: BinaryIO, seekable: bool = False) -> Iterator[tuple[str, int
             continue
         name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         if header[257:262] == b"ustar" and header[345:500].strip(b"\0"):
-            name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+            name = (
+                header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+            )
         name = pax.get("path", long_name or name)
         size = int(pax.get("size", size))
         long_name, pax = None, {}
@@ -110,9 +119,11 @@ def members(stream: BinaryIO, seekable: bool = False) -> Iterator[tuple[str, int
         pending = padded - read_bytes
 
 
-def samples(stream: BinaryIO, url: str, start: int = 0, stop: int | None = None,
-            seekable: bool = False) -> Iterator[dict]:
-    """Samples `start` … `stop - 1` of a shard, grouped by key; the earlier ones are passed over unread."""
+def samples(
+    stream: BinaryIO, url: str, start: int = 0, stop: int | None = None, seekable: bool = False
+) -> Iterator[dict]:
+    """Samples `start` … `stop - 1` of a shard, grouped by key; the earlier ones are passed over
+    unread."""
     index, current = -1, None
     for name, size, read in members(stream, seekable):
         if _META.match(name) or not (m := _KEY.match(name)):

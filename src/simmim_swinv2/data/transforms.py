@@ -1,11 +1,13 @@
-"""Transforms: SimMIM pretraining (image + mask), fine-tuning (timm RandAugment recipe), eval, mixup.
+"""Transforms: SimMIM pretraining (image + mask), fine-tuning (timm RandAugment recipe), eval,
+mixup.
 
-A transform with ``accepts_bytes = True`` takes the stored sample (encoded file bytes, a PIL image or an array)
-and decodes it itself (the fast path in :mod:`.decode`); the datasets in this package check that attribute and
-pass bytes, otherwise an RGB PIL image. Every transform here takes ``mean`` / ``std``, one value per channel:
-their length is the number of channels it makes (RGB images for 3, grey for 1, ``.npy`` / TIFF arrays for any,
-:mod:`.arrays`). Fine-tuning's RandAugment and colour jitter are RGB operations: 8-bit RGB samples get the timm
-recipe, other samples its crop, flip and random erasing only.
+A transform with ``accepts_bytes = True`` takes the stored sample (encoded file bytes, a PIL image
+or an array) and decodes it itself (the fast path in :mod:`.decode`); the datasets in this package
+check that attribute and pass bytes, otherwise an RGB PIL image. Every transform here takes ``mean``
+/ ``std``, one value per channel: their length is the number of channels it makes (RGB images for 3,
+grey for 1, ``.npy`` / TIFF arrays for any, :mod:`.arrays`). Fine-tuning's RandAugment and colour
+jitter are RGB operations: 8-bit RGB samples get the timm recipe, other samples its crop, flip and
+random erasing only.
 """
 
 from __future__ import annotations
@@ -26,31 +28,37 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def check_normalization(mean, std, channels: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` as tuples of one value per channel (``channels``: how many the model takes; one value is
-    broadcast to all of them, as timm's ``resolve_data_config`` does); refuses lengths that disagree or std <= 0."""
+def check_normalization(
+    mean, std, channels: int | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` as tuples of one value per channel (``channels``: how many the model takes;
+    one value is broadcast to all of them, as timm's ``resolve_data_config`` does); refuses lengths
+    that disagree or std <= 0."""
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     channels = channels or max(len(mean), len(std))
     mean, std = (v * channels if len(v) == 1 else v for v in (mean, std))
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"data.mean has {len(mean)} and data.std {len(std)} values for {channels} channels "
-                         "(model.in_chans): give one per channel (python -m simmim_swinv2.stats computes them)")
+        raise ValueError(
+            f"data.mean has {len(mean)} and data.std {len(std)} values for {channels} channels "
+            "(model.in_chans): give one per channel (python -m simmim_swinv2.stats computes them)"
+        )
     if min(std) <= 0:
         raise ValueError(f"data.std={list(std)} must be > 0 for every channel")
     return mean, std
 
 
 class SimMIMTransform:
-    """RGB → RandomResizedCrop(size, scale, ratio) → RandomHorizontalFlip(hflip) → ToTensor → Normalize, + mask.
+    """RGB → RandomResizedCrop(size, scale, ratio) → RandomHorizontalFlip(hflip) → ToTensor →
+    Normalize, + mask.
 
-    The defaults are the official ones (microsoft/SimMIM data/data_simmim.py `SimMIMTransform`: scale (0.67, 1),
-    ratio (3/4, 4/3), flip probability 0.5, ImageNet mean/std); pretraining sets them from `augment.*`
-    (conf/pretrain.yaml).
+    The defaults are the official ones (microsoft/SimMIM data/data_simmim.py `SimMIMTransform`:
+    scale (0.67, 1), ratio (3/4, 4/3), flip probability 0.5, ImageNet mean/std); pretraining sets
+    them from `augment.*` (conf/pretrain.yaml).
 
     ``__call__(img)`` takes a PIL image, encoded bytes or an array and returns
-    ``(image, mask)``: float ``(C, H, W)`` normalised with ``mean``/``std`` (``C = len(mean)``: RGB images for 3,
-    grey for 1, arrays for any; :mod:`.arrays`), and the bool mask ``(H/p, W/p)`` (True = masked) drawn by
-    ``mask_generator``.
+    ``(image, mask)``: float ``(C, H, W)`` normalised with ``mean``/``std`` (``C = len(mean)``: RGB
+    images for 3, grey for 1, arrays for any; :mod:`.arrays`), and the bool mask ``(H/p, W/p)``
+    (True = masked) drawn by ``mask_generator``.
 
     Statistically the same as the torchvision composition in the SimMIM reference (same crop,
     flip and mask draws from torch's generator); only decoding and resizing are faster (see
@@ -72,11 +80,13 @@ class SimMIMTransform:
         fast_decode: bool = True,
     ) -> None:
         self.size = _pair(input_size)
-        self.mask_generator = mask_generator if mask_generator is not None else MaskGenerator(self.size)
+        self.mask_generator = (
+            mask_generator if mask_generator is not None else MaskGenerator(self.size)
+        )
         if self.mask_generator.input_size != self.size:
             raise ValueError(
-                f"mask generator is built for input_size={self.mask_generator.input_size} but the transform "
-                f"crops to {self.size}; give both the same input size"
+                f"mask generator is built for input_size={self.mask_generator.input_size} but the "
+                f"transform crops to {self.size}; give both the same input size"
             )
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
@@ -84,15 +94,17 @@ class SimMIMTransform:
         self.fast_decode = fast_decode
         mean, std = check_normalization(mean, std)
         self.channels = len(mean)
-        # ToTensor (÷255) and Normalize folded into x · mult + bias, computed from the uint8 crop (float crops
-        # come scaled already: x · inv_std + bias).
+        # ToTensor (÷255) and Normalize folded into x · mult + bias, computed from the uint8 crop
+        # (float crops come scaled already: x · inv_std + bias).
         std_t = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
         self._mult = (1.0 / (255.0 * std_t)).float()
         self._inv_std = (1.0 / std_t).float()
         self._bias = (-torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1) / std_t).float()
 
     def __call__(self, img: Image.Image | bytes | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = decode_resized_crop(img, self.size, self.scale, self.ratio, fast=self.fast_decode, channels=self.channels)
+        x = decode_resized_crop(
+            img, self.size, self.scale, self.ratio, fast=self.fast_decode, channels=self.channels
+        )
         if self.hflip > 0 and torch.rand(1).item() < self.hflip:
             x = x.flip(-1)
         # One pass reads the channels-last crop and writes contiguous (C, H, W) float32.
@@ -101,7 +113,10 @@ class SimMIMTransform:
         return image, self.mask_generator()
 
     def __repr__(self) -> str:
-        return f"SimMIMTransform(size={self.size}, scale={self.scale}, ratio={self.ratio}, {self.mask_generator})"
+        return (
+            f"SimMIMTransform(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+            f"{self.mask_generator})"
+        )
 
 
 def build_pretrain_transform(
@@ -118,7 +133,8 @@ def build_pretrain_transform(
 def build_reference_pretrain_transform(
     input_size: int = 192, mask_generator: MaskGenerator | None = None
 ) -> T.Compose:
-    """The plain torchvision composition from the SimMIM reference (RGB PIL input), without the mask.
+    """The plain torchvision composition from the SimMIM reference (RGB PIL input), without the
+    mask.
 
     Kept as the baseline for ``scripts/benchmark_data.py`` and for distribution checks in tests.
     """
@@ -133,9 +149,10 @@ def build_reference_pretrain_transform(
 
 
 class ChannelTransform:
-    """A torchvision / timm pipeline for 8-bit RGB PIL images (``rgb``), and its tensor counterpart (``tensor``, on
-    ``(H, W, C)`` pixels) for every other sample: grey images, ``.npy`` / TIFF arrays of any type and channel count.
-    Takes what the data sets store (``accepts_bytes``); ``transforms`` are the RGB pipeline's."""
+    """A torchvision / timm pipeline for 8-bit RGB PIL images (``rgb``), and its tensor counterpart
+    (``tensor``, on ``(H, W, C)`` pixels) for every other sample: grey images, ``.npy`` / TIFF
+    arrays of any type and channel count. Takes what the data sets store (``accepts_bytes``);
+    ``transforms`` are the RGB pipeline's."""
 
     accepts_bytes = True
 
@@ -161,15 +178,30 @@ def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 class _TensorFinetune:
-    """Fine-tuning's crop (area ``scale``, bicubic), flip and random erasing on ``(H, W, C)`` pixels."""
+    """Fine-tuning's crop (area ``scale``, bicubic), flip and random erasing on ``(H, W, C)``
+    pixels."""
 
     def __init__(self, size, scale, hflip, re_prob, mean, std) -> None:
-        self.size, self.scale, self.hflip, self.mean, self.std = _pair(size), tuple(scale), hflip, mean, std
-        self.erase = RandomErasing(re_prob, mode="pixel", max_count=1, device="cpu") if re_prob > 0 else None
+        self.size, self.scale, self.hflip, self.mean, self.std = (
+            _pair(size),
+            tuple(scale),
+            hflip,
+            mean,
+            std,
+        )
+        self.erase = (
+            RandomErasing(re_prob, mode="pixel", max_count=1, device="cpu") if re_prob > 0 else None
+        )
 
     def __call__(self, pixels) -> torch.Tensor:
-        x = decode_resized_crop(np.asarray(pixels), self.size, self.scale, (3 / 4, 4 / 3), channels=len(self.mean),
-                                mode="bicubic")
+        x = decode_resized_crop(
+            np.asarray(pixels),
+            self.size,
+            self.scale,
+            (3 / 4, 4 / 3),
+            channels=len(self.mean),
+            mode="bicubic",
+        )
         if self.hflip > 0 and torch.rand(1).item() < self.hflip:
             x = x.flip(-1)
         x = _normalize(x.float().contiguous(), self.mean, self.std)
@@ -177,20 +209,25 @@ class _TensorFinetune:
 
 
 class _TensorEval:
-    """The eval transform on ``(H, W, C)`` pixels: shorter side to ``resize`` (bicubic, antialiased), centre crop."""
+    """The eval transform on ``(H, W, C)`` pixels: shorter side to ``resize`` (bicubic,
+    antialiased), centre crop."""
 
     def __init__(self, size: tuple[int, int], resize: int, mean, std) -> None:
         self.size, self.resize, self.mean, self.std = size, resize, mean, std
 
     def __call__(self, pixels) -> torch.Tensor:
-        arr = as_float(np.asarray(pixels)[:, :, None] if np.asarray(pixels).ndim == 2 else np.asarray(pixels))
+        arr = as_float(
+            np.asarray(pixels)[:, :, None] if np.asarray(pixels).ndim == 2 else np.asarray(pixels)
+        )
         h, w = arr.shape[:2]
         s = self.resize / min(h, w)
         new = (max(1, round(h * s)), max(1, round(w * s)))
         x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
         x = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False)[0]
         top, left = (new[0] - self.size[0]) // 2, (new[1] - self.size[1]) // 2
-        x = x[:, max(top, 0):max(top, 0) + self.size[0], max(left, 0):max(left, 0) + self.size[1]]
+        x = x[
+            :, max(top, 0) : max(top, 0) + self.size[0], max(left, 0) : max(left, 0) + self.size[1]
+        ]
         return _normalize(x.contiguous(), self.mean, self.std)
 
 
@@ -205,11 +242,12 @@ def build_finetune_transform(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> ChannelTransform:
-    """Fine-tune train transform (timm): RandomResizedCrop (area fraction ``scale``), horizontal flip (with
-    probability ``hflip``), RandAugment, jitter, random erasing.
+    """Fine-tune train transform (timm): RandomResizedCrop (area fraction ``scale``), horizontal
+    flip (with probability ``hflip``), RandAugment, jitter, random erasing.
 
-    Input: what a data set stores (:class:`ChannelTransform`). Output: float ``(C, S, S)`` normalised with
-    ``mean``/``std`` (``C = len(mean)``); samples other than 8-bit RGB skip RandAugment and the colour jitter.
+    Input: what a data set stores (:class:`ChannelTransform`). Output: float ``(C, S, S)``
+    normalised with ``mean``/``std`` (``C = len(mean)``); samples other than 8-bit RGB skip
+    RandAugment and the colour jitter.
     """
     mean, std = check_normalization(mean, std)
     rgb = None
@@ -229,11 +267,14 @@ def build_finetune_transform(
             std=std,
         )
         _patch_posterize(rgb)
-    return ChannelTransform(rgb, _TensorFinetune(input_size, scale, hflip, re_prob, mean, std), len(mean))
+    return ChannelTransform(
+        rgb, _TensorFinetune(input_size, scale, hflip, re_prob, mean, std), len(mean)
+    )
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
-    """timm's posterize, with 0 bits kept giving a black image as before Pillow 13 (which raises there)."""
+    """timm's posterize, with 0 bits kept giving a black image as before Pillow 13 (which raises
+    there)."""
     if bits_to_keep >= 8:
         return img
     if bits_to_keep <= 0:
@@ -255,25 +296,34 @@ def _patch_posterize(transform) -> None:
             op.aug_fn = _posterize
 
 
-def build_eval_transform(input_size: int | tuple[int, int] = 224, crop_pct: float = 224 / 256,
-                         mean: tuple[float, ...] = IMAGENET_MEAN,
-                         std: tuple[float, ...] = IMAGENET_STD) -> ChannelTransform:
-    """Eval transform: resize shorter side to ``int(size / crop_pct)`` (256/224·size), bicubic, centre crop.
+def build_eval_transform(
+    input_size: int | tuple[int, int] = 224,
+    crop_pct: float = 224 / 256,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> ChannelTransform:
+    """Eval transform: resize shorter side to ``int(size / crop_pct)`` (256/224·size), bicubic,
+    centre crop.
 
-    ``input_size``: ``S`` or ``(H, W)`` (the longer side sets the resize). Input: what a data set stores
-    (:class:`ChannelTransform`). Output: float ``(C, H, W)`` normalised with ``mean``/``std``.
+    ``input_size``: ``S`` or ``(H, W)`` (the longer side sets the resize). Input: what a data set
+    stores (:class:`ChannelTransform`). Output: float ``(C, H, W)`` normalised with
+    ``mean``/``std``.
     """
     mean, std = check_normalization(mean, std)
     h, w = _pair(input_size)
     resize = int(max(h, w) / crop_pct)
-    rgb = T.Compose(
-        [
-            T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop((h, w) if h != w else h),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    ) if len(mean) == 3 else None
+    rgb = (
+        T.Compose(
+            [
+                T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop((h, w) if h != w else h),
+                T.ToTensor(),
+                T.Normalize(mean, std),
+            ]
+        )
+        if len(mean) == 3
+        else None
+    )
     return ChannelTransform(rgb, _TensorEval((h, w), resize, mean, std), len(mean))
 
 

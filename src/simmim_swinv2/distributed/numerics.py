@@ -98,8 +98,8 @@ class EngineSkips:
     def applied_anyway(step: int, reason: str) -> RuntimeError:
         """The error for a step the engine applied although the policy had it skipped."""
         return RuntimeError(
-            f"step {step} was to be skipped ({reason}) but DeepSpeed applied it: its overflow check is off "
-            "(set bf16.check_grad_overflow: true in the DeepSpeed config)"
+            f"step {step} was to be skipped ({reason}) but DeepSpeed applied it: its overflow "
+            "check is off (set bf16.check_grad_overflow: true in the DeepSpeed config)"
         )
 
     def reset(self, trainer) -> None:

@@ -1,10 +1,12 @@
-"""Memory and batch plan of a pretraining config, before anything is built on a GPU (pure functions).
+"""Memory and batch plan of a pretraining config, before anything is built on a GPU (pure
+functions).
 
-Per GPU: model states (weights + gradients + optimizer states, divided as the ZeRO stage divides them)
+Per GPU: model states (weights + gradients + optimizer states, divided as the ZeRO stage divides
+them)
 + activations at the per-device batch + a fixed allowance for the CUDA context and allocator slack.
 
-Model-state bytes per parameter with AdamW (the ZeRO paper's accounting, Rajbhandari et al., arXiv 1910.02054,
-section 3.1: 16 B for mixed precision, SwinV2-G 3.0B -> 48 GB):
+Model-state bytes per parameter with AdamW (the ZeRO paper's accounting, Rajbhandari et al., arXiv
+1910.02054, section 3.1: 16 B for mixed precision, SwinV2-G 3.0B -> 48 GB):
 
 | precision                  | weights | grads | optimizer states            | total |
 |----------------------------|---------|-------|-----------------------------|-------|
@@ -12,20 +14,23 @@ section 3.1: 16 B for mixed precision, SwinV2-G 3.0B -> 48 GB):
 | 16-mixed / bf16-mixed      | 2       | 2     | 12 (fp32 master, m, v)      | 16    |
 | 16-true / bf16-true        | 2       | 2     | 4 (m, v in half)            | 8     |
 
-(Lightning's AMP under DDP keeps fp32 weights and grads instead, 4 + 4 + 8: the same 16 B.)
-ZeRO stage 1 divides optimizer states by the number of GPUs N, stage 2 also gradients, stage 3 also
+(Lightning's AMP under DDP keeps fp32 weights and grads instead, 4 + 4 + 8: the same 16 B.) ZeRO
+stage 1 divides optimizer states by the number of GPUs N, stage 2 also gradients, stage 3 also
 weights (plus a working set: the largest block gathered in half precision, weights and gradients).
-`offload_optimizer` moves optimizer states to host memory, `offload_parameters` (stage 3) the weights.
+`offload_optimizer` moves optimizer states to host memory, `offload_parameters` (stage 3) the
+weights.
 
-Activations per sample (bytes saved for backward), a formula over the encoder's blocks; for stage s with
-T_s tokens, width C_s, h_s heads and window w_s, summed over its blocks:
+Activations per sample (bytes saved for backward), a formula over the encoder's blocks; for stage s
+with T_s tokens, width C_s, h_s heads and window w_s, summed over its blocks:
     no checkpointing:  e * (21 * T*C + 1.6 * T*h*w^2) + e * 1.1 * 3*H*W
-    checkpointing:     e * 1.5 * T*C (block inputs)  + e * 5.1 * 3*H*W  + one block recomputed (formula above)
-e = 4 bytes (fp32); x 1.6 under mixed precision (autocast keeps both the fp32 and the half copy of many
-tensors). Calibrated on the CPU, not on CUDA: bytes of the tensors autograd saves (saved_tensors_hooks)
-in a forward of SimMIM with the debug/tiny/small/base sizes at 64-192 px, window 4-12 (fit within 5% on
-tiny/small/base, 17% on debug); bf16 autocast measured 1.34-1.85x the fp32 bytes. CUDA's fused attention
-saves less than the CPU's math path, so the attention term is on the safe side there.
+    checkpointing:     e * 1.5 * T*C (block inputs)  + e * 5.1 * 3*H*W
+                       + one block recomputed (formula above)
+e = 4 bytes (fp32); x 1.6 under mixed precision (autocast keeps both the fp32 and the half copy of
+many tensors). Calibrated on the CPU, not on CUDA: bytes of the tensors autograd saves
+(saved_tensors_hooks) in a forward of SimMIM with the debug/tiny/small/base sizes at 64-192 px,
+window 4-12 (fit within 5% on tiny/small/base, 17% on debug); bf16 autocast measured 1.34-1.85x the
+fp32 bytes. CUDA's fused attention saves less than the CPU's math path, so the attention term is on
+the safe side there.
 """
 
 from __future__ import annotations
@@ -34,30 +39,35 @@ from dataclasses import dataclass, replace
 
 GIB = 1024**3
 CUDA_OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
-ACT_TC, ACT_ATTN, ACT_PIX = 21.0, 1.6, 1.1          # no checkpointing, per fp32 element
-CKPT_TC, CKPT_PIX = 1.5, 5.1                        # checkpointing: what stays saved per block
+ACT_TC, ACT_ATTN, ACT_PIX = 21.0, 1.6, 1.1  # no checkpointing, per fp32 element
+CKPT_TC, CKPT_PIX = 1.5, 5.1  # checkpointing: what stays saved per block
 MIXED_ACT_FACTOR = 1.6
 
-# The batch every learning rate in the configs is given for (microsoft/SimMIM main_simmim.py, microsoft/Swin-Transformer
-# main_simmim_pt.py: "linear scale the learning rate according to total batch size", `* TOTAL_BATCH / 512.0`).
+# The batch every learning rate in the configs is given for (microsoft/SimMIM main_simmim.py,
+# microsoft/Swin-Transformer main_simmim_pt.py: "linear scale the learning rate according to total
+# batch size", `* TOTAL_BATCH / 512.0`).
 REFERENCE_BATCH = 512
 
 
 def scale_lr(base_lr: float, global_batch: int, reference_batch: int = REFERENCE_BATCH) -> float:
-    """`base_lr * global_batch / reference_batch`, for the base, warmup and min LR alike (`global_batch`: GPUs x
-    per-GPU batch x accumulation). The one place the rule lives: `training.optim` and `Plan.lr` call it."""
+    """`base_lr * global_batch / reference_batch`, for the base, warmup and min LR alike
+    (`global_batch`: GPUs x per-GPU batch x accumulation). The one place the rule lives:
+    `training.optim` and `Plan.lr` call it."""
     if global_batch < 1 or reference_batch < 1:
-        raise ValueError(f"global_batch ({global_batch}) and reference_batch ({reference_batch}) must be >= 1")
+        raise ValueError(
+            f"global_batch ({global_batch}) and reference_batch ({reference_batch}) must be >= 1"
+        )
     return base_lr * global_batch / reference_batch
 
 
 # bytes per parameter: (weights, gradients, optimizer states)
 STATE_BYTES = {"32": (4, 4, 8), "mixed": (2, 2, 12), "half": (2, 2, 4)}
 
+
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    stage: int = 0               # 0 = every GPU holds everything (DDP, single device)
+    stage: int = 0  # 0 = every GPU holds everything (DDP, single device)
     offload_optimizer: bool = False
     offload_parameters: bool = False
 
@@ -129,11 +139,16 @@ class Plan:
         return {"weights": w, "gradients": g, "optimizer": o, "zero3_working": work}
 
     def total_bytes(self) -> float:
-        return (sum(self.state_bytes().values()) + self.act_bytes_per_sample * self.batch_size
-                + CUDA_OVERHEAD_BYTES)
+        return (
+            sum(self.state_bytes().values())
+            + self.act_bytes_per_sample * self.batch_size
+            + CUDA_OVERHEAD_BYTES
+        )
 
     def fits(self) -> bool | None:
-        return None if self.gpu_memory_bytes is None else self.total_bytes() <= self.gpu_memory_bytes
+        return (
+            None if self.gpu_memory_bytes is None else self.total_bytes() <= self.gpu_memory_bytes
+        )
 
 
 def precision_kind(precision) -> str:
@@ -146,9 +161,10 @@ def precision_kind(precision) -> str:
 
 
 def parse_strategy(strategy) -> Strategy:
-    """`cfg.trainer.strategy`: a string ("ddp", "auto", "deepspeed_stage_3_offload", "fsdp") or a node with
-    `_target_` and `stage`, `offload_optimizer`, `offload_parameters`, or a DeepSpeed `config` dict with
-    `zero_optimization.{stage, offload_optimizer, offload_param}` (conf/trainer/deepspeed_*.yaml)."""
+    """`cfg.trainer.strategy`: a string ("ddp", "auto", "deepspeed_stage_3_offload", "fsdp") or a
+    node with `_target_` and `stage`, `offload_optimizer`, `offload_parameters`, or a DeepSpeed
+    `config` dict with `zero_optimization.{stage, offload_optimizer, offload_param}`
+    (conf/trainer/deepspeed_*.yaml)."""
     if strategy is None or isinstance(strategy, str):
         name = str(strategy or "auto")
         if name.startswith("deepspeed_stage_"):
@@ -162,16 +178,25 @@ def parse_strategy(strategy) -> Strategy:
     target = str(get("_target_", "")).rsplit(".", 1)[-1] or "custom"
     if "FSDP" in target:
         return Strategy(target, 3)
-    zero = (get("config") or {}).get("zero_optimization") or {}  # a DeepSpeed config dict takes precedence
-    off = lambda v: bool(v) and (not hasattr(v, "get") or v.get("device", "cpu") != "none")  # noqa: E731
-    return Strategy(target, int(zero.get("stage", get("stage", 0)) or 0),
-                    off(zero.get("offload_optimizer", get("offload_optimizer", False))),
-                    off(zero.get("offload_param", get("offload_parameters", False))))
+    # a DeepSpeed config dict takes precedence
+    zero = (get("config") or {}).get("zero_optimization") or {}
+    off = lambda v: (  # noqa: E731
+        bool(v) and (not hasattr(v, "get") or v.get("device", "cpu") != "none")
+    )
+    return Strategy(
+        target,
+        int(zero.get("stage", get("stage", 0)) or 0),
+        off(zero.get("offload_optimizer", get("offload_optimizer", False))),
+        off(zero.get("offload_param", get("offload_parameters", False))),
+    )
 
 
 def _stage_shapes(mcfg):
-    """(stage, depth, tokens, width, heads, window) of each stage: the model's own grid and window rule."""
-    rows = zip(mcfg.depths, mcfg.stage_dims, mcfg.num_heads, mcfg.stage_resolutions, mcfg.stage_windows())
+    """(stage, depth, tokens, width, heads, window) of each stage: the model's own grid and window
+    rule."""
+    rows = zip(
+        mcfg.depths, mcfg.stage_dims, mcfg.num_heads, mcfg.stage_resolutions, mcfg.stage_windows()
+    )
     for s, (depth, width, heads, (h, w), win) in enumerate(rows):
         yield s, depth, h * w, width, heads, win
 
@@ -230,20 +255,26 @@ def detect_gpu_memory(cfg) -> float | None:
         return None
     import torch
 
-    return float(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+    return (
+        float(torch.cuda.get_device_properties(0).total_memory)
+        if torch.cuda.is_available()
+        else None
+    )
 
 
 def checkpoint_bytes_per_param(precision, strategy: Strategy) -> int:
-    """Bytes per parameter of one checkpoint with AdamW. Lightning's (DDP, one device): the fp32 weights (AMP keeps
-    them fp32) + the two fp32 moments, 4 + 8 = 12 (half weights and moments under 16-true / bf16-true: 2 + 4 = 6).
-    DeepSpeed's: the half-precision module weights + the fp32 master weights and moments, 2 + 4 + 8 = 14."""
+    """Bytes per parameter of one checkpoint with AdamW. Lightning's (DDP, one device): the fp32
+    weights (AMP keeps them fp32) + the two fp32 moments, 4 + 8 = 12 (half weights and moments under
+    16-true / bf16-true: 2 + 4 = 6). DeepSpeed's: the half-precision module weights + the fp32
+    master weights and moments, 2 + 4 + 8 = 14."""
     if strategy.name == "DeepSpeedStrategy" or "deepspeed" in strategy.name.lower():
         return 14
     return 6 if precision_kind(precision) == "half" else 12
 
 
 def checkpoint_plan(cfg, params: int, precision, strategy: Strategy) -> CheckpointPlan | None:
-    """What the checkpoint callbacks of `cfg.callbacks` keep, at most, by the end of `trainer.max_epochs`."""
+    """What the checkpoint callbacks of `cfg.callbacks` keep, at most, by the end of
+    `trainer.max_epochs`."""
     callbacks = cfg.get("callbacks") or {}
     per_param = checkpoint_bytes_per_param(precision, strategy)
     epochs = int(cfg.trainer.get("max_epochs") or 1)
@@ -253,20 +284,32 @@ def checkpoint_plan(cfg, params: int, precision, strategy: Strategy) -> Checkpoi
         if not target.endswith(("ModelCheckpoint", "WallClockCheckpoint")):
             continue
         wall_clock = target.endswith("WallClockCheckpoint")  # last.ckpt only
-        top_k, every = int(node.get("save_top_k", 0 if wall_clock else 1)), node.get("every_n_epochs") or 0
+        top_k, every = (
+            int(node.get("save_top_k", 0 if wall_clock else 1)),
+            node.get("every_n_epochs") or 0,
+        )
         if top_k != 0 and every:
             n = epochs // int(every) if top_k < 0 else min(top_k, epochs // int(every))
-            label = (f"every {every} epochs" if top_k < 0 else
-                     f"best {top_k}" if node.get("monitor") not in (None, "step") else f"newest {top_k}")
+            label = (
+                f"every {every} epochs"
+                if top_k < 0
+                else f"best {top_k}"
+                if node.get("monitor") not in (None, "step")
+                else f"newest {top_k}"
+            )
             if n:
                 kept.append((f"{label} ({name})", n))
-        if node.get("save_last", wall_clock) and not any(what.startswith("last.ckpt") for what, _ in kept):
+        if node.get("save_last", wall_clock) and not any(
+            what.startswith("last.ckpt") for what, _ in kept
+        ):
             kept.append(("last.ckpt", 1))
     if not kept:
         return None
     if callbacks.get("preemption") is not None:
         kept.append(("preemption save (hpc_ckpt)", 1))
-    return CheckpointPlan(bytes_each=float(per_param * params), bytes_per_param=per_param, kept=tuple(kept))
+    return CheckpointPlan(
+        bytes_each=float(per_param * params), bytes_per_param=per_param, kept=tuple(kept)
+    )
 
 
 def make_plan(cfg, **changes) -> Plan:
@@ -279,17 +322,25 @@ def make_plan(cfg, **changes) -> Plan:
     params, largest = count_parameters(mcfg)
     t = cfg.trainer
     strategy, precision = parse_strategy(t.get("strategy")), str(t.get("precision", "32-true"))
-    plan = Plan(params=params, largest_block_params=largest, batch_size=int(cfg.batch_size),
-                devices=visible_devices(t), nodes=int(t.get("num_nodes", 1)),
-                accumulate=int(t.get("accumulate_grad_batches", 1)), base_lr=float(cfg.optim.base_lr),
-                reference_batch=int(cfg.optim.reference_batch),
-                precision=precision, strategy=strategy,
-                grad_checkpointing=any(mcfg.grad_checkpointing),
-                act_bytes_per_sample=activation_bytes_per_sample(mcfg, t.get("precision", "32-true")),
-                gpu_memory_bytes=detect_gpu_memory(cfg),
-                checkpoint=checkpoint_plan(cfg, params, precision, strategy),
-                img_size=tuple(mcfg.img_size), windows=tuple(win for *_, win in _stage_shapes(mcfg)),
-                grids=mcfg.stage_resolutions)
+    plan = Plan(
+        params=params,
+        largest_block_params=largest,
+        batch_size=int(cfg.batch_size),
+        devices=visible_devices(t),
+        nodes=int(t.get("num_nodes", 1)),
+        accumulate=int(t.get("accumulate_grad_batches", 1)),
+        base_lr=float(cfg.optim.base_lr),
+        reference_batch=int(cfg.optim.reference_batch),
+        precision=precision,
+        strategy=strategy,
+        grad_checkpointing=any(mcfg.grad_checkpointing),
+        act_bytes_per_sample=activation_bytes_per_sample(mcfg, t.get("precision", "32-true")),
+        gpu_memory_bytes=detect_gpu_memory(cfg),
+        checkpoint=checkpoint_plan(cfg, params, precision, strategy),
+        img_size=tuple(mcfg.img_size),
+        windows=tuple(win for *_, win in _stage_shapes(mcfg)),
+        grids=mcfg.stage_resolutions,
+    )
     rest = {k: v for k, v in changes.items() if k != "grad_checkpointing"}
     if "precision" in rest and "act_bytes_per_sample" not in rest:
         rest["act_bytes_per_sample"] = activation_bytes_per_sample(mcfg, rest["precision"])
@@ -297,9 +348,9 @@ def make_plan(cfg, **changes) -> Plan:
 
 
 def zero_trainers() -> dict[str, Strategy]:
-    """The trainer configs (`trainer=<name>`) whose strategy partitions with ZeRO, as Hydra composes them (defaults
-    lists included), the least partitioned first: the choices `fitting_options` tries. Inside a Hydra app its
-    config search path is used; elsewhere `config.CONFIG_DIR`."""
+    """The trainer configs (`trainer=<name>`) whose strategy partitions with ZeRO, as Hydra composes
+    them (defaults lists included), the least partitioned first: the choices `fitting_options`
+    tries. Inside a Hydra app its config search path is used; elsewhere `config.CONFIG_DIR`."""
     from contextlib import ExitStack
 
     from hydra import compose, initialize_config_dir
@@ -309,14 +360,25 @@ def zero_trainers() -> dict[str, Strategy]:
 
     with ExitStack() as stack:
         if not GlobalHydra.instance().is_initialized():
-            stack.enter_context(initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"))
+            stack.enter_context(
+                initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3")
+            )
         names = GlobalHydra.instance().config_loader().get_group_options("trainer")
         found = {}
         for name in names:
             strategy = compose(overrides=[f"+trainer={name}"]).trainer.get("strategy")
-            if strategy is not None and not isinstance(strategy, str) and (s := parse_strategy(strategy)).stage > 0:
+            if (
+                strategy is not None
+                and not isinstance(strategy, str)
+                and (s := parse_strategy(strategy)).stage > 0
+            ):
                 found[name] = s
-    order = lambda item: (item[1].stage, item[1].offload_optimizer, item[1].offload_parameters, item[0])  # noqa: E731
+    order = lambda item: (  # noqa: E731
+        item[1].stage,
+        item[1].offload_optimizer,
+        item[1].offload_parameters,
+        item[0],
+    )
     return dict(sorted(found.items(), key=order))
 
 
@@ -327,16 +389,27 @@ def fitting_options(cfg, plan: Plan) -> list[str]:
     if not mcfg_gc:
         candidates.append(("model.grad_checkpointing=true", {"grad_checkpointing": True}))
     for name, s in zero_trainers().items():
-        if s.stage > plan.strategy.stage or (s.offload_optimizer and not plan.strategy.offload_optimizer):
+        if s.stage > plan.strategy.stage or (
+            s.offload_optimizer and not plan.strategy.offload_optimizer
+        ):
             ch = {"strategy": s, "precision": "bf16-mixed"}
             candidates.append((f"trainer={name}", ch))
             if not mcfg_gc:
-                candidates.append((f"trainer={name} model.grad_checkpointing=true",
-                                   {**ch, "grad_checkpointing": True}))
+                candidates.append(
+                    (
+                        f"trainer={name} model.grad_checkpointing=true",
+                        {**ch, "grad_checkpointing": True},
+                    )
+                )
     b = plan.batch_size // 2
     while b >= 1:
-        candidates.append((f"batch_size={b} trainer.accumulate_grad_batches={plan.accumulate * plan.batch_size // b}",
-                           {"batch_size": b, "accumulate": plan.accumulate * plan.batch_size // b}))
+        candidates.append(
+            (
+                f"batch_size={b} "
+                f"trainer.accumulate_grad_batches={plan.accumulate * plan.batch_size // b}",
+                {"batch_size": b, "accumulate": plan.accumulate * plan.batch_size // b},
+            )
+        )
         b //= 2
     return [text for text, ch in candidates if make_plan(cfg, **ch).fits()]
 
@@ -346,21 +419,29 @@ class DoesNotFitError(ValueError):
 
 
 def check_fits(cfg) -> Plan | None:
-    """Refuse (before any model is built) a run whose estimate exceeds the GPU's memory, naming options that
-    fit. No check on the CPU, when the GPU's memory is unknown, or with `plan.enforce=false`."""
+    """Refuse (before any model is built) a run whose estimate exceeds the GPU's memory, naming
+    options that fit. No check on the CPU, when the GPU's memory is unknown, or with
+    `plan.enforce=false`."""
     node = cfg.get("plan") or {}
-    if not node.get("enforce", True) or detect_gpu_memory(cfg) is None:  # CPU / unknown: nothing is built
+    # CPU / unknown: nothing is built
+    if not node.get("enforce", True) or detect_gpu_memory(cfg) is None:
         return None
     plan = make_plan(cfg)
     if plan.fits() is not False:
         return plan
     options = fitting_options(cfg, plan)
-    hint = ("; fits with: " + " | ".join(options[:4])) if options else "; nothing tried fits (more GPUs?)"
+    hint = (
+        ("; fits with: " + " | ".join(options[:4]))
+        if options
+        else "; nothing tried fits (more GPUs?)"
+    )
     raise DoesNotFitError(
-        f"estimated {plan.total_bytes() / GIB:.1f} GiB per GPU > {plan.gpu_memory_bytes / GIB:.1f} GiB "
-        f"({plan.params / 1e9:.2f}B params, strategy {plan.strategy.name} stage {plan.strategy.stage}, "
-        f"batch {plan.batch_size}/GPU, checkpointing {plan.grad_checkpointing}){hint}. "
-        f"Details: python -m simmim_swinv2.plan <same overrides>; plan.enforce=false to run anyway.")
+        f"estimated {plan.total_bytes() / GIB:.1f} GiB per GPU > "
+        f"{plan.gpu_memory_bytes / GIB:.1f} GiB ({plan.params / 1e9:.2f}B params, strategy "
+        f"{plan.strategy.name} stage {plan.strategy.stage}, batch {plan.batch_size}/GPU, "
+        f"checkpointing {plan.grad_checkpointing}){hint}. Details: python -m simmim_swinv2.plan "
+        "<same overrides>; plan.enforce=false to run anyway."
+    )
 
 
 def format_plan(plan: Plan) -> str:
@@ -368,23 +449,44 @@ def format_plan(plan: Plan) -> str:
     s, st = plan.strategy, plan.state_bytes()
     act = plan.act_bytes_per_sample * plan.batch_size
     gib = lambda b: f"{b / GIB:,.2f} GiB"  # noqa: E731
-    fits = {None: "unknown (no GPU; set plan.gpu_memory_gb=80)", True: "yes", False: "NO"}[plan.fits()]
+    fits = {None: "unknown (no GPU; set plan.gpu_memory_gb=80)", True: "yes", False: "NO"}[
+        plan.fits()
+    ]
     rows = [
-        ("input", f"{plan.img_size[0]}x{plan.img_size[1]} px, windows {'/'.join(map(str, plan.windows))} per stage"),
+        (
+            "input",
+            f"{plan.img_size[0]}x{plan.img_size[1]} px, windows "
+            f"{'/'.join(map(str, plan.windows))} per stage",
+        ),
         ("parameters", f"{plan.params:,} ({plan.params / 1e9:.3f}B)"),
-        ("global batch", f"{plan.global_batch} = {plan.batch_size} per device x {plan.devices} devices x "
-                         f"{plan.nodes} nodes x {plan.accumulate} accumulation"),
-        ("learning rate", f"{plan.lr:.3g} = base {plan.base_lr:g} x {plan.global_batch}/{plan.reference_batch}"),
-        ("strategy", f"{s.name} (ZeRO stage {s.stage}, offload optimizer {s.offload_optimizer}, "
-                     f"parameters {s.offload_parameters}) on {plan.world_size} GPUs"),
-        ("precision", f"{plan.precision} ({'/'.join(map(str, STATE_BYTES[precision_kind(plan.precision)]))} "
-                      f"B/param weights/grads/optimizer)"),
+        (
+            "global batch",
+            f"{plan.global_batch} = {plan.batch_size} per device x {plan.devices} devices x "
+            f"{plan.nodes} nodes x {plan.accumulate} accumulation",
+        ),
+        (
+            "learning rate",
+            f"{plan.lr:.3g} = base {plan.base_lr:g} x {plan.global_batch}/{plan.reference_batch}",
+        ),
+        (
+            "strategy",
+            f"{s.name} (ZeRO stage {s.stage}, offload optimizer {s.offload_optimizer}, "
+            f"parameters {s.offload_parameters}) on {plan.world_size} GPUs",
+        ),
+        (
+            "precision",
+            f"{plan.precision} ({'/'.join(map(str, STATE_BYTES[precision_kind(plan.precision)]))} "
+            f"B/param weights/grads/optimizer)",
+        ),
         ("weights / GPU", gib(st["weights"])),
         ("gradients / GPU", gib(st["gradients"])),
         ("optimizer states / GPU", gib(st["optimizer"])),
         ("ZeRO-3 working set", gib(st["zero3_working"])),
-        ("activations / GPU", f"{gib(act)} ({plan.act_bytes_per_sample / 2**20:,.1f} MiB/sample, "
-                              f"checkpointing {plan.grad_checkpointing})"),
+        (
+            "activations / GPU",
+            f"{gib(act)} ({plan.act_bytes_per_sample / 2**20:,.1f} MiB/sample, "
+            f"checkpointing {plan.grad_checkpointing})",
+        ),
         ("CUDA context + slack", gib(CUDA_OVERHEAD_BYTES)),
         ("total / GPU", gib(plan.total_bytes())),
         ("GPU memory", gib(plan.gpu_memory_bytes) if plan.gpu_memory_bytes else "unknown"),
@@ -392,9 +494,22 @@ def format_plan(plan: Plan) -> str:
     ]
     if plan.checkpoint is not None:
         c = plan.checkpoint
-        rows += [("checkpoint size", f"{gib(c.bytes_each)} ({c.bytes_per_param} B/param: weights + AdamW moments)"),
-                 ("checkpoints kept", ", ".join(f"{what}: {n}" for what, n in c.kept) + f" = {c.count} at most"),
-                 ("checkpoint disk", f"{gib(c.total_bytes)} (+ one more while a save is written)")]
+        rows += [
+            (
+                "checkpoint size",
+                f"{gib(c.bytes_each)} ({c.bytes_per_param} B/param: weights + AdamW moments)",
+            ),
+            (
+                "checkpoints kept",
+                ", ".join(f"{what}: {n}" for what, n in c.kept) + f" = {c.count} at most",
+            ),
+            ("checkpoint disk", f"{gib(c.total_bytes)} (+ one more while a save is written)"),
+        ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join([f"| {'item'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|",
-                      *(f"| {k.ljust(width)} | {v} |" for k, v in rows)])
+    return "\n".join(
+        [
+            f"| {'item'.ljust(width)} | value |",
+            f"|{'-' * (width + 2)}|-------|",
+            *(f"| {k.ljust(width)} | {v} |" for k, v in rows),
+        ]
+    )

@@ -1,12 +1,13 @@
 """Inference preprocessing, the same numbers as transformers' image processor for SwinV2
-(`ViTImageProcessor`, torchvision backend): RGB with transparency composited onto white, bicubic resize of the
-uint8 image to the model size (antialiased), rescale 1/255 and ImageNet normalisation fused into one step.
+(`ViTImageProcessor`, torchvision backend): RGB with transparency composited onto white, bicubic
+resize of the uint8 image to the model size (antialiased), rescale 1/255 and ImageNet normalisation
+fused into one step.
 
 `ImageProcessor.to_dict()` is the `preprocessor_config.json` our transformers exports carry, so that
-`AutoImageProcessor.from_pretrained(export_dir)` rebuilds this very processor. Models of other than 3 channels take
-arrays (`.npy`, multi-band TIFF) or grey images (1 channel): `ImageProcessor.pixels` resizes their scaled pixels
-(`data.arrays`) the same way, in float32; their config says `do_convert_rgb: false` and lists one mean and std per
-channel.
+`AutoImageProcessor.from_pretrained(export_dir)` rebuilds this very processor. Models of other than
+3 channels take arrays (`.npy`, multi-band TIFF) or grey images (1 channel): `ImageProcessor.pixels`
+resizes their scaled pixels (`data.arrays`) the same way, in float32; their config says
+`do_convert_rgb: false` and lists one mean and std per channel.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ _BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, as transformers' configs write it
 
 
 def to_rgb_white(img: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto a white background (transformers' `convert_to_rgb`)."""
+    """RGB, with any transparency composited onto a white background (transformers'
+    `convert_to_rgb`)."""
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -38,7 +40,8 @@ def to_rgb_white(img: Image.Image) -> Image.Image:
 
 @dataclass
 class ImageProcessor:
-    """`processor(images) -> (B, C, H, W)` float tensor; `size` is (height, width), `C = len(mean)`."""
+    """`processor(images) -> (B, C, H, W)` float tensor; `size` is (height, width),
+    `C = len(mean)`."""
 
     size: tuple[int, int] = (224, 224)
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -54,12 +57,16 @@ class ImageProcessor:
     def one(self, img: Image.Image) -> torch.Tensor:
         """`(3, H, W)` for one PIL image."""
         pixels = tvF.pil_to_tensor(to_rgb_white(img))
-        pixels = tvF.resize(pixels, list(self.size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
-        return tvF.normalize(pixels.to(torch.float32), self._scaled[0].tolist(), self._scaled[1].tolist())
+        pixels = tvF.resize(
+            pixels, list(self.size), interpolation=tvF.InterpolationMode.BICUBIC, antialias=True
+        )
+        return tvF.normalize(
+            pixels.to(torch.float32), self._scaled[0].tolist(), self._scaled[1].tolist()
+        )
 
     def pixels(self, pixels: Image.Image | np.ndarray) -> torch.Tensor:
-        """`(C, H, W)` for an `(H, W, C)` array or a grey image (`data.arrays.load_pixels`): scaled to float32
-        (uint8 / 255, uint16 / 65535), bicubic antialiased resize, normalised."""
+        """`(C, H, W)` for an `(H, W, C)` array or a grey image (`data.arrays.load_pixels`): scaled
+        to float32 (uint8 / 255, uint16 / 65535), bicubic antialiased resize, normalised."""
         x = torch.from_numpy(pixels_to_float(pixels)).permute(2, 0, 1).unsqueeze(0)
         x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False)[0]
         return (x - torch.tensor(self.mean).view(-1, 1, 1)) / torch.tensor(self.std).view(-1, 1, 1)
@@ -89,15 +96,21 @@ class ImageProcessor:
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> ImageProcessor | None:
-        """The processor a transformers directory describes, or None when it has no preprocessor config."""
+        """The processor a transformers directory describes, or None when it has no preprocessor
+        config."""
         path = Path(directory) / "preprocessor_config.json"
         if not path.is_file():
             return None
         cfg = json.loads(path.read_text())
         if cfg.get("resample", _BICUBIC) != _BICUBIC or cfg.get("do_center_crop"):
-            raise ValueError(f"{path}: only bicubic resize without centre crop is supported (SwinV2's processor)")
+            raise ValueError(
+                f"{path}: only bicubic resize without centre crop is supported (SwinV2's processor)"
+            )
         size = cfg.get("size", {"height": 224, "width": 224})
         if "shortest_edge" in size:
             raise ValueError(f"{path}: size.shortest_edge is not supported; give height/width")
-        return cls((size["height"], size["width"]), tuple(cfg.get("image_mean", IMAGENET_MEAN)),
-                   tuple(cfg.get("image_std", IMAGENET_STD)))
+        return cls(
+            (size["height"], size["width"]),
+            tuple(cfg.get("image_mean", IMAGENET_MEAN)),
+            tuple(cfg.get("image_std", IMAGENET_STD)),
+        )

@@ -8,15 +8,30 @@ from .swinv2 import SwinV2Block, SwinV2Encoder, SwinV2EncoderOutput
 
 
 def encoder_of(model: SwinV2Encoder | SimMIM | SwinV2Classifier) -> SwinV2Encoder:
-    """The SwinV2 encoder of a bare encoder, a SimMIM model or a classifier (SimMIM and the classifier hold it as
-    `encoder`)."""
+    """The SwinV2 encoder of a bare encoder, a SimMIM model or a classifier (SimMIM and the
+    classifier hold it as `encoder`)."""
     encoder = model if isinstance(model, SwinV2Encoder) else getattr(model, "encoder", None)
     if not isinstance(encoder, SwinV2Encoder):
-        raise TypeError(f"{type(model).__name__} is neither a SwinV2Encoder nor a model holding one as `encoder`")
+        raise TypeError(
+            f"{type(model).__name__} is neither a SwinV2Encoder nor a model holding one as "
+            "`encoder`"
+        )
     return encoder
 
 
 __all__ = [
-    "PAPER_PARAMS", "VARIANTS", "ClassifierOutput", "SimMIM", "SimMIMOutput", "SwinV2Block", "SwinV2Classifier",
-    "SwinV2Config", "SwinV2Encoder", "SwinV2EncoderOutput", "encoder_of", "masked_l1_loss", "normalize_target", "swinv2_config",
+    "PAPER_PARAMS",
+    "VARIANTS",
+    "ClassifierOutput",
+    "SimMIM",
+    "SimMIMOutput",
+    "SwinV2Block",
+    "SwinV2Classifier",
+    "SwinV2Config",
+    "SwinV2Encoder",
+    "SwinV2EncoderOutput",
+    "encoder_of",
+    "masked_l1_loss",
+    "normalize_target",
+    "swinv2_config",
 ]

@@ -21,8 +21,9 @@ class ClassifierOutput:
 
 
 class SwinV2Classifier(nn.Module):
-    """`forward(pixel_values (B, C, H, W), labels=None)`. Labels are class indices `(B,)` (cross-entropy, with
-    optional label smoothing) or soft targets `(B, num_classes)` from mixup/cutmix (soft-target cross-entropy)."""
+    """`forward(pixel_values (B, C, H, W), labels=None)`. Labels are class indices `(B,)`
+    (cross-entropy, with optional label smoothing) or soft targets `(B, num_classes)` from
+    mixup/cutmix (soft-target cross-entropy)."""
 
     def __init__(
         self,
@@ -35,12 +36,17 @@ class SwinV2Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
-        self.id2label = {int(k): str(v) for k, v in (id2label or {i: f"LABEL_{i}" for i in range(num_classes)}).items()}
+        self.id2label = {
+            int(k): str(v)
+            for k, v in (id2label or {i: f"LABEL_{i}" for i in range(num_classes)}).items()
+        }
         if len(self.id2label) != num_classes:
             raise ValueError(f"id2label has {len(self.id2label)} entries for {num_classes} classes")
         self.label_smoothing = label_smoothing
         self.head_drop = nn.Dropout(head_drop)
-        self.head = nn.Linear(encoder.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = (
+            nn.Linear(encoder.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        )
         if isinstance(self.head, nn.Linear):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
@@ -53,7 +59,9 @@ class SwinV2Classifier(nn.Module):
     def label2id(self) -> dict[str, int]:
         return {v: k for k, v in self.id2label.items()}
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ClassifierOutput:
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> ClassifierOutput:
         pooled = self.encoder(pixel_values).pooler_output
         logits = self.head(self.head_drop(pooled))
         loss = None

@@ -1,7 +1,8 @@
-"""SwinV2 architecture config and the named variants (defined here once; Hydra's `conf/model/` picks a name).
+"""SwinV2 architecture config and the named variants (defined here once; Hydra's `conf/model/` picks
+a name).
 
-Sizes follow the Swin V2 paper; huge and giant head counts are mmpretrain's choice (the paper never states
-them), and both add a LayerNorm at the end of the main branch every 6 blocks.
+Sizes follow the Swin V2 paper; huge and giant head counts are mmpretrain's choice (the paper never
+states them), and both add a LayerNorm at the end of the main branch every 6 blocks.
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ VARIANTS: dict[str, dict] = {
     "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
     "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
     "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
-    "huge": dict(embed_dim=352, depths=(2, 2, 18, 2), num_heads=(8, 16, 32, 64), extra_norm_every=6),
-    "giant": dict(embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_every=6),
+    "huge": dict(
+        embed_dim=352, depths=(2, 2, 18, 2), num_heads=(8, 16, 32, 64), extra_norm_every=6
+    ),
+    "giant": dict(
+        embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_every=6
+    ),
 }
 
 # Parameter counts quoted by the Swin V2 paper (encoder with a 1000-class head).
 PAPER_PARAMS: dict[str, float] = {
-    "tiny": 28e6, "small": 50e6, "base": 88e6, "large": 197e6, "huge": 658e6, "giant": 3.0e9,
+    "tiny": 28e6,
+    "small": 50e6,
+    "base": 88e6,
+    "large": 197e6,
+    "huge": 658e6,
+    "giant": 3.0e9,
 }
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -30,8 +40,8 @@ ATTN_BACKENDS = ("sdpa", "flex", "eager")
 
 
 def stage_window(height: int, window: int) -> int:
-    """The window a stage of `height` token rows attends in: transformers' rule, the configured square window
-    clamped to the stage height (and then no shift: the stage is one window high)."""
+    """The window a stage of `height` token rows attends in: transformers' rule, the configured
+    square window clamped to the stage height (and then no shift: the stage is one window high)."""
     return min(height, window)
 
 
@@ -40,21 +50,23 @@ def _per_stage(value, num_stages: int, name: str) -> tuple[int, ...]:
         return (value,) * num_stages
     value = tuple(int(v) for v in value)
     if len(value) != num_stages:
-        raise ValueError(f"{name} has {len(value)} entries but the model has {num_stages} stages: "
-                         f"give one value, or one per stage.")
+        raise ValueError(
+            f"{name} has {len(value)} entries but the model has {num_stages} stages: "
+            f"give one value, or one per stage."
+        )
     return value
 
 
 @dataclass
 class SwinV2Config:
     """Everything that shapes a SwinV2 encoder. `window_size`, `pretrained_window_sizes` and
-    `grad_checkpointing` take one value or one per stage; `img_size` is the size windows are sized for
-    (other sizes that are multiples of `stride` run too, as in transformers).
+    `grad_checkpointing` take one value or one per stage; `img_size` is the size windows are sized
+    for (other sizes that are multiples of `stride` run too, as in transformers).
 
     Attention: `attn_backend` picks "sdpa" (`F.scaled_dot_product_attention`, the default), "flex"
     (FlexAttention, opt-in: compiled on CUDA, inference only on the CPU, no attention dropout; see
-    `models/flex.py`) or "eager" (timm's `WindowAttention`, the reference). `fused_attn=False`, the older
-    switch, still means eager; `effective_attn_backend` is the one that runs."""
+    `models/flex.py`) or "eager" (timm's `WindowAttention`, the reference). `fused_attn=False`, the
+    older switch, still means eager; `effective_attn_backend` is the one that runs."""
 
     img_size: int | tuple[int, int] = 192
     patch_size: int = 4
@@ -85,33 +97,48 @@ class SwinV2Config:
             raise ValueError(f"depths must be a non-empty list of positive ints, got {self.depths}")
         self.num_heads = _per_stage(self.num_heads, n, "num_heads")
         self.window_size = _per_stage(self.window_size, n, "window_size")
-        self.pretrained_window_sizes = _per_stage(self.pretrained_window_sizes, n, "pretrained_window_sizes")
+        self.pretrained_window_sizes = _per_stage(
+            self.pretrained_window_sizes, n, "pretrained_window_sizes"
+        )
         if isinstance(self.grad_checkpointing, bool):
             self.grad_checkpointing = (self.grad_checkpointing,) * n
         self.grad_checkpointing = tuple(bool(g) for g in self.grad_checkpointing)
         if len(self.grad_checkpointing) != n:
             raise ValueError(f"grad_checkpointing needs one flag or {n} (one per stage)")
-        h, w = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+        h, w = (
+            (self.img_size, self.img_size)
+            if isinstance(self.img_size, int)
+            else tuple(self.img_size)
+        )
         self.img_size = (int(h), int(w))
         for i, (dim, heads) in enumerate(zip(self.stage_dims, self.num_heads)):
             if dim % heads:
-                raise ValueError(f"stage {i}: width {dim} is not divisible by {heads} heads; "
-                                 f"pick num_heads that divide embed_dim * 2**stage")
+                raise ValueError(
+                    f"stage {i}: width {dim} is not divisible by {heads} heads; "
+                    f"pick num_heads that divide embed_dim * 2**stage"
+                )
         if min(self.window_size) < 1:
             raise ValueError(f"window_size must be >= 1, got {self.window_size}")
         if any(s % self.stride for s in self.img_size):
-            raise ValueError(f"img_size {self.img_size} must be a multiple of the encoder stride {self.stride} "
-                             f"(patch_size {self.patch_size} x 2**{n - 1} merges)")
+            raise ValueError(
+                f"img_size {self.img_size} must be a multiple of the encoder stride {self.stride} "
+                f"(patch_size {self.patch_size} x 2**{n - 1} merges)"
+            )
         if self.act_layer not in ACTIVATIONS:
             raise ValueError(f"act_layer {self.act_layer!r} is not one of {ACTIVATIONS}")
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend {self.attn_backend!r} is not one of {ATTN_BACKENDS}")
         if self.attn_backend == "flex" and not self.fused_attn:
-            raise ValueError("fused_attn=false asks for eager attention but attn_backend='flex' for FlexAttention: "
-                             "set fused_attn=true (attn_backend alone picks the backend)")
+            raise ValueError(
+                "fused_attn=false asks for eager attention but attn_backend='flex' for "
+                "FlexAttention: set fused_attn=true (attn_backend alone picks the backend)"
+            )
         if self.attn_backend == "flex" and self.attn_drop_rate > 0:
-            raise ValueError(f"attn_backend='flex' has no attention dropout (attn_drop_rate={self.attn_drop_rate}): "
-                             f"set attn_drop_rate=0 (every SimMIM/SwinV2 recipe does) or use attn_backend='sdpa'")
+            raise ValueError(
+                "attn_backend='flex' has no attention dropout "
+                f"(attn_drop_rate={self.attn_drop_rate}): set attn_drop_rate=0 (every "
+                "SimMIM/SwinV2 recipe does) or use attn_backend='sdpa'"
+            )
 
     @property
     def effective_attn_backend(self) -> str:
@@ -132,11 +159,14 @@ class SwinV2Config:
     @property
     def stage_resolutions(self) -> tuple[tuple[int, int], ...]:
         """Each stage's token grid (rows, columns) at `img_size`."""
-        return tuple(tuple(s // self.patch_size // 2**i for s in self.img_size) for i in range(self.num_stages))
+        return tuple(
+            tuple(s // self.patch_size // 2**i for s in self.img_size)
+            for i in range(self.num_stages)
+        )
 
     def stage_windows(self, window: int | None = None) -> tuple[int, ...]:
-        """Each stage's attention window at `img_size` (`stage_window`), for the configured windows or, given
-        `window`, for that one window in every stage."""
+        """Each stage's attention window at `img_size` (`stage_window`), for the configured windows
+        or, given `window`, for that one window in every stage."""
         windows = self.window_size if window is None else (window,) * self.num_stages
         return tuple(stage_window(h, w) for (h, _), w in zip(self.stage_resolutions, windows))
 
@@ -153,7 +183,9 @@ class SwinV2Config:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown SwinV2Config fields {sorted(unknown)}; known: {sorted(names)}")
+            raise ValueError(
+                f"unknown SwinV2Config fields {sorted(unknown)}; known: {sorted(names)}"
+            )
         return cls(**d)
 
     def replace(self, **changes) -> SwinV2Config:
@@ -161,7 +193,8 @@ class SwinV2Config:
 
 
 def variant_spec(variant: str) -> tuple[str, dict]:
-    """`(name, sizes)` of a named variant (`debug`, `tiny` … `giant`, with or without a `swinv2_` prefix)."""
+    """`(name, sizes)` of a named variant (`debug`, `tiny` … `giant`, with or without a `swinv2_`
+    prefix)."""
     name = str(variant).removeprefix("swinv2_")
     if name not in VARIANTS:
         raise ValueError(f"unknown SwinV2 variant {variant!r}; choose one of {sorted(VARIANTS)}")

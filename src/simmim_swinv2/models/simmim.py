@@ -1,7 +1,9 @@
-"""SimMIM: a SwinV2 encoder with a mask token, a 1×1 conv + PixelShuffle decoder, and an L1 loss on the
-masked pixels only (arXiv 2111.09886; the numbers of transformers' `Swinv2ForMaskedImageModeling`).
+"""SimMIM: a SwinV2 encoder with a mask token, a 1×1 conv + PixelShuffle decoder, and an L1 loss on
+the masked pixels only (arXiv 2111.09886; the numbers of transformers'
+`Swinv2ForMaskedImageModeling`).
 
-Mask convention, here and everywhere in this package: `mask` is `(B, H/patch, W/patch)`, **1 = masked**.
+Mask convention, here and everywhere in this package: `mask` is `(B, H/patch, W/patch)`, **1 =
+masked**.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ def _window_counts(length: int, window: int, device: torch.device) -> torch.Tens
 
 def normalize_target(target: torch.Tensor, window: int = 47) -> torch.Tensor:
     """Per-pixel standardisation over a `window`×`window` neighbourhood (SimMIM's normalised target,
-    microsoft/Swin-Transformer models/simmim.py `norm_targets`): the mean and the unbiased variance of the
-    pixels of the window that lie inside the image (stride-1 average pools with `count_include_pad=False`),
-    then `(x - mean) / sqrt(var + 1e-6)`.
+    microsoft/Swin-Transformer models/simmim.py `norm_targets`): the mean and the unbiased variance
+    of the pixels of the window that lie inside the image (stride-1 average pools with
+    `count_include_pad=False`), then `(x - mean) / sqrt(var + 1e-6)`.
 
-    The window sums are running sums: a cumulative sum along each side and one difference per pixel, so the
-    cost does not depend on `window` (a stride-1 pool adds `window²` numbers per pixel).
+    The window sums are running sums: a cumulative sum along each side and one difference per pixel,
+    so the cost does not depend on `window` (a stride-1 pool adds `window²` numbers per pixel).
 
     Args:
         target: `(B, C, H, W)`, any float dtype; any size, also smaller than the window.
@@ -41,14 +43,14 @@ def normalize_target(target: torch.Tensor, window: int = 47) -> torch.Tensor:
         raise ValueError(f"the normalised-target window must be odd, got {window}")
     B, C, H, W = target.shape
     p = window // 2
-    # Sums and statistics in float64. A running sum's difference loses the bits of the partial sums: with
-    # |x| <= M and sides of L pixels, the box sum of x² is off by at most ~L²·M²·2^-53 (L = 1024, M = 3: ~1e-9),
-    # so the variance by ~1e-12, far below the 1e-6 added under the root; in float32 the same error (2^-24)
-    # would pass that floor. The official float32 pools lose E[x²] - E[x]² the same way on smooth images.
-    # (Autocast leaves float64 and in-place ops alone.)
+    # Sums and statistics in float64. A running sum's difference loses the bits of the partial sums:
+    # with |x| <= M and sides of L pixels, the box sum of x² is off by at most ~L²·M²·2^-53 (L =
+    # 1024, M = 3: ~1e-9), so the variance by ~1e-12, far below the 1e-6 added under the root; in
+    # float32 the same error (2^-24) would pass that floor. The official float32 pools lose E[x²] -
+    # E[x]² the same way on smooth images. (Autocast leaves float64 and in-place ops alone.)
     f64 = dict(dtype=torch.float64, device=target.device)
-    # Rows: x and x² between p + 1 zeros in front and p behind; after the cumulative sum, column j + 2p + 1
-    # minus column j is the sum over [j - p, j + p] ∩ [0, W).
+    # Rows: x and x² between p + 1 zeros in front and p behind; after the cumulative sum, column j +
+    # 2p + 1 minus column j is the sum over [j - p, j + p] ∩ [0, W).
     rows = torch.zeros(2, B, C, H, W + 2 * p + 1, **f64)
     inner = rows[..., p + 1 : p + 1 + W]
     inner[0] = target
@@ -69,16 +71,18 @@ def normalize_target(target: torch.Tensor, window: int = 47) -> torch.Tensor:
 def masked_l1_loss(
     target: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor, patch_size: int
 ) -> torch.Tensor:
-    """Mean absolute error over the masked pixel-channels. `target`, `reconstruction`: `(B, C, H, W)`;
-    `mask`: `(B, H/patch, W/patch)`, 1 = masked."""
+    """Mean absolute error over the masked pixel-channels. `target`, `reconstruction`:
+    `(B, C, H, W)`; `mask`: `(B, H/patch, W/patch)`, 1 = masked."""
     B, C, H, W = target.shape
     h, w = mask.shape[-2:]
     if (H, W) != (h * patch_size, w * patch_size):
-        raise ValueError(f"mask {tuple(mask.shape)} does not cover images {H}x{W} in patches of {patch_size}: "
-                         f"the mask needs (B, H/{patch_size}, W/{patch_size})")
+        raise ValueError(
+            f"mask {tuple(mask.shape)} does not cover images {H}x{W} in patches of {patch_size}: "
+            f"the mask needs (B, H/{patch_size}, W/{patch_size})"
+        )
     error = (target.float() - reconstruction.float()).abs()
-    # Summed per patch first, then weighted by the token mask: the pixel mask (the token mask repeated
-    # `patch_size` times per side) is never built.
+    # Summed per patch first, then weighted by the token mask: the pixel mask (the token mask
+    # repeated `patch_size` times per side) is never built.
     per_patch = error.reshape(B, C, h, patch_size, w, patch_size).sum(dim=(1, 3, 5))  # (B, h, w)
     weight = mask.to(per_patch.dtype)
     return (per_patch * weight).sum() / (weight.sum() * patch_size**2 + 1e-5) / C
@@ -86,7 +90,8 @@ def masked_l1_loss(
 
 @dataclass
 class SimMIMOutput:
-    """`loss`: scalar; `reconstruction`: `(B, C, H, W)` in the normalised pixel space of the input."""
+    """`loss`: scalar; `reconstruction`: `(B, C, H, W)` in the normalised pixel space of the
+    input."""
 
     loss: torch.Tensor
     reconstruction: torch.Tensor
@@ -95,10 +100,14 @@ class SimMIMOutput:
 class SimMIM(nn.Module):
     """Masked image modelling on a SwinV2 encoder."""
 
-    def __init__(self, encoder: SwinV2Encoder, norm_target: bool = False, norm_target_window: int = 47) -> None:
+    def __init__(
+        self, encoder: SwinV2Encoder, norm_target: bool = False, norm_target_window: int = 47
+    ) -> None:
         super().__init__()
         if encoder.mask_token is None:
-            raise ValueError("SimMIM needs an encoder with a mask token (SwinV2Config(use_mask_token=True))")
+            raise ValueError(
+                "SimMIM needs an encoder with a mask token (SwinV2Config(use_mask_token=True))"
+            )
         self.encoder = encoder
         self.norm_target = norm_target
         self.norm_target_window = norm_target_window
@@ -113,7 +122,8 @@ class SimMIM(nn.Module):
         return cls(SwinV2Encoder(cfg.replace(use_mask_token=True)), **kwargs)
 
     def forward(self, pixel_values: torch.Tensor, mask: torch.Tensor) -> SimMIMOutput:
-        """`pixel_values`: `(B, C, H, W)` normalised; `mask`: `(B, H/patch, W/patch)`, 1 = masked."""
+        """`pixel_values`: `(B, C, H, W)` normalised; `mask`: `(B, H/patch, W/patch)`, 1 =
+        masked."""
         z = self.encoder(pixel_values, mask=mask).last_hidden_state  # (B, h, w, C)
         reconstruction = self.decoder(z.permute(0, 3, 1, 2))
         target = pixel_values

@@ -1,7 +1,7 @@
-"""What pretraining and fine-tuning share: the official optimisation recipe (no-decay groups, LR scaled by the
-global batch, per-iteration warmup + schedule), the loss handed to the stability guard (without
-it, a stop on a non-finite loss), and the start-up summary of the derived quantities. Nothing here
-depends on the strategy (`distributed/` owns that, the gradient norm included)."""
+"""What pretraining and fine-tuning share: the official optimisation recipe (no-decay groups, LR
+scaled by the global batch, per-iteration warmup + schedule), the loss handed to the stability guard
+(without it, a stop on a non-finite loss), and the start-up summary of the derived quantities.
+Nothing here depends on the strategy (`distributed/` owns that, the gradient norm included)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,14 @@ class NonFiniteLossError(FloatingPointError):
 class TrainTask(L.LightningModule):
     """Base class: subclasses implement `training_step`/`validation_step` and call `check_loss`."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: OptimConfig, scheduler: ScheduleConfig,
-                 batch_size: int, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: OptimConfig,
+        scheduler: ScheduleConfig,
+        batch_size: int,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_config = optimizer
@@ -37,7 +43,7 @@ class TrainTask(L.LightningModule):
         self.lr_factor = 1.0
         self._flops_per_batch: int | None = None
 
-    # ------------------------------------------------------------------------------------------ set-up
+    # --------------------------------------------------------------------------------------- set-up
     @property
     def global_batch(self) -> int:
         trainer = self.trainer
@@ -45,13 +51,16 @@ class TrainTask(L.LightningModule):
 
     @property
     def flops_per_batch(self) -> int | None:
-        """FLOPs of one training step on this device (forward and backward, `throughput.step_flops`), counted
-        once; what Lightning's `ThroughputMonitor` turns into FLOP/s and MFU. None if they cannot be counted."""
+        """FLOPs of one training step on this device (forward and backward,
+        `throughput.step_flops`), counted once; what Lightning's `ThroughputMonitor` turns into
+        FLOP/s and MFU. None if they cannot be counted."""
         if self._flops_per_batch is None:
             try:
                 self._flops_per_batch = step_flops(self.model, self.batch_size)
             except Exception as err:  # a metric only: training goes on without it
-                rank_zero_warn(f"FLOPs per step not counted ({type(err).__name__}: {err}): no FLOP/s or MFU")
+                rank_zero_warn(
+                    f"FLOPs per step not counted ({type(err).__name__}: {err}): no FLOP/s or MFU"
+                )
                 self._flops_per_batch = 0
         return self._flops_per_batch or None
 
@@ -70,16 +79,25 @@ class TrainTask(L.LightningModule):
             changes["fused"] = False
         opt = optim.build_optimizer(self.model, spec, lr_factor=self.lr_factor, **changes)
         total, per_epoch = self._optimizer_steps()
-        schedule, warmup = optim.scheduler_from_config(opt, self.schedule_config, total_steps=total,
-                                                       steps_per_epoch=per_epoch, lr_factor=self.lr_factor,
-                                                       log=rank_zero_info)
+        schedule, warmup = optim.scheduler_from_config(
+            opt,
+            self.schedule_config,
+            total_steps=total,
+            steps_per_epoch=per_epoch,
+            lr_factor=self.lr_factor,
+            log=rank_zero_info,
+        )
         self._steps = (total, per_epoch, warmup)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1},
+        }
 
     def _optimizer_steps(self) -> tuple[int, float]:
-        """(total, per epoch) optimizer steps, counted as `Trainer.estimated_stepping_batches` counts them, but
-        from `len(train_dataloader())`: the Trainer property sets up the training iterator before a resumed
-        checkpoint is restored, and with loader workers that iterator's first pass then replays epoch 0's order."""
+        """(total, per epoch) optimizer steps, counted as `Trainer.estimated_stepping_batches`
+        counts them, but from `len(train_dataloader())`: the Trainer property sets up the training
+        iterator before a resumed checkpoint is restored, and with loader workers that iterator's
+        first pass then replays epoch 0's order."""
         t = self.trainer
         datamodule = getattr(t, "datamodule", None)
         if datamodule is None:
@@ -103,22 +121,24 @@ class TrainTask(L.LightningModule):
         total, per_epoch, warmup = getattr(self, "_steps", (0, 0, 0))
         opt, sched, t = self.optimizer_config, self.schedule_config, self.trainer
         rank_zero_info(
-            f"[{type(self).__name__}] {type(self.model).__name__}: {n_params / 1e6:.2f}M parameters "
-            f"({n_train / 1e6:.2f}M trainable)\n"
-            f"  global batch {self.global_batch} = {self.batch_size} per device x {t.world_size} devices "
-            f"x {t.accumulate_grad_batches} accumulation\n"
-            f"  lr {opt.base_lr * self.lr_factor:.3e} = base {opt.base_lr:.3e} x {self.global_batch}/"
-            f"{opt.reference_batch}; warmup {warmup} steps ({sched.warmup_epochs:g} epochs) from "
-            f"{sched.warmup_lr * self.lr_factor:.3e}, {sched.name.value} to {sched.min_lr * self.lr_factor:.3e}\n"
+            f"[{type(self).__name__}] {type(self.model).__name__}: {n_params / 1e6:.2f}M "
+            f"parameters ({n_train / 1e6:.2f}M trainable)\n"
+            f"  global batch {self.global_batch} = {self.batch_size} per device x {t.world_size} "
+            f"devices x {t.accumulate_grad_batches} accumulation\n"
+            f"  lr {opt.base_lr * self.lr_factor:.3e} = base {opt.base_lr:.3e} x "
+            f"{self.global_batch}/{opt.reference_batch}; warmup {warmup} steps "
+            f"({sched.warmup_epochs:g} epochs) from {sched.warmup_lr * self.lr_factor:.3e}, "
+            f"{sched.name.value} to {sched.min_lr * self.lr_factor:.3e}\n"
             f"  {total} optimizer steps ({per_epoch:.1f} per epoch), precision {t.precision}, "
-            f"strategy {type(t.strategy).__name__}, grad clip {t.gradient_clip_val}")
+            f"strategy {type(t.strategy).__name__}, grad clip {t.gradient_clip_val}"
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What rebuilds the model without Hydra (`ModelMeta`, in plain types: checkpoints load with
         weights_only=True; `weights.load_model` reads it back)."""
         checkpoint[CHECKPOINT_KEY] = ModelMeta.of(self.model).to_dict()
 
-    # ------------------------------------------------------------------------------------------ checks
+    # --------------------------------------------------------------------------------------- checks
     def _guard(self) -> Stability | None:
         return next((cb for cb in self.trainer.callbacks if isinstance(cb, Stability)), None)
 
@@ -133,8 +153,10 @@ class TrainTask(L.LightningModule):
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.detach().float().item()}) at step {self.global_step} "
-                f"(epoch {self.current_epoch}). Lower optim.base_lr, use trainer.precision=bf16-mixed instead "
-                f"of 16-mixed, keep optim.grad_clip, or resume from the last good checkpoint.")
+                f"(epoch {self.current_epoch}). Lower optim.base_lr, use "
+                "trainer.precision=bf16-mixed instead of 16-mixed, keep optim.grad_clip, or "
+                "resume from the last good checkpoint."
+            )
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -147,7 +169,13 @@ class TrainTask(L.LightningModule):
     def log_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         """`train/loss_step` at every step (NaN at a skipped non-finite one, never a stale value)
         and `train/loss_epoch`, the mean over the epoch's finite losses."""
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=batch_size)
+        self.log(
+            "train/loss_step",
+            loss,
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+            batch_size=batch_size,
+        )
         if torch.isfinite(loss.detach()).all():
             self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)

@@ -1,5 +1,6 @@
-"""What the entry points build from a composed config: datasets first (a bad data root fails before a model is
-built), the datamodule, loggers (wandb offline without credentials), the Trainer with atomic checkpoints, resume."""
+"""What the entry points build from a composed config: datasets first (a bad data root fails before
+a model is built), the datamodule, loggers (wandb offline without credentials), the Trainer with
+atomic checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -25,24 +26,29 @@ from .callbacks import RNGState
 
 
 def build_datasets(data, train_transform, val_transform):
-    """The train and validation splits (val None when the source has none), built now, so a missing root or empty
-    folder fails before a model is built. `data`: a data source's typed config (`config.schema.DataConfig` and its
-    kin), whose `train` / `val` are its builder's typed `_target_` nodes.
+    """The train and validation splits (val None when the source has none), built now, so a missing
+    root or empty folder fails before a model is built. `data`: a data source's typed config
+    (`config.schema.DataConfig` and its kin), whose `train` / `val` are its builder's typed
+    `_target_` nodes.
 
-    The validation split is the source's `val` node, else, for image folders, `val_root` built with the train
-    node's settings (`data=folder data.root=/data/train data.val_root=/data/val`), else, with `data.val_split`, a
-    fixed fraction of the training samples (`data.views.hold_out`, seeded by `data.val_split_seed`), which
-    training then never sees. A builder that takes `val_split` itself (`data.build_hf`: a split's name, or a
-    fraction through `datasets`' `train_test_split`) makes both parts in its `train` and `val` nodes."""
+    The validation split is the source's `val` node, else, for image folders, `val_root` built with
+    the train node's settings (`data=folder data.root=/data/train data.val_root=/data/val`), else,
+    with `data.val_split`, a fixed fraction of the training samples (`data.views.hold_out`, seeded
+    by `data.val_split_seed`), which training then never sees. A builder that takes `val_split`
+    itself (`data.build_hf`: a split's name, or a fraction through `datasets`' `train_test_split`)
+    makes both parts in its `train` and `val` nodes."""
     train = instantiate(data.train, transform=train_transform)
     val = _build_val(data, val_transform)
     if len(train) == 0:
         raise ConfigError("the training set is empty: check data.root / data.urls")
     fraction = _get(data, "val_split")
-    if fraction is not None and _get(data.train, "val_split") is None:  # data=hf's builder splits its own data
+    # data=hf's builder splits its own data
+    if fraction is not None and _get(data.train, "val_split") is None:
         if val is not None:
-            raise ConfigError(f"data.val_split={fraction} holds training images out only when the source has no "
-                              "validation split, and this one has (data.val / data.val_root): drop one of them")
+            raise ConfigError(
+                f"data.val_split={fraction} holds training images out only when the source has no "
+                "validation split, and this one has (data.val / data.val_root): drop one of them"
+            )
         try:
             train, val = hold_out(train, fraction, _get(data, "val_split_seed") or 0, val_transform)
         except ValueError as err:
@@ -62,14 +68,19 @@ def _build_val(data, transform):
     return None
 
 
-def build_datamodule(train, val, *, batch_size: int, num_workers: int, seed: int,
-                     validate_only: bool = False) -> SimMIMDataModule:
-    """The loaders' module. For training, refuses a training set smaller than one batch (the partial batch is
-    dropped, so the run would train on nothing)."""
+def build_datamodule(
+    train, val, *, batch_size: int, num_workers: int, seed: int, validate_only: bool = False
+) -> SimMIMDataModule:
+    """The loaders' module. For training, refuses a training set smaller than one batch (the partial
+    batch is dropped, so the run would train on nothing)."""
     if not validate_only and len(train) < batch_size:
-        raise ConfigError(f"the training set has {len(train)} images, fewer than one batch (batch_size="
-                          f"{batch_size}, the last partial batch is dropped): set batch_size={len(train)} or less")
-    return SimMIMDataModule(train=train, val=val, batch_size=batch_size, num_workers=num_workers, seed=seed)
+        raise ConfigError(
+            f"the training set has {len(train)} images, fewer than one batch (batch_size="
+            f"{batch_size}, the last partial batch is dropped): set batch_size={len(train)} or less"
+        )
+    return SimMIMDataModule(
+        train=train, val=val, batch_size=batch_size, num_workers=num_workers, seed=seed
+    )
 
 
 def _wandb_credentials() -> bool:
@@ -90,36 +101,52 @@ def build_loggers(cfg: DictConfig) -> list:
         if name == "wandb" and node.get("offline") is None:
             kwargs["offline"] = not _wandb_credentials()
             if kwargs["offline"]:
-                rank_zero_info("wandb: no credentials found, logging offline (sync later with `wandb sync`)")
+                rank_zero_info(
+                    "wandb: no credentials found, logging offline (sync later with `wandb sync`)"
+                )
         loggers.append(instantiate(node, **kwargs))
     return loggers
 
 
-def build_trainer(cfg: DictConfig, callbacks: list | None = None, resume: str | None = None) -> L.Trainer:
-    """The Trainer of `cfg.trainer`, with our callbacks and plugins. `resume`: the checkpoint `fit` will resume
-    from, checked against the strategy first (`distributed.strategy.check_resume`)."""
+def build_trainer(
+    cfg: DictConfig, callbacks: list | None = None, resume: str | None = None
+) -> L.Trainer:
+    """The Trainer of `cfg.trainer`, with our callbacks and plugins. `resume`: the checkpoint `fit`
+    will resume from, checked against the strategy first (`distributed.strategy.check_resume`)."""
     strategy = cfg.trainer.get("strategy")
     if OmegaConf.is_dict(strategy):  # built here to be checked, then handed to the Trainer
         strategy = instantiate(strategy)
     check_resume(strategy, resume)
     loggers = build_loggers(cfg)
     nodes = (cfg.get("callbacks") or {}).values()
-    callbacks = [instantiate(c) for c in nodes if c is not None and "_target_" in c] + (callbacks or [])
+    callbacks = [instantiate(c) for c in nodes if c is not None and "_target_" in c] + (
+        callbacks or []
+    )
     if not loggers:  # nothing to monitor into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(RNGState())
-    for always in (BadSampleMonitor, GradNorm):  # judging the data, the gradient norm: never optional
+    # judging the data, the gradient norm: never optional
+    for always in (BadSampleMonitor, GradNorm):
         if not any(isinstance(c, always) for c in callbacks):
             callbacks.append(always())
     # Checkpoint files written whole (unused by a strategy that writes its own sharded directories)
     plugins = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():  # under srun; SIGUSR1 (sbatch --signal) is the Preemption callback's, whose
-        plugins.append(SLURMEnvironment(auto_requeue=False))  # save is collective-safe (Lightning's is not)
-    return instantiate(cfg.trainer, strategy=strategy, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    # under srun; SIGUSR1 (sbatch --signal) is the Preemption callback's, whose
+    if SLURMEnvironment.detect():
+        # save is collective-safe (Lightning's is not)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return instantiate(
+        cfg.trainer,
+        strategy=strategy,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=plugins,
+    )
 
 
 def resume_path(resume: str, run_dir: str | Path) -> str | None:
-    """`resume=auto`: the newest checkpoint in the run directory, if any; `never`; or an explicit path."""
+    """`resume=auto`: the newest checkpoint in the run directory, if any; `never`; or an explicit
+    path."""
     if resume == "never":
         return None
     if resume != "auto":
@@ -136,5 +163,12 @@ def save_resolved_config(cfg: DictConfig, run_dir: str | Path) -> None:
         (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-__all__ = ["ADD_VAL_SPLIT", "build_datamodule", "build_datasets", "build_loggers", "build_trainer", "resume_path",
-           "save_resolved_config"]
+__all__ = [
+    "ADD_VAL_SPLIT",
+    "build_datamodule",
+    "build_datasets",
+    "build_loggers",
+    "build_trainer",
+    "resume_path",
+    "save_resolved_config",
+]

@@ -1,5 +1,5 @@
-"""Fine-tuning a classifier: cross-entropy with label smoothing, or soft targets when mixup/cutmix mixes the
-batch; top-1/top-5 on validation. Batches are `(images, labels)`."""
+"""Fine-tuning a classifier: cross-entropy with label smoothing, or soft targets when mixup/cutmix
+mixes the batch; top-1/top-5 on validation. Batches are `(images, labels)`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,18 @@ from .optim import OptimConfig, ScheduleConfig
 
 
 class FinetuneTask(TrainTask):
-    """`mixup`: a callable `(images, labels) -> (images, soft_targets)` such as timm's `Mixup`, or None."""
+    """`mixup`: a callable `(images, labels) -> (images, soft_targets)` such as timm's `Mixup`, or
+    None."""
 
-    def __init__(self, model: SwinV2Classifier, optimizer: OptimConfig, scheduler: ScheduleConfig, batch_size: int,
-                 mixup=None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: SwinV2Classifier,
+        optimizer: OptimConfig,
+        scheduler: ScheduleConfig,
+        batch_size: int,
+        mixup=None,
+        compile: bool = False,
+    ) -> None:
         super().__init__(model, optimizer, scheduler, batch_size, compile)
         self.mixup = mixup
         n = model.num_classes
@@ -41,6 +49,12 @@ class FinetuneTask(TrainTask):
         self.val_top1(logits, labels)
         self.val_top5(logits, labels)
         n = images.shape[0]
-        self.log("val/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, sync_dist=True, batch_size=n)
+        self.log(
+            "val/loss",
+            F.cross_entropy(logits.float(), labels),
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=n,
+        )
         self.log("val/top1", self.val_top1, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("val/top5", self.val_top5, on_epoch=True, batch_size=n)

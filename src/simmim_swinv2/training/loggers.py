@@ -17,12 +17,14 @@ class _AppendingWriter(ExperimentWriter):
                 self.metrics_keys = sorted(next(csv.reader(f), []))
 
     def _check_log_dir_exists(self) -> None:
-        """Keep an existing metrics.csv: the writer appends to it (and rewrites its header when new columns
-        appear), so a resumed run continues the history instead of deleting it, as Lightning's does."""
+        """Keep an existing metrics.csv: the writer appends to it (and rewrites its header when new
+        columns appear), so a resumed run continues the history instead of deleting it, as
+        Lightning's does."""
 
 
 class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSVLogger, but a run resumed in the same directory appends to its `metrics.csv`."""
+    """Lightning's CSVLogger, but a run resumed in the same directory appends to its
+    `metrics.csv`."""
 
     @property
     @rank_zero_experiment

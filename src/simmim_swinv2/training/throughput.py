@@ -1,11 +1,12 @@
-"""How fast a run trains, and against what: the FLOPs of one training step (counted once per configuration), the
-peak FLOP/s of the device, and the callback that logs them with img/s and the share of time spent waiting for data.
+"""How fast a run trains, and against what: the FLOPs of one training step (counted once per
+configuration), the peak FLOP/s of the device, and the callback that logs them with img/s and the
+share of time spent waiting for data.
 
 Metrics (rank 0, whenever Lightning writes the logs, `trainer.log_every_n_steps`): Lightning's
-`train/device/samples_per_sec`, `train/device/flops_per_sec` and `train/device/mfu` (model FLOP/s over the peak),
-over a window of `window_size` batches, and `train/data_wait`: the fraction of the training time since the last
-log that the loop spent waiting for the loader's next batch (near 0: the loader keeps up; well above 0: add
-`num_workers`, or a faster source).
+`train/device/samples_per_sec`, `train/device/flops_per_sec` and `train/device/mfu` (model FLOP/s
+over the peak), over a window of `window_size` batches, and `train/data_wait`: the fraction of the
+training time since the last log that the loop spent waiting for the loader's next batch (near 0:
+the loader keeps up; well above 0: add `num_workers`, or a faster source).
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ from .bad_samples import _loaders
 
 
 def step_flops(model: torch.nn.Module, batch_size: int = 1) -> int:
-    """FLOPs of one training step (forward and backward) of one of our models at its configured image size.
+    """FLOPs of one training step (forward and backward) of one of our models at its configured
+    image size.
 
-    Counted by torch's `FlopCounterMode` (matmuls, convolutions, attention) on a copy of the model built on the meta
-    device from its description: no memory and no arithmetic, the same for any model and batch size, sharded or
-    compiled. (Counted at the batch itself: the position-bias MLP runs once per step, whatever the batch.)
+    Counted by torch's `FlopCounterMode` (matmuls, convolutions, attention) on a copy of the model
+    built on the meta device from its description: no memory and no arithmetic, the same for any
+    model and batch size, sharded or compiled. (Counted at the batch itself: the position-bias MLP
+    runs once per step, whatever the batch.)
 
     Args:
-        model: `SimMIM`, `SwinV2Classifier` or `SwinV2Encoder` (its description: `weights.meta.ModelMeta`).
+        model: `SimMIM`, `SwinV2Classifier` or `SwinV2Encoder` (its description:
+            `weights.meta.ModelMeta`).
         batch_size: images per step.
 
     Returns:
@@ -49,7 +53,9 @@ def step_flops(model: torch.nn.Module, batch_size: int = 1) -> int:
         x = torch.zeros(batch_size, cfg.in_chans, h, w)
         with FlopCounterMode(display=False) as counter:
             if isinstance(fresh, SimMIM):
-                mask = torch.zeros(batch_size, h // cfg.patch_size, w // cfg.patch_size, dtype=torch.long)
+                mask = torch.zeros(
+                    batch_size, h // cfg.patch_size, w // cfg.patch_size, dtype=torch.long
+                )
                 loss = fresh(x, mask).loss
             elif isinstance(fresh, SwinV2Classifier):
                 loss = fresh(x).logits.sum()
@@ -61,8 +67,9 @@ def step_flops(model: torch.nn.Module, batch_size: int = 1) -> int:
 
 @functools.cache
 def measured_matmul_flops(device: str, dtype: torch.dtype) -> float:
-    """FLOP/s of one large matrix product in `dtype` on `device`, the best of 3 (about 0.1 s on a CPU core): the
-    peak for MFU where no datasheet number is known (CPUs, GPUs missing from Lightning's table). Once per process."""
+    """FLOP/s of one large matrix product in `dtype` on `device`, the best of 3 (about 0.1 s on a
+    CPU core): the peak for MFU where no datasheet number is known (CPUs, GPUs missing from
+    Lightning's table). Once per process."""
     dev = torch.device(device)
     n = 4096 if dev.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
@@ -78,16 +85,19 @@ def measured_matmul_flops(device: str, dtype: torch.dtype) -> float:
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """The device's peak FLOP/s in `dtype`: Lightning's datasheet table (GPUs, TPUs), else `measured_matmul_flops`."""
+    """The device's peak FLOP/s in `dtype`: Lightning's datasheet table (GPUs, TPUs), else
+    `measured_matmul_flops`."""
     return float(get_available_flops(device, dtype) or measured_matmul_flops(str(device), dtype))
 
 
 class TrainThroughput(ThroughputMonitor):
-    """Lightning's `ThroughputMonitor` (img/s; FLOP/s and MFU from the task's `flops_per_batch`, see `step_flops`),
-    with MFU on every device (`peak_flops`) and `train/data_wait` (the module docstring).
+    """Lightning's `ThroughputMonitor` (img/s; FLOP/s and MFU from the task's `flops_per_batch`, see
+    `step_flops`), with MFU on every device (`peak_flops`) and `train/data_wait` (the module
+    docstring).
 
-    The wait is what the training loader's iterator spent in `next()` (`data.SimMIMDataModule` times it), over
-    the wall time of the training steps since the last log; validation is left out of both.
+    The wait is what the training loader's iterator spent in `next()` (`data.SimMIMDataModule` times
+    it), over the wall time of the training steps since the last log; validation is left out of
+    both.
 
     Args:
         batch_size_fn: images in a batch; default: the length of its first element.
@@ -95,9 +105,12 @@ class TrainThroughput(ThroughputMonitor):
         separator: between the stage and the metric's name.
     """
 
-    def __init__(self, batch_size_fn: Callable | None = None, window_size: int = 20, separator: str = "/") -> None:
+    def __init__(
+        self, batch_size_fn: Callable | None = None, window_size: int = 20, separator: str = "/"
+    ) -> None:
         super().__init__(batch_size_fn or _batch_size, window_size=window_size, separator=separator)
-        self._mark: tuple[float, float] | None = None  # (time, loader wait so far) at the last batch end
+        # (time, loader wait so far) at the last batch end
+        self._mark: tuple[float, float] | None = None
         self._window = [0.0, 0.0]  # step seconds, wait seconds since the last log
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -117,7 +130,8 @@ class TrainThroughput(ThroughputMonitor):
 
     @rank_zero_only
     def on_train_start(self, trainer, pl_module) -> None:
-        getattr(pl_module, "flops_per_batch", None)  # counted once now, not inside the first timed step
+        # counted once now, not inside the first timed step
+        getattr(pl_module, "flops_per_batch", None)
         super().on_train_start(trainer)
         self._resume(trainer)
 
@@ -132,7 +146,9 @@ class TrainThroughput(ThroughputMonitor):
             return
         stage = trainer.state.stage
         throughput = self._throughputs[stage]
-        metrics = {f"{stage.value}{throughput.separator}{k}": v for k, v in throughput.compute().items()}
+        metrics = {
+            f"{stage.value}{throughput.separator}{k}": v for k, v in throughput.compute().items()
+        }
         step_s, wait_s = self._window
         if stage == RunningStage.TRAINING and step_s > 0:
             metrics[f"{stage.value}{throughput.separator}data_wait"] = min(wait_s / step_s, 1.0)

@@ -1,9 +1,11 @@
-"""`python -m simmim_swinv2.convert`: weights between our runs, transformers, official, timm and our format.
+"""`python -m simmim_swinv2.convert`: weights between our runs, transformers, official, timm and our
+format.
 
-    python -m simmim_swinv2.convert to-transformers outputs/finetune/<run> hf_export/   # our run -> transformers
-    python -m simmim_swinv2.convert to-transformers swinv2_tiny_patch4_window8_256.pth hf/ --img-size 256
-    python -m simmim_swinv2.convert from-transformers hf_export/ model.safetensors
-"""
+python -m simmim_swinv2.convert to-transformers outputs/finetune/<run> hf_export/
+    # our run -> transformers
+python -m simmim_swinv2.convert to-transformers swinv2_tiny_patch4_window8_256.pth hf/ --img-size 256
+python -m simmim_swinv2.convert from-transformers hf_export/ model.safetensors
+"""  # noqa: E501 - a command line longer than 100 characters
 
 from __future__ import annotations
 
@@ -18,29 +20,56 @@ from .ours import save_model
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m simmim_swinv2.convert",
-        description="Convert SwinV2 / SimMIM weights between our runs, transformers, official, timm and our format.")
+        description=(
+            "Convert SwinV2 / SimMIM weights between our runs, transformers, official, timm and "
+            "our format."
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    to_hf = sub.add_parser("to-transformers", help="our run / checkpoint, official, timm or transformers weights → a "
-                                                   "transformers dir (config.json, model.safetensors, preprocessor)")
+    to_hf = sub.add_parser(
+        "to-transformers",
+        help="our run / checkpoint, official, timm or transformers weights → a "
+        "transformers dir (config.json, model.safetensors, preprocessor)",
+    )
     to_hf.add_argument("source", help=f"one of: {EXPECTED}")
     to_hf.add_argument("out_dir")
-    to_hf.add_argument("--format", choices=("auto", *FORMATS), default="auto",
-                       help="auto: ours first (run dir, .ckpt, ZeRO dir, .safetensors + .json), then a transformers "
-                            "dir, then an official or timm state dict told apart by its key names")
-    to_hf.add_argument("--window-size", type=int, help="window size, for checkpoints that do not record it")
-    to_hf.add_argument("--img-size", type=int, help="image size the windows are sized for (official / timm)")
-    to_hf.add_argument("--encoder-only", action="store_true", help="drop decoder/head, write a Swinv2Model")
-    from_hf = sub.add_parser("from-transformers", help="a transformers dir → our safetensors + config.json")
+    to_hf.add_argument(
+        "--format",
+        choices=("auto", *FORMATS),
+        default="auto",
+        help=(
+            "auto: ours first (run dir, .ckpt, ZeRO dir, .safetensors + .json), then a "
+            "transformers dir, then an official or timm state dict told apart by its key names"
+        ),
+    )
+    to_hf.add_argument(
+        "--window-size", type=int, help="window size, for checkpoints that do not record it"
+    )
+    to_hf.add_argument(
+        "--img-size", type=int, help="image size the windows are sized for (official / timm)"
+    )
+    to_hf.add_argument(
+        "--encoder-only", action="store_true", help="drop decoder/head, write a Swinv2Model"
+    )
+    from_hf = sub.add_parser(
+        "from-transformers", help="a transformers dir → our safetensors + config.json"
+    )
     from_hf.add_argument("source")
-    from_hf.add_argument("out_file", help="output .safetensors (its config lands beside it as .json)")
+    from_hf.add_argument(
+        "out_file", help="output .safetensors (its config lands beside it as .json)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "from-transformers":
         model = from_transformers(args.source)
         save_model(model, args.out_file)
-        print(f"wrote {args.out_file} ({type(model).__name__}, {_count(model) / 1e6:.1f}M parameters)")
+        print(
+            f"wrote {args.out_file} ({type(model).__name__}, {_count(model) / 1e6:.1f}M parameters)"
+        )
         return
-    overrides = {k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v}
+    overrides = {
+        k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v
+    }
     fmt = identify(args.source, args.format).format
     model = load_model(args.source, format=fmt, **overrides)
     if args.encoder_only:
@@ -51,4 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         names = list(model.id2label.values())
         labels = f", labels {', '.join(names[:5])}{', …' if len(names) > 5 else ''}"
     what = "our checkpoint" if fmt == "ours" else f"{fmt} weights"
-    print(f"wrote {args.out_dir} ({type(model).__name__} from {what}, {_count(model) / 1e6:.1f}M parameters{labels})")
+    print(
+        f"wrote {args.out_dir} ({type(model).__name__} from {what}, {_count(model) / 1e6:.1f}M "
+        f"parameters{labels})"
+    )

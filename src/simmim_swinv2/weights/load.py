@@ -1,6 +1,6 @@
-"""Model weights from anything we or the peers save: the one place that tells formats apart (`identify`, and
-`weights_format` its short answer), one `load_model`, and the encoder of any of them for `pretrained=`
-(`encoder_state_dict`, `load_pretrained_encoder`)."""
+"""Model weights from anything we or the peers save: the one place that tells formats apart
+(`identify`, and `weights_format` its short answer), one `load_model`, and the encoder of any of
+them for `pretrained=` (`encoder_state_dict`, `load_pretrained_encoder`)."""
 
 from __future__ import annotations
 
@@ -21,18 +21,25 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------- formats
-EXPECTED = ("a run directory of ours (checkpoints/*.ckpt), a Lightning .ckpt, a DeepSpeed ZeRO checkpoint directory "
-            "(*.ckpt/ with a `latest` file), our .safetensors with its .json (convert.save_model), a transformers "
-            "directory (config.json), or an official SwinV2 / SimMIM or timm state dict (.pth/.pt/.bin/.safetensors)")
+EXPECTED = (
+    "a run directory of ours (checkpoints/*.ckpt), a Lightning .ckpt, a DeepSpeed ZeRO checkpoint "
+    "directory (*.ckpt/ with a `latest` file), our .safetensors with its .json "
+    "(convert.save_model), a transformers directory (config.json), or an official SwinV2 / SimMIM "
+    "or timm state dict (.pth/.pt/.bin/.safetensors)"
+)
 FORMATS = ("ours", "transformers", "official", "timm")
-IMPORTERS = {"transformers": interop.from_transformers, "official": interop.from_official, "timm": interop.from_timm}
+IMPORTERS = {
+    "transformers": interop.from_transformers,
+    "official": interop.from_official,
+    "timm": interop.from_timm,
+}
 
 
 @dataclass(frozen=True)
 class Source:
-    """What a weights path is: `format` (one of `FORMATS`), `reader` (for ours: a key of `ours.READERS` —
-    `lightning`, `zero`, `safetensors`; else the format), `path` (the file or ZeRO directory to read: a run
-    directory's checkpoint) and `what` (for messages)."""
+    """What a weights path is: `format` (one of `FORMATS`), `reader` (for ours: a key of
+    `ours.READERS` — `lightning`, `zero`, `safetensors`; else the format), `path` (the file or ZeRO
+    directory to read: a run directory's checkpoint) and `what` (for messages)."""
 
     format: str
     reader: str
@@ -41,11 +48,12 @@ class Source:
 
 
 def identify(source: str | Path, format: str = "auto") -> Source:
-    """Tell what `source` is; ours are recognised first: a ZeRO checkpoint directory, a run directory (its newest
-    checkpoint, `_run_checkpoint`), a Lightning `.ckpt`, `save_model`'s `.safetensors` + `.json`; then a
-    transformers `save_pretrained` directory; then any other weights file, official or timm told apart by its key
-    names (read with `weights_only=True`). `format` (one of `FORMATS`) skips detection for foreign formats and
-    insists on ours for `ours`. Anything else is refused with the list of what is expected."""
+    """Tell what `source` is; ours are recognised first: a ZeRO checkpoint directory, a run
+    directory (its newest checkpoint, `_run_checkpoint`), a Lightning `.ckpt`, `save_model`'s
+    `.safetensors` + `.json`; then a transformers `save_pretrained` directory; then any other
+    weights file, official or timm told apart by its key names (read with `weights_only=True`).
+    `format` (one of `FORMATS`) skips detection for foreign formats and insists on ours for `ours`.
+    Anything else is refused with the list of what is expected."""
     if format not in ("auto", *FORMATS):
         raise ValueError(f"format={format!r}: use auto or one of {FORMATS}")
     path = Path(source)
@@ -58,9 +66,13 @@ def identify(source: str | Path, format: str = "auto") -> Source:
             return Source("transformers", "transformers", path, "transformers directory")
         if find_resume_checkpoint(path) is not None:
             ckpt = _run_checkpoint(path)
-            return Source("ours", identify(ckpt, "ours").reader, ckpt, f"run directory ({ckpt.name})")
-        raise FileNotFoundError(f"{path} is a directory with neither checkpoints/*.ckpt (a run of ours), a `latest` "
-                                f"file (a ZeRO checkpoint) nor config.json (transformers); expected {EXPECTED}")
+            return Source(
+                "ours", identify(ckpt, "ours").reader, ckpt, f"run directory ({ckpt.name})"
+            )
+        raise FileNotFoundError(
+            f"{path} is a directory with neither checkpoints/*.ckpt (a run of ours), a `latest` "
+            f"file (a ZeRO checkpoint) nor config.json (transformers); expected {EXPECTED}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; expected {EXPECTED}")
     if path.suffix == ".ckpt":
@@ -68,19 +80,26 @@ def identify(source: str | Path, format: str = "auto") -> Source:
     if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
         return Source("ours", "safetensors", path, "safetensors")
     if format == "ours":
-        raise ValueError(f"{path} is not a checkpoint of ours (a .ckpt, a ZeRO directory, a run directory, or a "
-                         ".safetensors with its .json); leave format=auto to read other weights")
+        raise ValueError(
+            f"{path} is not a checkpoint of ours (a .ckpt, a ZeRO directory, a run directory, or a "
+            ".safetensors with its .json); leave format=auto to read other weights"
+        )
     try:
         keys = interop.weight_keys(path)
     except Exception as err:  # not a pickle / safetensors at all, or one that needs a full unpickle
-        raise ValueError(f"cannot read {path} as weights ({type(err).__name__}: {err}); expected {EXPECTED}") from err
-    # official: SimMIM's `encoder.` prefix, `rpe_mlp` names, patch merging at a stage's end; timm: our names
+        raise ValueError(
+            f"cannot read {path} as weights ({type(err).__name__}: {err}); expected {EXPECTED}"
+        ) from err
+    # official: SimMIM's `encoder.` prefix, `rpe_mlp` names, patch merging at a stage's end; timm:
+    # our names
     if any(k.startswith(("encoder.", "layers.0.downsample")) or "rpe_mlp" in k for k in keys):
         return Source("official", "official", path, "official checkpoint")
     if "patch_embed.proj.weight" in keys:
         return Source("timm", "timm", path, "timm state dict")
-    raise ValueError(f"{path} holds no SwinV2 weights we know (no patch_embed.proj.weight, no SimMIM `encoder.` "
-                     f"keys; first keys: {keys[:5]}); expected {EXPECTED}")
+    raise ValueError(
+        f"{path} holds no SwinV2 weights we know (no patch_embed.proj.weight, no SimMIM `encoder.` "
+        f"keys; first keys: {keys[:5]}); expected {EXPECTED}"
+    )
 
 
 def weights_format(source: str | Path) -> str:
@@ -89,12 +108,14 @@ def weights_format(source: str | Path) -> str:
 
 
 def _run_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint of a run directory to read weights from: the newest (`find_resume_checkpoint`), but for a
-    resharded universal copy (`simmim_swinv2.reshard`) the checkpoint it was made from, which holds the same
-    weights in a form `load_model` reads."""
+    """The checkpoint of a run directory to read weights from: the newest
+    (`find_resume_checkpoint`), but for a resharded universal copy (`simmim_swinv2.reshard`) the
+    checkpoint it was made from, which holds the same weights in a form `load_model` reads."""
     found = find_resume_checkpoint(run_dir)
     if found is not None and is_universal_checkpoint(found):
-        plain = [p for p in run_dir.glob("checkpoints/*.ckpt") if p.is_file() or is_zero_checkpoint(p)]
+        plain = [
+            p for p in run_dir.glob("checkpoints/*.ckpt") if p.is_file() or is_zero_checkpoint(p)
+        ]
         found = max(plain, key=lambda p: p.stat().st_mtime) if plain else None
     if found is None:
         raise FileNotFoundError(f"no checkpoints/*.ckpt in run directory {run_dir}")
@@ -103,30 +124,36 @@ def _run_checkpoint(run_dir: Path) -> Path:
 
 # --------------------------------------------------------------------------------- loading
 def load_model(source: str | Path, format: str = "auto", **config_overrides) -> Model:
-    """A whole model (classifier, SimMIM or encoder) from anything `identify` accepts (`format` names it instead
-    of detecting it). Ours — a run directory (its newest checkpoint), a Lightning `.ckpt`, a ZeRO `.ckpt/`
-    directory, `save_model`'s safetensors — are rebuilt from the `ModelMeta` saved in them; transformers
-    directories, official and timm checkpoints go through `convert.from_*`, with `config_overrides` (e.g.
-    `window_size`, `img_size`) for what those files do not record."""
+    """A whole model (classifier, SimMIM or encoder) from anything `identify` accepts (`format`
+    names it instead of detecting it). Ours — a run directory (its newest checkpoint), a Lightning
+    `.ckpt`, a ZeRO `.ckpt/` directory, `save_model`'s safetensors — are rebuilt from the
+    `ModelMeta` saved in them; transformers directories, official and timm checkpoints go through
+    `convert.from_*`, with `config_overrides` (e.g. `window_size`, `img_size`) for what those files
+    do not record."""
     src = identify(source, format)
     if src.format in IMPORTERS:
         return IMPORTERS[src.format](src.path, **config_overrides)
     if config_overrides:
-        raise ValueError(f"{src.path} is a checkpoint of ours and records its own config; {sorted(config_overrides)} "
-                         "apply to official / timm / transformers weights only")
+        raise ValueError(
+            f"{src.path} is a checkpoint of ours and records its own config; "
+            f"{sorted(config_overrides)} apply to official / timm / transformers weights only"
+        )
     sd, meta = READERS[src.reader](src.path)
     if meta is None:
-        raise ValueError(f"{src.path} carries no model description (not written by simmim_swinv2's tasks); "
-                         "for other weights use simmim_swinv2.convert")
+        raise ValueError(
+            f"{src.path} carries no model description (not written by simmim_swinv2's tasks); "
+            "for other weights use simmim_swinv2.convert"
+        )
     return meta.load(sd, f"{src.path} ({src.what})")
 
 
 def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
-    """Encoder weights (our module names, no prefix) from anything `identify` accepts, and what it was: a run
-    directory of ours (its newest checkpoint), a Lightning `.ckpt` or ZeRO directory (pretraining or
-    fine-tuning), our `.safetensors`, a transformers directory, an official SimMIM / Swin-Transformer checkpoint
-    or a timm state dict. Decoder and head weights are left out; pickles load with `weights_only=True`. Official
-    checkpoints keep their `relative_coords_table` buffers (`load_pretrained_encoder` reads them)."""
+    """Encoder weights (our module names, no prefix) from anything `identify` accepts, and what it
+    was: a run directory of ours (its newest checkpoint), a Lightning `.ckpt` or ZeRO directory
+    (pretraining or fine-tuning), our `.safetensors`, a transformers directory, an official SimMIM /
+    Swin-Transformer checkpoint or a timm state dict. Decoder and head weights are left out; pickles
+    load with `weights_only=True`. Official checkpoints keep their `relative_coords_table` buffers
+    (`load_pretrained_encoder` reads them)."""
     src = identify(source)
     if src.format == "transformers":
         return encoder_of(interop.from_transformers(src.path)).state_dict(), src.what
@@ -141,9 +168,9 @@ def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
 
 
 def decoder_state_dict(source: str | Path) -> dict[str, torch.Tensor] | None:
-    """The SimMIM decoder's weights (`0.weight`, `0.bias`: the 1x1 conv) of `source`, or None when it has none (an
-    encoder, a classifier, timm weights): official SimMIM checkpoints through their key map, ours and transformers
-    directories through `load_model`."""
+    """The SimMIM decoder's weights (`0.weight`, `0.bias`: the 1x1 conv) of `source`, or None when
+    it has none (an encoder, a classifier, timm weights): official SimMIM checkpoints through their
+    key map, ours and transformers directories through `load_model`."""
     src = identify(source)
     if src.format == "timm":
         return None
@@ -155,9 +182,10 @@ def decoder_state_dict(source: str | Path) -> dict[str, torch.Tensor] | None:
 
 
 def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
-    """A line for the load summary when the source's position tables (official checkpoints save them) were
-    normalised for other windows than `encoder` normalises by (`pretrained_window_sizes`, else its own clamped
-    windows): a new window size then changes the position bias unless the config names the old window."""
+    """A line for the load summary when the source's position tables (official checkpoints save
+    them) were normalised for other windows than `encoder` normalises by (`pretrained_window_sizes`,
+    else its own clamped windows): a new window size then changes the position bias unless the
+    config names the old window."""
     from .keys import recorded_pretrained_windows
 
     cfg = getattr(encoder, "cfg", None)
@@ -171,19 +199,24 @@ def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
     ours = [p or w for p, w in zip(cfg.pretrained_window_sizes, windows)]
     if all(ours[s] == w for s, w in recorded.items() if s < len(ours)):
         return None
-    suggest = [p if s not in recorded else 0 if recorded[s] == w else recorded[s]
-               for s, (p, w) in enumerate(zip(cfg.pretrained_window_sizes, windows))]
-    return (f"note: the source's position tables normalise offsets by windows "
-            f"{[recorded.get(s, '-') for s in range(len(ours))]}, this model by {ours} "
-            f"(pretrained_window_sizes={list(cfg.pretrained_window_sizes)}); to keep the source's position bias "
-            f"set model.pretrained_window_sizes={suggest}")
+    suggest = [
+        p if s not in recorded else 0 if recorded[s] == w else recorded[s]
+        for s, (p, w) in enumerate(zip(cfg.pretrained_window_sizes, windows))
+    ]
+    return (
+        "note: the source's position tables normalise offsets by windows "
+        f"{[recorded.get(s, '-') for s in range(len(ours))]}, this model by {ours} "
+        f"(pretrained_window_sizes={list(cfg.pretrained_window_sizes)}); to keep the source's "
+        f"position bias set model.pretrained_window_sizes={suggest}"
+    )
 
 
 def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dict[str, list[str]]:
-    """Load pretrained weights into `encoder`, reporting what did not fit. The mask token is pretraining-only;
-    window-dependent buffers are rebuilt for this encoder's windows, so a new window size works as long as the
-    config's `pretrained_window_sizes` names the old one (the summary notes when an official source's tables say
-    otherwise: the config decides, since a fine-tune at a new window sets it on purpose)."""
+    """Load pretrained weights into `encoder`, reporting what did not fit. The mask token is
+    pretraining-only; window-dependent buffers are rebuilt for this encoder's windows, so a new
+    window size works as long as the config's `pretrained_window_sizes` names the old one (the
+    summary notes when an official source's tables say otherwise: the config decides, since a
+    fine-tune at a new window sets it on purpose)."""
     sd, kind = encoder_state_dict(source)
     note = _pretrained_window_note(encoder, sd)
     own = encoder.state_dict()
@@ -193,19 +226,34 @@ def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dic
         sd.pop("mask_token", None)
     result = encoder.load_state_dict(sd, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith(BUFFERS)]
-    report = {"missing": missing, "unexpected": list(result.unexpected_keys), "shape_mismatch": skipped_shape}
+    report = {
+        "missing": missing,
+        "unexpected": list(result.unexpected_keys),
+        "shape_mismatch": skipped_shape,
+    }
     loaded = len(sd) - len(result.unexpected_keys)
     if loaded == 0:
-        raise ValueError(f"no encoder weights of {source} ({kind}) fit this model: is it a SwinV2 of the same "
-                         f"variant? unexpected keys: {list(result.unexpected_keys)[:5]}")
-    log.info("loaded %d encoder tensors from %s (%s); missing %s, unexpected %s, shape mismatch %s",
-             loaded, source, kind, missing, report["unexpected"], skipped_shape)
+        raise ValueError(
+            f"no encoder weights of {source} ({kind}) fit this model: is it a SwinV2 of the same "
+            f"variant? unexpected keys: {list(result.unexpected_keys)[:5]}"
+        )
+    log.info(
+        "loaded %d encoder tensors from %s (%s); missing %s, unexpected %s, shape mismatch %s",
+        loaded,
+        source,
+        kind,
+        missing,
+        report["unexpected"],
+        skipped_shape,
+    )
     if note:
         log.warning(note)
-    print(f"pretrained: {loaded} tensors from {source} ({kind}); missing {len(missing)}, unexpected "
-          f"{len(report['unexpected'])}, shape mismatch {len(skipped_shape)}"
-          + (f"\n  missing: {missing}" if missing else "")
-          + (f"\n  unexpected: {report['unexpected']}" if report["unexpected"] else "")
-          + (f"\n  shape mismatch (left at init): {skipped_shape}" if skipped_shape else "")
-          + (f"\n  {note}" if note else ""))
+    print(
+        f"pretrained: {loaded} tensors from {source} ({kind}); missing {len(missing)}, unexpected "
+        f"{len(report['unexpected'])}, shape mismatch {len(skipped_shape)}"
+        + (f"\n  missing: {missing}" if missing else "")
+        + (f"\n  unexpected: {report['unexpected']}" if report["unexpected"] else "")
+        + (f"\n  shape mismatch (left at init): {skipped_shape}" if skipped_shape else "")
+        + (f"\n  {note}" if note else "")
+    )
     return report

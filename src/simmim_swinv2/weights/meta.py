@@ -1,6 +1,7 @@
-"""What rebuilds one of our models without Hydra: its kind, its encoder config, its labels. Written into every
-checkpoint of ours (`checkpoint["simmim_swinv2"]`, by the training task) and beside our safetensors (`<name>.json`,
-by `save_model`), read back by `load_model`; the importers of foreign formats build through it too.
+"""What rebuilds one of our models without Hydra: its kind, its encoder config, its labels. Written
+into every checkpoint of ours (`checkpoint["simmim_swinv2"]`, by the training task) and beside our
+safetensors (`<name>.json`, by `save_model`), read back by `load_model`; the importers of foreign
+formats build through it too.
 
     meta = ModelMeta.of(model)              # from a model
     d = meta.to_dict()                      # plain types: JSON, and torch.load(weights_only=True)
@@ -16,39 +17,49 @@ import torch
 from ..models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder, encoder_of
 
 Model = SwinV2Encoder | SimMIM | SwinV2Classifier
-KINDS: dict[str, type[Model]] = {cls.__name__: cls for cls in (SwinV2Encoder, SimMIM, SwinV2Classifier)}
-# Buffers every model rebuilds from its config (position tables, masks, the zero k bias): never required in a
-# state dict, and left out of our exports.
+KINDS: dict[str, type[Model]] = {
+    cls.__name__: cls for cls in (SwinV2Encoder, SimMIM, SwinV2Classifier)
+}
+# Buffers every model rebuilds from its config (position tables, masks, the zero k bias): never
+# required in a state dict, and left out of our exports.
 BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
-CHECKPOINT_KEY = "simmim_swinv2"  # where our tasks put `ModelMeta.to_dict()` in a Lightning checkpoint
+# where our tasks put `ModelMeta.to_dict()` in a Lightning checkpoint
+CHECKPOINT_KEY = "simmim_swinv2"
 _SIMMIM_DEFAULTS = {"norm_target": False, "norm_target_window": 47}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # data.transforms' (no data import here)
+# data.transforms' (no data import here)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def set_normalization(model: torch.nn.Module, mean, std) -> None:
-    """Record on `model` the per-channel `mean` / `std` its inputs were normalised with (`data.mean` / `data.std`):
-    `ModelMeta` carries them into checkpoints and exports, `predict`, `visualize` and the kNN monitor read them."""
+    """Record on `model` the per-channel `mean` / `std` its inputs were normalised with (`data.mean`
+    / `data.std`): `ModelMeta` carries them into checkpoints and exports, `predict`, `visualize` and
+    the kNN monitor read them."""
     model.pixel_mean = tuple(float(m) for m in mean)
     model.pixel_std = tuple(float(s) for s in std)
 
 
 def normalization(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """`(mean, std)` the model was trained with: recorded (`set_normalization`), else ImageNet's for 3 channels.
-    A model of another channel count without a record is refused: its inputs' statistics are unknown."""
+    """`(mean, std)` the model was trained with: recorded (`set_normalization`), else ImageNet's for
+    3 channels. A model of another channel count without a record is refused: its inputs' statistics
+    are unknown."""
     mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
     if mean is not None and std is not None:
         return tuple(mean), tuple(std)
     channels = encoder_of(model).cfg.in_chans
     if channels != 3:
-        raise ValueError(f"the model takes {channels} channels but records no normalisation (data.mean / data.std): "
-                         "load it from a checkpoint of ours, or set them with weights.meta.set_normalization")
+        raise ValueError(
+            f"the model takes {channels} channels but records no normalisation (data.mean / "
+            "data.std): load it from a checkpoint of ours, or set them with "
+            "weights.meta.set_normalization"
+        )
     return IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """`kind`: one of `KINDS`; `config`: the encoder's; `num_classes` / `id2label` for a classifier (labels None:
-    transformers' `LABEL_<i>`); `norm_target` / `norm_target_window` for SimMIM (its loss's target normalisation)."""
+    """`kind`: one of `KINDS`; `config`: the encoder's; `num_classes` / `id2label` for a classifier
+    (labels None: transformers' `LABEL_<i>`); `norm_target` / `norm_target_window` for SimMIM (its
+    loss's target normalisation)."""
 
     kind: str
     config: SwinV2Config
@@ -77,17 +88,23 @@ class ModelMeta:
         if isinstance(model, SwinV2Classifier):
             extra = {"num_classes": model.num_classes, "id2label": dict(model.id2label)}
         elif isinstance(model, SimMIM):
-            extra = {"norm_target": bool(model.norm_target), "norm_target_window": int(model.norm_target_window)}
+            extra = {
+                "norm_target": bool(model.norm_target),
+                "norm_target_window": int(model.norm_target_window),
+            }
         if getattr(model, "pixel_mean", None) is not None:
             extra.update(mean=tuple(model.pixel_mean), std=tuple(model.pixel_std))
         return cls(kind, encoder_of(model).cfg, **extra)
 
     def to_dict(self) -> dict:
-        """Plain types only (str, int, float, bool, tuples, dicts): `torch.load(weights_only=True)` and JSON read
-        it. `id2label` keys are ints here; JSON turns them into strings, which `from_dict` reads back."""
+        """Plain types only (str, int, float, bool, tuples, dicts): `torch.load(weights_only=True)`
+        and JSON read it. `id2label` keys are ints here; JSON turns them into strings, which
+        `from_dict` reads back."""
         out: dict = {"kind": self.kind, "config": self.config.to_dict()}
         if self.kind == "SwinV2Classifier":
-            out["id2label"] = dict(self.id2label or {i: f"LABEL_{i}" for i in range(self.num_classes)})
+            out["id2label"] = dict(
+                self.id2label or {i: f"LABEL_{i}" for i in range(self.num_classes)}
+            )
         elif self.kind == "SimMIM":
             out.update(norm_target=self.norm_target, norm_target_window=self.norm_target_window)
         if self.mean is not None:
@@ -96,34 +113,46 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict, source: object = "model description") -> ModelMeta:
-        """Inverse of `to_dict`, for every form written so far: checkpoints' (tuples, int label keys) and JSON's
-        (lists, string label keys), with or without SimMIM's `norm_target*` (older ones did not record it: off, the default);
-        config fields added since (e.g. `attn_backend`) take their defaults. `source` names it in errors."""
+        """Inverse of `to_dict`, for every form written so far: checkpoints' (tuples, int label
+        keys) and JSON's (lists, string label keys), with or without SimMIM's `norm_target*` (older
+        ones did not record it: off, the default); config fields added since (e.g. `attn_backend`)
+        take their defaults. `source` names it in errors."""
         if not isinstance(d, dict) or "kind" not in d or "config" not in d:
-            raise ValueError(f"{source}: not a model description of ours (a dict with `kind` and `config`), got "
-                             f"{type(d).__name__}{' with keys ' + str(sorted(d)) if isinstance(d, dict) else ''}")
+            raise ValueError(
+                f"{source}: not a model description of ours (a dict with `kind` and `config`), got "
+                f"{type(d).__name__}{' with keys ' + str(sorted(d)) if isinstance(d, dict) else ''}"
+            )
         unknown = set(d) - {"kind", "config", "id2label", "mean", "std", *_SIMMIM_DEFAULTS}
         if unknown:
             raise ValueError(f"{source}: unknown model description keys {sorted(unknown)}")
         kind = d["kind"]
         if kind == "SwinV2Classifier" and not d.get("id2label"):
             raise ValueError(f"{source}: a SwinV2Classifier's description without id2label")
-        id2label = {int(k): str(v) for k, v in d["id2label"].items()} if kind == "SwinV2Classifier" else None
+        id2label = (
+            {int(k): str(v) for k, v in d["id2label"].items()}
+            if kind == "SwinV2Classifier"
+            else None
+        )
         simmim = {k: d.get(k, v) for k, v in _SIMMIM_DEFAULTS.items()} if kind == "SimMIM" else {}
         if d.get("mean") is not None:
-            simmim.update(mean=tuple(float(m) for m in d["mean"]), std=tuple(float(s) for s in d["std"]))
+            simmim.update(
+                mean=tuple(float(m) for m in d["mean"]), std=tuple(float(s) for s in d["std"])
+            )
         try:
             return cls(kind, SwinV2Config.from_dict(dict(d["config"])), id2label=id2label, **simmim)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: bad model description: {err}") from err
 
     def build(self) -> Model:
-        """The model this describes, freshly initialised (its normalisation recorded on it: `set_normalization`)."""
+        """The model this describes, freshly initialised (its normalisation recorded on it:
+        `set_normalization`)."""
         encoder = SwinV2Encoder(self.config)
         if self.kind == "SwinV2Classifier":
             model = SwinV2Classifier(encoder, self.num_classes, id2label=self.id2label)
         elif self.kind == "SimMIM":
-            model = SimMIM(encoder, norm_target=self.norm_target, norm_target_window=self.norm_target_window)
+            model = SimMIM(
+                encoder, norm_target=self.norm_target, norm_target_window=self.norm_target_window
+            )
         else:
             model = encoder
         if self.mean is not None:
@@ -131,8 +160,8 @@ class ModelMeta:
         return model
 
     def load(self, state_dict: dict[str, torch.Tensor], source: object) -> Model:
-        """`build()` with `state_dict` loaded: every parameter must be there (rebuilt `BUFFERS` may be missing) and
-        nothing else; `source` names the weights in the error."""
+        """`build()` with `state_dict` loaded: every parameter must be there (rebuilt `BUFFERS` may
+        be missing) and nothing else; `source` names the weights in the error."""
         try:
             model = self.build()
         except ValueError as err:  # a description no model fits (e.g. SimMIM without a mask token)
@@ -141,10 +170,15 @@ class ModelMeta:
         return model
 
 
-def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: object) -> None:
-    """`module.load_state_dict` that tolerates missing rebuilt `BUFFERS` only, and says what did not fit."""
+def load_strict(
+    module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: object
+) -> None:
+    """`module.load_state_dict` that tolerates missing rebuilt `BUFFERS` only, and says what did not
+    fit."""
     result = module.load_state_dict(state_dict, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith(BUFFERS)]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{source}: the weights do not match the model ({type(module).__name__}): missing keys "
-                         f"{missing[:8]}, unexpected keys {list(result.unexpected_keys)[:8]}")
+        raise ValueError(
+            f"{source}: the weights do not match the model ({type(module).__name__}): missing keys "
+            f"{missing[:8]}, unexpected keys {list(result.unexpected_keys)[:8]}"
+        )

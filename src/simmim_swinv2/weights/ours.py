@@ -1,8 +1,8 @@
 """Our own weight files, read and written: a Lightning `.ckpt`, a ZeRO `*.ckpt/` directory (through
-`distributed.zero`), and our safetensors export (`<name>.safetensors` + `<name>.json`, `save_model`). Each reader
-returns the state dict in our module names (`encoder.…`, `decoder.…` / `head.…`, or a bare encoder's) and the
-`ModelMeta` saved with it (None for a Lightning checkpoint not written by our tasks). Which reader a path needs is
-`load.identify`'s to decide."""
+`distributed.zero`), and our safetensors export (`<name>.safetensors` + `<name>.json`,
+`save_model`). Each reader returns the state dict in our module names (`encoder.…`, `decoder.…` /
+`head.…`, or a bare encoder's) and the `ModelMeta` saved with it (None for a Lightning checkpoint
+not written by our tasks). Which reader a path needs is `load.identify`'s to decide."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def _meta(d: dict | None, source: Path) -> ModelMeta | None:
 
 
 def read_lightning(path: Path) -> Read:
-    """A Lightning `.ckpt` (read with `weights_only=True`); our tasks hold the network as `model.`."""
+    """A Lightning `.ckpt` (read with `weights_only=True`); our tasks hold the network as
+    `model.`."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     sd = ckpt.get("state_dict", ckpt)
     if any(k.startswith("model.") for k in sd):
@@ -32,7 +33,8 @@ def read_lightning(path: Path) -> Read:
 
 
 def read_zero(path: Path) -> Read:
-    """A ZeRO checkpoint directory, consolidated in memory (the fp32 master weights, `distributed.zero`)."""
+    """A ZeRO checkpoint directory, consolidated in memory (the fp32 master weights,
+    `distributed.zero`)."""
     sd, meta = zero_state_dict(path)
     return sd, _meta(meta, path)
 
@@ -43,7 +45,9 @@ def read_safetensors(path: Path) -> Read:
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read {meta_file}, the model description of {path} ({err})") from err
+        raise ValueError(
+            f"cannot read {meta_file}, the model description of {path} ({err})"
+        ) from err
     return load_file(str(path)), _meta(meta, meta_file)
 
 
@@ -51,11 +55,15 @@ READERS = {"lightning": read_lightning, "zero": read_zero, "safetensors": read_s
 
 
 def save_model(model: Model, path: str | Path) -> None:
-    """Our own export: `<path>` safetensors of the model's state dict (rebuilt buffers left out) + `<path>.json`
-    with its `ModelMeta`; `load_model(path)` is its inverse."""
+    """Our own export: `<path>` safetensors of the model's state dict (rebuilt buffers left out) +
+    `<path>.json` with its `ModelMeta`; `load_model(path)` is its inverse."""
     path = Path(path)
     meta = ModelMeta.of(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not k.endswith(BUFFERS)}
+    sd = {
+        k: v.detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if not k.endswith(BUFFERS)
+    }
     save_file(sd, str(path), metadata={"format": "pt"})
     path.with_suffix(".json").write_text(json.dumps(meta.to_dict(), indent=2, default=list) + "\n")

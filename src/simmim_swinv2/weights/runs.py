@@ -1,5 +1,5 @@
-"""Checkpoints of our own runs: written atomically, and found again in a run directory (what `resume=auto`, the
-exports and `pretrained=` read)."""
+"""Checkpoints of our own runs: written atomically, and found again in a run directory (what
+`resume=auto`, the exports and `pretrained=` read)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,15 @@ LAST = Path("checkpoints") / "last.ckpt"  # in a run directory: what `resume=aut
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes `<name>.tmp-<pid>` beside the target, fsyncs it, then renames it over the target: a kill
-    mid-save leaves the previous checkpoint intact and no partial file under the real name. (Lightning's
-    own save stages the file in /tmp and moves it, which is a copy, not a rename, when the run directory is on
-    another file system, as on most clusters.) Remote URLs fall back to Lightning's save."""
+    """Writes `<name>.tmp-<pid>` beside the target, fsyncs it, then renames it over the target: a
+    kill mid-save leaves the previous checkpoint intact and no partial file under the real name.
+    (Lightning's own save stages the file in /tmp and moves it, which is a copy, not a rename, when
+    the run directory is on another file system, as on most clusters.) Remote URLs fall back to
+    Lightning's save."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
@@ -43,11 +46,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run directory: `checkpoints/last.ckpt` if present, else the most
-    recently written `checkpoints/*.ckpt` — unless a resharded universal copy (`simmim_swinv2.reshard`) in
-    `checkpoints/`, or a preemption's `hpc_ckpt_<n>.ckpt` in the run directory itself, is newer. Temporary files
-    of an interrupted save are never picked. A checkpoint is a file, or, under DeepSpeed, a directory
-    (`is_zero_checkpoint`, `is_universal_checkpoint`)."""
+    """The newest complete checkpoint of a run directory: `checkpoints/last.ckpt` if present, else
+    the most recently written `checkpoints/*.ckpt` — unless a resharded universal copy
+    (`simmim_swinv2.reshard`) in `checkpoints/`, or a preemption's `hpc_ckpt_<n>.ckpt` in the run
+    directory itself, is newer. Temporary files of an interrupted save are never picked. A
+    checkpoint is a file, or, under DeepSpeed, a directory (`is_zero_checkpoint`,
+    `is_universal_checkpoint`)."""
     run_dir = Path(run_dir)
 
     def complete(p: Path) -> bool:
@@ -55,7 +59,9 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
 
     def written(p: Path) -> float:
         if p.is_dir():
-            return max((p / n).stat().st_mtime for n in ("latest", "latest_universal") if (p / n).is_file())
+            return max(
+                (p / n).stat().st_mtime for n in ("latest", "latest_universal") if (p / n).is_file()
+            )
         return p.stat().st_mtime
 
     last = run_dir / LAST
@@ -70,15 +76,17 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def zero_checkpoint(source: str | Path) -> Path:
-    """`source` if it is a ZeRO checkpoint directory, else the newest checkpoint of the run directory `source`
-    when that is one."""
+    """`source` if it is a ZeRO checkpoint directory, else the newest checkpoint of the run
+    directory `source` when that is one."""
     source = Path(source)
     if is_zero_checkpoint(source):
         return source
     found = find_resume_checkpoint(source)
     if found is None or not is_zero_checkpoint(found):
-        raise FileNotFoundError(f"{source}: neither a ZeRO checkpoint directory nor a run directory whose newest "
-                                f"checkpoint is one (newest: {found})")
+        raise FileNotFoundError(
+            f"{source}: neither a ZeRO checkpoint directory nor a run directory whose newest "
+            f"checkpoint is one (newest: {found})"
+        )
     return found
 
 
@@ -101,8 +109,12 @@ def rollback_checkpoint(run_dir: str | Path, streak_start: int) -> tuple[Path, i
     `checkpoints/keep/` and the preemption saves."""
     run_dir = Path(run_dir)
     patterns = ("checkpoints/*.ckpt", "checkpoints/keep/*.ckpt", "hpc_ckpt_*.ckpt")
-    paths = {p.resolve() for pattern in patterns for p in run_dir.glob(pattern)
-             if p.is_file() or is_zero_checkpoint(p)}
+    paths = {
+        p.resolve()
+        for pattern in patterns
+        for p in run_dir.glob(pattern)
+        if p.is_file() or is_zero_checkpoint(p)
+    }
     best = None
     for path in sorted(paths):
         step, record = checkpoint_record(path)
