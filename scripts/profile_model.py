@@ -29,15 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark_model import build, swinv2_config  # noqa: E402
 
-IMPLS = ("ours", "ours_eager", "transformers")  # ours_eager: fused_attn=False (timm's attention)
+IMPLS = ("ours", "ours_eager", "transformers")  # ours_eager: attn_backend=eager (timm's)
 
 
 def make(impl: str, cfg):
     model, loss_fn = build("ours" if impl == "ours_eager" else impl, cfg)
     if impl == "ours_eager":
         for block in model.modules():
-            if hasattr(block, "fused_attn"):
-                block.fused_attn = False
+            if hasattr(block, "attn_backend"):
+                block.attn_backend = "eager"
     return model.train(), loss_fn
 
 

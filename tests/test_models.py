@@ -26,12 +26,7 @@ from simmim_swinv2.models import SimMIM, SwinV2Classifier, SwinV2Encoder, masked
 
 def _ours(hf_model, tmp_path, fused: bool = True):
     hf_model.save_pretrained(tmp_path)
-    model = convert.from_transformers(tmp_path).eval()
-    encoder = model if isinstance(model, SwinV2Encoder) else model.encoder
-    for block in encoder.modules():
-        if hasattr(block, "fused_attn"):
-            block.fused_attn = fused
-    return model
+    return convert.from_transformers(tmp_path, attn_backend="sdpa" if fused else "eager").eval()
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -215,8 +215,8 @@ def _pair(case: str, dtype: torch.dtype, tmp_path):
         randomize_(models[0], max_logit_scale=4.5)
         models[1].load_state_dict(models[0].state_dict())
         (H, W), channels, p = (96, 96), 3, 4
-    assert models[0].encoder.cfg.effective_attn_backend == "flex"
-    assert models[1].encoder.cfg.effective_attn_backend == "eager"
+    assert models[0].encoder.cfg.attn_backend == "flex"
+    assert models[1].encoder.cfg.attn_backend == "eager"
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, channels, H, W, generator=g).to(dtype)
     return [m.to(dtype).train() for m in models], x, random_mask(2, H // p, W // p, seed=3)
@@ -346,16 +346,15 @@ def test_attention_dropout_is_refused():
 
 def test_config_backend_field_round_trips_and_old_metadata_loads():
     cfg = swinv2_config("debug", img_size=64, window_size=4, attn_backend="flex")
-    assert SwinV2Config.from_dict(cfg.to_dict()) == cfg and cfg.effective_attn_backend == "flex"
+    assert SwinV2Config.from_dict(cfg.to_dict()) == cfg and cfg.attn_backend == "flex"
     old = swinv2_config("debug", img_size=64, window_size=4).to_dict()
     del old["attn_backend"]  # metadata written before the field existed
-    assert SwinV2Config.from_dict(old).effective_attn_backend == "sdpa"
-    assert SwinV2Config.from_dict({**old, "fused_attn": False}).effective_attn_backend == "eager"
-    assert swinv2_config("debug", attn_backend="eager").effective_attn_backend == "eager"
+    assert SwinV2Config.from_dict(old).attn_backend == "sdpa"
+    # metadata from before attn_backend replaced fused_attn (False meant timm's eager attention)
+    assert SwinV2Config.from_dict({**old, "fused_attn": False}).attn_backend == "eager"
+    assert SwinV2Config.from_dict({**old, "fused_attn": True}).attn_backend == "sdpa"
     with pytest.raises(ValueError, match="not one of"):
         swinv2_config("debug", attn_backend="triton")
-    with pytest.raises(ValueError, match="set fused_attn=true"):
-        swinv2_config("debug", attn_backend="flex", fused_attn=False)
     with pytest.raises(ValueError, match="not one of"):
         SwinV2Block(
             dim=16, input_resolution=(4, 4), num_heads=2, window_size=4, attn_backend="flash"

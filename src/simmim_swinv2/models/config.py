@@ -65,8 +65,7 @@ class SwinV2Config:
 
     Attention: `attn_backend` picks "sdpa" (`F.scaled_dot_product_attention`, the default), "flex"
     (FlexAttention, opt-in: compiled on CUDA, inference only on the CPU, no attention dropout; see
-    `models/flex.py`) or "eager" (timm's `WindowAttention`, the reference). `fused_attn=False`, the
-    older switch, still means eager; `effective_attn_backend` is the one that runs."""
+    `models/flex.py`) or "eager" (timm's `WindowAttention`, the reference)."""
 
     img_size: int | tuple[int, int] = 192
     patch_size: int = 4
@@ -84,7 +83,6 @@ class SwinV2Config:
     act_layer: str = "gelu"
     norm_eps: float = 1e-5
     extra_norm_every: int = 0
-    fused_attn: bool = True
     attn_backend: str = "sdpa"
     grad_checkpointing: bool | tuple[bool, ...] = False
     use_mask_token: bool = False
@@ -128,21 +126,12 @@ class SwinV2Config:
             raise ValueError(f"act_layer {self.act_layer!r} is not one of {ACTIVATIONS}")
         if self.attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend {self.attn_backend!r} is not one of {ATTN_BACKENDS}")
-        if self.attn_backend == "flex" and not self.fused_attn:
-            raise ValueError(
-                "fused_attn=false asks for eager attention but attn_backend='flex' for "
-                "FlexAttention: set fused_attn=true (attn_backend alone picks the backend)"
-            )
         if self.attn_backend == "flex" and self.attn_drop_rate > 0:
             raise ValueError(
                 "attn_backend='flex' has no attention dropout "
                 f"(attn_drop_rate={self.attn_drop_rate}): set attn_drop_rate=0 (every "
                 "SimMIM/SwinV2 recipe does) or use attn_backend='sdpa'"
             )
-
-    @property
-    def effective_attn_backend(self) -> str:
-        return "eager" if not self.fused_attn else self.attn_backend
 
     @property
     def num_stages(self) -> int:
@@ -180,6 +169,9 @@ class SwinV2Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> SwinV2Config:
+        d = dict(d)
+        if not d.pop("fused_attn", True):  # saved before attn_backend replaced it: False was eager
+            d["attn_backend"] = "eager"
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

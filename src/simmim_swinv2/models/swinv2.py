@@ -61,13 +61,12 @@ class _GatherTokens(torch.autograd.Function):
 
 class SwinV2Block(SwinTransformerV2Block):
     """timm's residual post-norm block with transformers' windowing, fused attention paths and an
-    optional extra norm. `attn_backend`: "sdpa" (default), "flex" or "eager" (timm's own);
-    `fused_attn=False` also selects eager. `forward`: `(B, H, W, C)` → `(B, H, W, C)`."""
+    optional extra norm. `attn_backend`: "sdpa" (default), "flex" or "eager" (timm's own).
+    `forward`: `(B, H, W, C)` → `(B, H, W, C)`."""
 
     def __init__(
         self,
         *,
-        fused_attn: bool = True,
         attn_backend: str = "sdpa",
         extra_norm: bool = False,
         **kwargs,
@@ -75,7 +74,6 @@ class SwinV2Block(SwinTransformerV2Block):
         super().__init__(**kwargs)
         if attn_backend not in ATTN_BACKENDS:
             raise ValueError(f"attn_backend {attn_backend!r} is not one of {ATTN_BACKENDS}")
-        self.fused_attn = fused_attn  # False: eager, whatever attn_backend says (the older switch)
         self.attn_backend = attn_backend
         self.norm3 = kwargs.get("norm_layer", nn.LayerNorm)(self.dim) if extra_norm else None
 
@@ -163,7 +161,7 @@ class SwinV2Block(SwinTransformerV2Block):
     def _window_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """`(B * num_windows, N, C)` → same. The eager path is timm's `WindowAttention.forward`."""
         attn = self.attn
-        if not self.fused_attn or self.attn_backend == "eager":
+        if self.attn_backend == "eager":
             return attn(x, mask=mask)
         if self.attn_backend == "flex":
             return self._flex_attention(x, mask)
@@ -287,7 +285,6 @@ class SwinV2Stage(nn.Module):
                 act_layer=cfg.act_layer,
                 norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
                 pretrained_window_size=cfg.pretrained_window_sizes[index],
-                fused_attn=cfg.fused_attn,
                 attn_backend=cfg.attn_backend,
                 extra_norm=every > 0 and (i + 1) % every == 0,
             )
