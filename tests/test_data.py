@@ -252,17 +252,13 @@ def test_synthetic_shapes():
 
 
 def test_datamodule_batches_digits():
-    from functools import partial
-
+    transform = build_pretrain_transform(32, 16)
     dm = SimMIMDataModule(
-        partial(build_digits, "train", image_size=32),
-        partial(build_digits, "val", image_size=32),
+        build_digits("train", image_size=32, transform=transform),
+        build_digits("val", image_size=32, transform=transform),
         batch_size=16,
         num_workers=0,
-        train_transform=build_pretrain_transform(32, 16),
-        val_transform=build_pretrain_transform(32, 16),
     )
-    dm.setup("fit")
     images, masks, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (16, 3, 32, 32) and masks.shape == (16, 8, 8) and labels.shape == (16,)
     assert len(dm.train_dataloader()) == 1437 // 16  # drop_last for training

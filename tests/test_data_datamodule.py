@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from functools import partial
 
 import lightning as L
 import pytest
@@ -161,10 +160,7 @@ def _fit(dm: SimMIMDataModule, limit_train_batches=None) -> Recorder:
 @pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning")
 def test_lightning_fit_on_digits_with_workers():
     dm = SimMIMDataModule(
-        partial(build_digits, "train", image_size=32),
-        batch_size=16,
-        num_workers=2,
-        train_transform=Tagged(),
+        build_digits("train", image_size=32, transform=Tagged()), batch_size=16, num_workers=2
     )
     model = _fit(dm, limit_train_batches=6)
     assert [len(model.seen[e]) for e in (0, 1)] == [96, 96]

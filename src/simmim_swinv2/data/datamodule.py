@@ -1,4 +1,4 @@
-"""LightningDataModule: built datasets (or dataset factories) + loader settings → DataLoaders."""
+"""LightningDataModule: built datasets + loader settings → DataLoaders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .seeding import PerSampleSeed, SeededSampler, sample_seed
-
-DatasetOrFactory = Dataset | Callable[..., Dataset]
 
 
 def _epoch(trainer) -> int:
@@ -105,8 +103,7 @@ class SimMIMDataModule(L.LightningDataModule):
     """Train/val DataLoaders for pretraining and fine-tuning.
 
     Args:
-        train, val: a dataset, or a factory (e.g. ``functools.partial(build_folder, root=...)``)
-            called in ``setup()`` as ``factory(transform=train_transform / val_transform)``.
+        train, val: the built datasets (``training.build.build_datasets``); val may be None.
         batch_size: per-device batch size.
         num_workers: loader workers per device.
         pin_memory: default: True when CUDA is available.
@@ -127,12 +124,10 @@ class SimMIMDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train: DatasetOrFactory,
-        val: DatasetOrFactory | None = None,
+        train: Dataset,
+        val: Dataset | None = None,
         batch_size: int = 128,
         num_workers: int = 8,
-        train_transform: Callable | None = None,
-        val_transform: Callable | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool | None = None,
         drop_last: bool = True,
@@ -141,8 +136,7 @@ class SimMIMDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.seed = seed
-        self._train, self._val = train, val
-        self.train_transform, self.val_transform = train_transform, val_transform
+        self.train_dataset, self.val_dataset = train, val
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -151,20 +145,6 @@ class SimMIMDataModule(L.LightningDataModule):
         )
         self.drop_last = drop_last
         self.prefetch_factor = prefetch_factor
-        self.train_dataset: Dataset | None = None
-        self.val_dataset: Dataset | None = None
-
-    @staticmethod
-    def _build(source: DatasetOrFactory | None, transform: Callable | None) -> Dataset | None:
-        if source is None or isinstance(source, Dataset):
-            return source
-        return source(transform=transform) if transform is not None else source()
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is None:
-            self.train_dataset = self._build(self._train, self.train_transform)
-        if self.val_dataset is None:
-            self.val_dataset = self._build(self._val, self.val_transform)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         kwargs = dict(
@@ -212,9 +192,7 @@ class SimMIMDataModule(L.LightningDataModule):
             return False
 
     def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
         return self._loader(self.train_dataset, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        self.setup("validate")
         return [] if self.val_dataset is None else self._loader(self.val_dataset, train=False)
