@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -81,10 +81,9 @@ class OptimConfig:
     reference_batch: int = REFERENCE_BATCH
     # max gradient norm; the Trainer applies it (trainer.gradient_clip_val)
     grad_clip: float | None = 5.0
-    # None: the fused kernel when every parameter is on a CUDA device
+    # None: the fused kernel when every parameter is on a CUDA device or the CPU (torch's fused
+    # AdamW/SGD run on both); not under mixed precision with clipping (Lightning refuses)
     fused: bool | None = None
-    # or the CPU (torch's fused AdamW/SGD run on both); not
-    # under mixed precision with clipping (Lightning refuses)
 
     def __post_init__(self) -> None:
         self.name = _enum(OptimizerName, self.name, "optimizer")
@@ -124,12 +123,10 @@ def declared_no_decay(model: nn.Module) -> set[str]:
     return names
 
 
-def decays(
-    name: str, param: torch.Tensor, no_decay: set[str], no_decay_names: Iterable[str] = ()
-) -> bool:
-    """Whether `param` gets weight decay: not 1-D, not declared (`no_decay`, see
-    `declared_no_decay`), and its name contains none of `no_decay_names`."""
-    return param.ndim > 1 and name not in no_decay and not any(k in name for k in no_decay_names)
+def decays(name: str, param: torch.Tensor, no_decay: set[str]) -> bool:
+    """Whether `param` gets weight decay: not 1-D and not declared (`no_decay`, see
+    `declared_no_decay`)."""
+    return param.ndim > 1 and name not in no_decay
 
 
 def layer_id(name: str, depths: Sequence[int]) -> int:
@@ -181,18 +178,16 @@ def param_groups(
     *,
     layer_decay: float | None = None,
     base_lr: float | None = None,
-    no_decay_names: Iterable[str] | None = None,
 ) -> list[dict]:
     """Optimizer parameter groups for the trainable parameters of `model`.
 
-    Without `layer_decay`: a `decay` and a `no_decay` group (see `decays`; `no_decay_names` adds
-    name substrings to what the model declares). With it: one group per (layer id, decay) pair, the
-    encoder's parameters numbered by `layer_id` and everything outside the encoder (head, decoder)
-    at `sum(depths) + 1`, with `lr_scale = layer_decay ** (sum(depths) + 1 - id)` (1 for the last
-    layer). Every group carries `name`, `weight_decay`, `lr_scale` (and `layer_id` with layer
-    decay); `lr = base_lr * lr_scale` when `base_lr` given.
+    Without `layer_decay`: a `decay` and a `no_decay` group (see `decays`). With it: one group per
+    (layer id, decay) pair, the encoder's parameters numbered by `layer_id` and everything outside
+    the encoder (head, decoder) at `sum(depths) + 1`, with `lr_scale = layer_decay ** (sum(depths) +
+    1 - id)` (1 for the last layer). Every group carries `name`, `weight_decay`, `lr_scale` (and
+    `layer_id` with layer decay); `lr = base_lr * lr_scale` when `base_lr` given.
     """
-    extra, declared = tuple(no_decay_names or ()), declared_no_decay(model)
+    declared = declared_no_decay(model)
     found = _find_encoder(model) if layer_decay is not None else None
     if layer_decay is not None and found is None:
         raise ValueError(
@@ -203,7 +198,7 @@ def param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = decays(name, param, declared, extra)
+        decay = decays(name, param, declared)
         group_id, scale = 0, 1.0
         if found is not None:
             prefix, encoder = found
