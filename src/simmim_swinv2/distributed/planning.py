@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .disk import CheckpointPlan, checkpoint_plan
+
 GIB = 1024**3
 CUDA_OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
 ACT_TC, ACT_ATTN, ACT_PIX = 21.0, 1.6, 1.1  # no checkpointing, per fp32 element
@@ -70,23 +72,6 @@ class Strategy:
     stage: int = 0  # 0 = every GPU holds everything (DDP, single device)
     offload_optimizer: bool = False
     offload_parameters: bool = False
-
-
-@dataclass(frozen=True)
-class CheckpointPlan:
-    """Disk taken by a run's checkpoints under the retention of `conf/callbacks/default.yaml`."""
-
-    bytes_each: float
-    bytes_per_param: int
-    kept: tuple[tuple[str, int], ...]  # (what, how many) at the end of the run, at most
-
-    @property
-    def count(self) -> int:
-        return sum(n for _, n in self.kept)
-
-    @property
-    def total_bytes(self) -> float:
-        return self.count * self.bytes_each
 
 
 @dataclass(frozen=True)
@@ -149,6 +134,10 @@ class Plan:
         return (
             None if self.gpu_memory_bytes is None else self.total_bytes() <= self.gpu_memory_bytes
         )
+
+
+def _is_deepspeed(strategy: Strategy) -> bool:
+    return strategy.name == "DeepSpeedStrategy" or "deepspeed" in strategy.name.lower()
 
 
 def precision_kind(precision) -> str:
@@ -262,56 +251,6 @@ def detect_gpu_memory(cfg) -> float | None:
     )
 
 
-def checkpoint_bytes_per_param(precision, strategy: Strategy) -> int:
-    """Bytes per parameter of one checkpoint with AdamW. Lightning's (DDP, one device): the fp32
-    weights (AMP keeps them fp32) + the two fp32 moments, 4 + 8 = 12 (half weights and moments under
-    16-true / bf16-true: 2 + 4 = 6). DeepSpeed's: the half-precision module weights + the fp32
-    master weights and moments, 2 + 4 + 8 = 14."""
-    if strategy.name == "DeepSpeedStrategy" or "deepspeed" in strategy.name.lower():
-        return 14
-    return 6 if precision_kind(precision) == "half" else 12
-
-
-def checkpoint_plan(cfg, params: int, precision, strategy: Strategy) -> CheckpointPlan | None:
-    """What the checkpoint callbacks of `cfg.callbacks` keep, at most, by the end of
-    `trainer.max_epochs`."""
-    callbacks = cfg.get("callbacks") or {}
-    per_param = checkpoint_bytes_per_param(precision, strategy)
-    epochs = int(cfg.trainer.get("max_epochs") or 1)
-    kept: list[tuple[str, int]] = []
-    for name, node in callbacks.items():
-        target = str((node or {}).get("_target_", ""))
-        if not target.endswith(("ModelCheckpoint", "WallClockCheckpoint")):
-            continue
-        wall_clock = target.endswith("WallClockCheckpoint")  # last.ckpt only
-        top_k, every = (
-            int(node.get("save_top_k", 0 if wall_clock else 1)),
-            node.get("every_n_epochs") or 0,
-        )
-        if top_k != 0 and every:
-            n = epochs // int(every) if top_k < 0 else min(top_k, epochs // int(every))
-            label = (
-                f"every {every} epochs"
-                if top_k < 0
-                else f"best {top_k}"
-                if node.get("monitor") not in (None, "step")
-                else f"newest {top_k}"
-            )
-            if n:
-                kept.append((f"{label} ({name})", n))
-        if node.get("save_last", wall_clock) and not any(
-            what.startswith("last.ckpt") for what, _ in kept
-        ):
-            kept.append(("last.ckpt", 1))
-    if not kept:
-        return None
-    if callbacks.get("preemption") is not None:
-        kept.append(("preemption save (hpc_ckpt)", 1))
-    return CheckpointPlan(
-        bytes_each=float(per_param * params), bytes_per_param=per_param, kept=tuple(kept)
-    )
-
-
 def make_plan(cfg, **changes) -> Plan:
     """The plan of a composed pretrain config; `changes` replace Plan fields (what-if questions)."""
     from hydra.utils import instantiate
@@ -336,7 +275,9 @@ def make_plan(cfg, **changes) -> Plan:
         grad_checkpointing=any(mcfg.grad_checkpointing),
         act_bytes_per_sample=activation_bytes_per_sample(mcfg, t.get("precision", "32-true")),
         gpu_memory_bytes=detect_gpu_memory(cfg),
-        checkpoint=checkpoint_plan(cfg, params, precision, strategy),
+        checkpoint=checkpoint_plan(
+            cfg, params, deepspeed=_is_deepspeed(strategy), half=precision_kind(precision) == "half"
+        ),
         img_size=tuple(mcfg.img_size),
         windows=tuple(win for *_, win in _stage_shapes(mcfg)),
         grids=mcfg.stage_resolutions,
