@@ -1,156 +1,121 @@
-"""The layout shows the architecture: no import cycle among the package's modules or among its
-packages, the network free of the training stack, files of a readable size, citations of what
-exists, and a README layout that is true.
-
-Imports are read from the source with `ast` (every `import` / `from … import`, at module level or
-inside a function: a cycle through a lazy import still ties the two modules together)."""
+"""The layout shows the architecture: the import contracts of `pyproject.toml`
+(`[tool.importlinter]`: no import cycle among sibling packages or modules at any depth, the models
+free of the training stack) hold, files are of a readable size, citations name what exists, and
+the README's layout is true. import-linter (grimp) reads every `import` / `from … import`, at module
+level or inside a function: a cycle through a lazy import still ties two modules together."""
 
 from __future__ import annotations
 
-import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from importlinter.application.use_cases import create_report, read_user_options
+from importlinter.cli import lint_imports
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "simmim_swinv2"
-MAX_LINES = 400
+# 400 lines at the 130 columns the code had until 2026-12-06: the same files at 100 columns
+MAX_LINES = 500
 # Files allowed past MAX_LINES (path under src/simmim_swinv2: the reason); none today.
 LONG_FILES: dict[str, str] = {}
-TRAINING_STACK = ("lightning", "hydra", "omegaconf", "wandb", "deepspeed")
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _contracts_as_ini(root_package: str) -> str:
+    """The contracts of `pyproject.toml`, for the package `root_package` instead of ours, in
+    import-linter's INI form."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    rename = lambda v: str(v).replace(PACKAGE.name, root_package)  # noqa: E731
+
+    def section(fields: dict) -> list[str]:
+        return [
+            f"{key} =" + "".join(f"\n    {rename(x)}" for x in value)
+            if isinstance(value, list)
+            else f"{key} = {rename(value)}"
+            for key, value in fields.items()
+        ]
+
+    top = {k: v for k, v in config.items() if k != "contracts"}
+    lines = ["[importlinter]", *section(top)]
+    for i, contract in enumerate(config["contracts"]):
+        lines += ["", f"[importlinter:contract:{i}]", *section(contract)]
+    return "\n".join(lines) + "\n"
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+def _checks(config: Path) -> dict[str, object]:
+    """import-linter's verdict on each contract of `config`: contract name -> its `ContractCheck`
+    (`kept`, and `metadata`: the cycles' breaking imports, the forbidden chains)."""
+    report = create_report(read_user_options(str(config)), cache_dir=None)
+    return {contract.name: check for contract, check in report.get_contracts_and_checks()}
 
 
-def _imported(path: Path, name: str, known: set[str]) -> set[str]:
-    """Every module `path` (module `name`) imports, absolute names; for modules of our package, also
-    the packages Python initialises on the way (`from ..models.config import X` runs
-    `models/__init__.py` first)."""
-    is_package = path.name == "__init__.py"
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from the module's package, one level up per extra dot
-                base = name.split(".") if is_package else name.split(".")[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module
-            found.add(target)
-            found.update(
-                f"{target}.{alias.name}"
-                for alias in node.names
-                if f"{target}.{alias.name}" in known
-            )
-    ours = set()
-    for target in found:
-        parts = target.split(".")
-        # the target and the packages above it
-        ours.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
-    own_packages = {
-        ".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1 + is_package)
+def test_the_import_contracts_hold(capsys):
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0, (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_the_code_is_formatted_and_lint_free(command):
+    """`ruff` over src, tests and scripts with the settings of pyproject.toml (line length 100)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "src", "tests", "scripts"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_the_import_contracts_catch_cycles_and_the_training_stack(tmp_path, monkeypatch):
+    """The same contracts on a package that breaks each of them: two modules importing each other
+    (one of them lazily, inside a function), three packages in a cycle, a model module importing
+    Lightning inside a function."""
+    _write(
+        tmp_path / "layoutprobe",
+        {
+            "__init__.py": "",
+            "data/__init__.py": "",
+            "data/a.py": "def f():\n    from . import b\n",
+            "data/b.py": "from . import a\n",
+            "data/c.py": "from ..weights import load\n",
+            "training/__init__.py": "from ..data import a\n",
+            "weights/__init__.py": "",
+            "weights/load.py": "from .. import training\n",
+            "models/__init__.py": "def f():\n    import lightning\n",
+        },
+    )
+    (tmp_path / "contracts.ini").write_text(_contracts_as_ini("layoutprobe"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cycles, stack = _checks(tmp_path / "contracts.ini").values()
+    assert not cycles.kept and not stack.kept
+    breakers = cycles.metadata["cycle_breakers_by_package"]
+    assert set(breakers) == {"layoutprobe", "layoutprobe.data"}  # the packages', the modules'
+    assert breakers["layoutprobe.data"] <= {
+        ("layoutprobe.data.a", "layoutprobe.data.b"),
+        ("layoutprobe.data.b", "layoutprobe.data.a"),
     }
-    return {t for t in found if t.split(".")[0] != PACKAGE.name} | {
-        t for t in ours & known if t not in own_packages
-    }
+    (chains,) = stack.metadata["invalid_chains"]
+    assert (chains["upstream_module"], chains["downstream_module"]) == (
+        "lightning",
+        "layoutprobe.models",
+    )
 
 
-@pytest.fixture(scope="module")
-def graph() -> dict[str, set[str]]:
-    """module -> the modules it imports (ours and third-party)."""
-    modules = _modules()
-    return {name: _imported(path, name, set(modules)) - {name} for name, path in modules.items()}
-
-
-def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
-    """One cycle of the directed graph `edges` (as a path that ends where it starts), or None."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in sorted(edges.get(node, ())):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt) :] + [nxt]
-            if nxt not in state and (found := visit(nxt)):
-                return found
-        state[node] = 2
-        path.pop()
-        return None
-
-    for node in sorted(edges):
-        if node not in state and (found := visit(node)):
-            return found
-    return None
-
-
-def _package_of(module: str) -> str:
-    """`simmim_swinv2.weights.load` -> `simmim_swinv2.weights`; a top-level module is its own
-    node."""
-    return ".".join(module.split(".")[:2])
-
-
-def test_cycle_finder_finds_cycles():
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
-
-
-def test_import_reader_resolves_relative_lazy_and_package_imports(graph):
-    load = graph["simmim_swinv2.weights.load"]
-    assert {
-        "simmim_swinv2.distributed.zero",
-        "simmim_swinv2.distributed",
-        "simmim_swinv2.models",
-    } <= load
-    assert "simmim_swinv2.weights" not in load  # its own package is not an import
-    assert "simmim_swinv2.models.classifier" in graph["simmim_swinv2.models"]
-    # imported inside a function
-    assert "deepspeed.utils.zero_to_fp32" in graph["simmim_swinv2.distributed.zero"]
-
-
-def test_no_import_cycle_among_modules(graph):
-    ours = {m: {t for t in targets if t in graph} for m, targets in graph.items()}
-    cycle = _cycle(ours)
-    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
-
-
-def test_no_import_cycle_among_packages(graph):
-    packages: dict[str, set[str]] = {}
-    for module, targets in graph.items():
-        if module == PACKAGE.name:
-            continue
-        src = _package_of(module)
-        packages.setdefault(src, set()).update(
-            _package_of(t) for t in targets if t in graph and _package_of(t) != src
-        )
-    cycle = _cycle(packages)
-    assert cycle is None, f"import cycle between packages: {' -> '.join(cycle)}"
-
-
-def test_models_need_neither_lightning_hydra_wandb_nor_deepspeed(graph):
-    """Not in models/ itself, nor in any module of ours it imports (directly or not)."""
-    seen, todo = set(), [m for m in graph if m.startswith(f"{PACKAGE.name}.models")]
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo += [t for t in graph[module] if t in graph]
-    bad = {f"{m} imports {t}" for m in seen for t in graph[m] if t.split(".")[0] in TRAINING_STACK}
-    assert not bad, sorted(bad)
-
-
-def test_files_are_under_400_lines():
+def test_files_are_of_a_readable_size():
     long = {
         str(p.relative_to(PACKAGE)): n
         for p in PACKAGE.rglob("*.py")
