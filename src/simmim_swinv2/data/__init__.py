@@ -7,9 +7,9 @@ transform, ``(image, label)`` otherwise; ``label = -1`` when unlabelled. Masks: 
 
 Bad samples (undecodable images, unreadable shards) never stop a loader worker: folders and shards
 replace them (so every rank keeps its planned number of samples) and count and name them in their
-:class:`BadSampleTracker`, shared by all loader workers; ``tasks.bad_samples.BadSampleMonitor`` sums
-the counts over ranks per epoch, logs them and stops the run once they pass ``max_bad_fraction`` of
-an epoch.
+:class:`BadSampleTracker`, shared by all loader workers; ``training.bad_samples.BadSampleMonitor``
+sums the counts over ranks per epoch, logs them and stops the run once they pass
+``max_bad_fraction`` of an epoch.
 """
 
 from .datamodule import SimMIMDataModule

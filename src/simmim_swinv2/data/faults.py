@@ -12,6 +12,11 @@ workers with the work: in the sampler's keys (map-style) or read when the worker
 (iterable). So the counts of a pass are exactly those of its samples, with persistent workers too,
 and samples a worker still reads for an earlier, cut-short pass (``limit_train_batches``) never land
 in the next one.
+
+Why a shared table rather than a count carried with each batch and summed by the training step: a
+worker's last failures in a pass (a shard that breaks after its last good sample, a worker whose
+samples are all bad) have no later batch to carry them, and validation's and the kNN monitor's
+loaders have no training step; the table has every count when the pass ends.
 """
 
 from __future__ import annotations
