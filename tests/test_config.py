@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.config import compose_config
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -152,15 +153,22 @@ def test_missing_imagenet_root_fails_before_any_model_and_says_how_to_make_shard
     built = []
     monkeypatch.setattr(entry.SimMIM, "from_config", lambda *a, **k: built.append(1))
     cfg = compose_config("pretrain", tmp_path, ["data=imagenet1k"])
-    with pytest.raises(Exception, match="make_shards"):
+    # Hydra's error from instantiating data.train, around build_imagenet1k's own
+    with pytest.raises(InstantiationException) as info:
         entry.pretrain(cfg)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert "SIMMIM_IMAGENET1K_ROOT" in str(info.value.__cause__)
+    assert "make_shards" in str(info.value.__cause__)
     assert not built
     cfg = compose_config(
         "pretrain", tmp_path, ["data=imagenet1k", f"data.root={tmp_path / 'empty'}"]
     )
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Exception, match="make_shards"):
+    with pytest.raises(InstantiationException) as info:
         entry.pretrain(cfg)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert str(tmp_path / "empty") in str(info.value.__cause__)
+    assert "make_shards" in str(info.value.__cause__)
     assert not built
 
 

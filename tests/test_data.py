@@ -269,6 +269,7 @@ def test_datamodule_batches_digits():
 def test_data_and_mask_configs_instantiate(tmp_path, monkeypatch):
     from pathlib import Path
 
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -300,5 +301,7 @@ def test_data_and_mask_configs_instantiate(tmp_path, monkeypatch):
     assert OmegaConf.is_missing(OmegaConf.load(conf / "data" / "webdataset.yaml"), "urls")
     monkeypatch.delenv("SIMMIM_IMAGENET22K_ROOT", raising=False)
     cfg = OmegaConf.merge(root, {"data": OmegaConf.load(conf / "data" / "imagenet22k.yaml")})
-    with pytest.raises(Exception, match="SIMMIM_IMAGENET22K_ROOT"):
+    with pytest.raises(InstantiationException) as info:  # Hydra's, around build_imagenet22k's
         instantiate(cfg.data.train)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert "SIMMIM_IMAGENET22K_ROOT" in str(info.value.__cause__)

@@ -14,6 +14,8 @@ import datasets
 import numpy as np
 import pytest
 from helpers.config import compose_config
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from PIL import Image
 
 from simmim_swinv2.config import ConfigError
@@ -242,8 +244,10 @@ def test_hf_config_composes_and_checks_its_keys(hf_data, tmp_path):
     )
     with pytest.raises(ConfigError, match=r"data.val_split=\[1\]: expected"):
         check_values(bad)
-    with pytest.raises(Exception, match="data.streamin"):
+    with pytest.raises(ConfigCompositionException) as info:  # a typo: not a key of data=hf
         compose_config("pretrain", tmp_path, ["data=hf", "data.path=x", "data.streamin=true"])
+    assert isinstance(info.value.__cause__, (ConfigAttributeError, ConfigKeyError))
+    assert info.value.__cause__.full_key == "data.streamin"
 
 
 def test_without_the_extra_data_hf_names_the_install(hf_data, monkeypatch):

@@ -208,11 +208,12 @@ def test_two_ranks_log_the_same_value_over_all_samples(strategy, tmp_path):
     assert result.returncode == 0, out[-3000:]
     assert "global batch 16 = 8 per device x 2 devices" in out
     if strategy == "ddp":
-        assert "GLOBAL_RANK: 1" in out and (run / "checkpoints" / "last.ckpt").is_file()
+        assert (run / "checkpoints" / "last.ckpt").is_file()
         with open(run / "metrics.csv") as f:  # 2 epochs x 3 steps, logged once (rank 0)
             assert len([r for r in csv.DictReader(f) if r.get("train/loss_step")]) == 6
     else:
         check_consolidated(run, final, tmp_path)
+    # both processes ran (the second one's own record: knn_rank1.json)
     ranks = [json.loads((tmp_path / "record" / f"knn_rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["history"] and len(ranks[0]["history"]) == 2
     for r in ranks:
