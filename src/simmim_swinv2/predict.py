@@ -5,8 +5,8 @@
 `.safetensors`, a transformers directory (what
 `python -m simmim_swinv2.convert to-transformers RUN OUT` writes), or an official classifier
 (anything `weights.load_model` reads). Prints the top-k labels (`id2label` names: the data set's
-class names) with probabilities per image. Preprocessing is transformers' for
-SwinV2 (`data/processor.py`), read from the checkpoint's `preprocessor_config.json` when it has one,
+class names) with probabilities per image. Preprocessing is transformers' for SwinV2
+(`inference/processor.py`), read from the checkpoint's `preprocessor_config.json` when it has one,
 so the numbers equal `pipeline("image-classification", model=export_dir)`'s. Unreadable images are
 reported on stderr and skipped.
 """

@@ -109,6 +109,8 @@ class SimMIMDataModule(L.LightningDataModule):
         pin_memory: default: True when CUDA is available.
         persistent_workers: default: True when ``num_workers > 0``.
         drop_last: drop the last partial training batch (validation always keeps it).
+        prefetch_factor: batches each worker loads ahead; None: the DataLoader's default.
+        seed: seed of the shuffling and of the per-sample augmentation seeds.
 
     Map-style datasets (folders, digits) are shuffled; under DDP Lightning swaps in a
     ``DistributedSampler`` and calls its ``set_epoch``: every rank gets ``ceil(N / world)`` samples
@@ -192,7 +194,9 @@ class SimMIMDataModule(L.LightningDataModule):
             return False
 
     def train_dataloader(self) -> DataLoader:
+        """The training loader (resumable mid-epoch; map-style data shuffled)."""
         return self._loader(self.train_dataset, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
+        """The validation loader (map-style data unshuffled), or ``[]`` without a val set."""
         return [] if self.val_dataset is None else self._loader(self.val_dataset, train=False)

@@ -9,24 +9,21 @@ with the same distribution and random draws as torchvision's ``RandomResizedCrop
 
 * JPEG (YCbCr/grey/RGB, no rotation tag): libjpeg-turbo through ``simplejpeg``, straight to an
   HWC uint8 array. ``fast=True`` (default) turns on plain (non-"fancy") chroma upsampling:
-  unbiased, 0.1–0.5 uint8 levels mean absolute difference after the resize (PSNR ≥ 48 dB).
-  The fast *IDCT* is never used: it saves only ≈ 0.02 ms/image and shifts red by −1.2 and blue
-  by −1.3 levels on average (a colour bias, measured against PIL on several photos and
-  qualities). If the crop is still at least the output size after a 2×/4×/8× reduction, the
-  JPEG is decoded at that reduction in the DCT domain (never below the output size, so nothing
-  gets upsampled that the full-size path would have downsampled). Only power-of-two reductions
-  are used: the others (3/4, 5/8, …) decode *slower* than full size in libjpeg-turbo.
+  unbiased, a fraction of a level of mean absolute difference after the resize. The fast *IDCT*
+  is never used: it saves little and shifts colours (a red and blue bias against PIL). If the
+  crop is still at least the output size after a 2×/4×/8× reduction, the JPEG is decoded at that
+  reduction in the DCT domain (never below the output size, so nothing gets upsampled that the
+  full-size path would have downsampled). Only power-of-two reductions are used: the others
+  (3/4, 5/8, …) decode *slower* than full size in libjpeg-turbo.
 * anything else (PNG, WebP, BMP, CMYK JPEG, rotated JPEG, JPEGs libjpeg-turbo rejects with its
   strict checks, PIL images): PIL, converted to RGB.
 
 The crop is resized with antialiased bilinear interpolation on uint8 channels-last tensors
 (torch's vectorised kernel), like torchvision's default ``RandomResizedCrop`` on PIL images.
 
-Measured costs per 500×375 q90 JPEG, one core (``scripts/benchmark_data.py`` has the end-to-end
-numbers): entropy decoding alone is ≈ 0.6 ms and no decoder option removes it; full decode
-0.82 ms (simplejpeg, plain upsampling) / 0.84 ms (simplejpeg accurate) / 0.89 ms (torchvision) /
-0.98 ms (PIL); a 2× DCT reduction saves only ≈ 0.1 ms; crop copy + resize 0.15 ms; flip +
-normalise 0.07 ms.
+Decoding is most of a sample's cost, and most of decoding is entropy decoding, which no decoder
+option removes; the per-step costs and the end-to-end comparison are in docs/benchmarks.md
+(``scripts/benchmark_data.py``).
 """
 
 from __future__ import annotations
@@ -49,7 +46,15 @@ _FAST_COLORSPACES = ("YCbCr", "Gray", "RGB")  # what libjpeg-turbo converts to R
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, P, RGBA, LA, CMYK, I;16, …) to RGB; transparency goes onto black."""
+    """Convert any PIL mode to RGB.
+
+    Args:
+        img: a PIL image of any mode (L, P, RGBA, LA, CMYK, I;16, …).
+
+    Returns:
+        ``img`` itself if RGB, else an RGB copy: transparency goes onto black, 16/32-bit grey is
+        scaled to its maximum.
+    """
     if img.mode == "RGB":
         return img
     if img.mode == "P" and "transparency" in img.info:
@@ -64,8 +69,13 @@ def decode_rgb(data: bytes, min_shorter: int | None = None) -> Image.Image:
     """Decode encoded image bytes to an upright RGB PIL image (fully loaded, so truncation raises
     here).
 
-    With ``min_shorter``, JPEGs are decoded at the largest DCT reduction that keeps the shorter
-    side ``>= min_shorter`` (a no-op for images already near that size).
+    Args:
+        data: encoded image bytes (any format PIL reads).
+        min_shorter: decode JPEGs at the largest DCT reduction that keeps the shorter side
+            ``>= min_shorter`` (a no-op for images already near that size); None: full size.
+
+    Returns:
+        An RGB PIL image, EXIF orientation applied.
     """
     return to_rgb(decode_image(data, min_shorter))
 
@@ -251,9 +261,19 @@ def decode_resized_crop(
     Images (RGB, or grey for ``channels=1``) come back as uint8, channels-last; ``.npy`` / TIFF
     arrays (bytes or an ``(H, W, C)`` / ``(C, H, W)`` array) of uint8 as uint8 too, of any other
     type as float32 scaled to [0, 1] (uint16) or as stored (float): see :mod:`.arrays`.
-    ``mode="bicubic"`` (fine-tuning's) resizes in float32. ``fast=False`` uses fancy chroma
-    upsampling (PIL's and torchvision's default) instead of the plain one: then JPEG pixels match
-    PIL's decode to within 1 level.
+
+    Args:
+        data: encoded bytes, a PIL image, or an ``(H, W, C)`` / ``(C, H, W)`` array.
+        size: ``(H, W)`` of the output.
+        scale, ratio: ranges of the crop's area share and aspect ratio (``RandomResizedCrop``'s).
+        generator: the random generator of the crop; None: torch's global one.
+        fast: plain JPEG chroma upsampling; False: fancy (PIL's and torchvision's default), then
+            JPEG pixels match PIL's decode to within 1 level.
+        channels: 3 (RGB) or 1 (grey) for images; an array must have this many channels.
+        mode: ``"bilinear"``, or ``"bicubic"`` (fine-tuning's), which resizes in float32.
+
+    Returns:
+        ``(channels, *size)``: uint8 channels-last, or float32 (see above).
     """
     if (
         channels != 3
@@ -301,7 +321,7 @@ def decode_resized_crop(
 def apply_transform(transform, data: bytes | Image.Image | np.ndarray, label: int) -> tuple:
     """Run ``transform`` on the stored sample (encoded bytes, a PIL image or an array) if it
     ``accepts_bytes``, else on its upright RGB PIL image (an array: its ``(H, W, C)`` pixels,
-    :func:`~.arrays.load_pixels`).
+    :func:`load_pixels`).
 
     Returns the transform's outputs flattened, then the label: ``(image, mask, label)`` for
     :class:`~.transforms.SimMIMTransform`, ``(image, label)`` for single-output transforms.

@@ -20,6 +20,13 @@ class DigitsDataset(Dataset):
 
     The split is a fixed stratified ``1 - val_fraction`` / ``val_fraction`` split (seeded), so
     train and val never overlap and are the same on every run and rank.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"all"`` (the 1,797 images).
+        transform: applied to the RGB PIL image; None: the item is the image itself.
+        image_size: side of the rendered images, in pixels.
+        val_fraction: share of the images held out as ``"val"``.
+        seed: seed of the split.
     """
 
     num_classes = 10
@@ -54,7 +61,14 @@ class DigitsDataset(Dataset):
         return len(self.labels)
 
     def image(self, i: int) -> Image.Image:
-        """The ``i``-th digit as an RGB PIL image of ``image_size × image_size``."""
+        """The ``i``-th digit of the split, untransformed.
+
+        Args:
+            i: index within the split.
+
+        Returns:
+            An RGB PIL image of ``image_size × image_size`` (bicubic upsampling of the 8×8 grey).
+        """
         img = Image.fromarray(self.images[i]).resize(
             (self.image_size, self.image_size), Image.Resampling.BICUBIC
         )
@@ -71,5 +85,9 @@ def build_digits(
     val_fraction: float = 0.2,
     seed: int = 0,
 ) -> DigitsDataset:
-    """Digits source (see :class:`DigitsDataset`); no download."""
+    """Digits source; no download. Arguments: :class:`DigitsDataset`'s.
+
+    Returns:
+        The :class:`DigitsDataset`; items ``(*transform outputs, label)``.
+    """
     return DigitsDataset(split, transform, image_size, val_fraction, seed)

@@ -71,6 +71,10 @@ class BadSampleTracker:
     samples. Nothing is raised here: the limit is ``max_bad_fraction`` of an epoch over all ranks,
     which only :class:`~simmim_swinv2.training.bad_samples.BadSampleMonitor` (in the main process of
     every rank) can see.
+
+    Args:
+        max_bad_fraction: the share of an epoch's samples that may be bad, in [0, 1] (1: never
+            stop); kept here for the monitor to read.
     """
 
     def __init__(self, max_bad_fraction: float = 0.01) -> None:
@@ -124,16 +128,28 @@ class BadSampleTracker:
         return int(self._current[0])
 
     def counts(self, tag: int | None = None) -> tuple[int, int]:
-        """``(seen, bad)`` of pass ``tag`` (default: the current one) over this process and its
-        workers."""
+        """The counts of a pass over this process and its workers.
+
+        Args:
+            tag: the pass; None: the current one.
+
+        Returns:
+            ``(seen, bad)``.
+        """
         tag = self.current_pass if tag is None else tag
         cells = self.table[:, tag % RING]
         mine = cells[:, 0] == tag
         return int(cells[mine, 1].sum()), int(cells[mine, 2].sum())
 
     def names(self, tag: int | None = None) -> list[tuple[str, int, str]]:
-        """``(where, count, reason)`` of the bad samples of pass ``tag`` so far, from every
-        process."""
+        """The bad samples of a pass so far, from every process.
+
+        Args:
+            tag: the pass; None: the current one.
+
+        Returns:
+            ``[(where, count, reason), ...]``.
+        """
         tag = self.current_pass if tag is None else tag
         for entry in sorted(os.listdir(self.dir)) if os.path.isdir(self.dir) else []:
             path = os.path.join(self.dir, entry)
@@ -151,13 +167,20 @@ class BadSampleTracker:
 
     # -- any process -----------------------------------------------------------------------------
     def good(self, tag: int | None = None) -> None:
+        """Count one good sample in pass ``tag`` (None: this process's current one)."""
         self._add(self.tag if tag is None else tag, 1, 0)
 
     def bad(
         self, where: str, err: BaseException | str, count: int = 1, tag: int | None = None
     ) -> None:
-        """Count ``count`` bad samples at ``where`` (a path, ``shard:key``, or a shard) and name
-        them."""
+        """Count bad samples and name them (logged, up to ``WARN_PER_PASS`` a pass and process).
+
+        Args:
+            where: what names them: a path, ``shard:key``, or a shard.
+            err: the exception, or a reason.
+            count: how many samples (a shard's unread part counts its samples).
+            tag: the pass; None: this process's current one.
+        """
         tag = self.tag if tag is None else tag
         reason = _clean(err if isinstance(err, str) else f"{type(err).__name__}: {err}")
         self._add(tag, count, count)

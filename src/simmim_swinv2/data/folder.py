@@ -24,8 +24,16 @@ def scan_folder(
     below ``root``, label -1. ``None``: labelled when ``root`` has subfolders and no images of its
     own. Images: :data:`IMAGE_EXTENSIONS` in any case; hidden files and folders are skipped;
     symlinked folders are followed. Order: sorted names, a folder's images before its subfolders'
-    (as ``os.walk`` goes). As Python objects: for a dataset, :func:`~.listing.load_listing` keeps
-    the same list compact.
+    (as ``os.walk`` goes). As Python objects: for a dataset, :func:`~.listing_shared.load_listing`
+    keeps the same list compact.
+
+    Args:
+        root: the folder.
+        labelled: ``True``, ``False`` or ``None`` (auto), as above.
+
+    Returns:
+        ``(samples, classes)``: ``[(path, label), ...]`` and the sorted class names (empty when
+        unlabelled).
     """
     listing = build_listing(root, labelled)
     return listing.tolist(), listing.classes
@@ -47,7 +55,17 @@ class FolderDataset(ReplacingDataset):
     it. With ``listing_dir`` it is made once by the first process, kept there and reused by every
     rank and on restart while the tree is unchanged (``listing``: ``auto``, or ``rebuild`` to list
     again; the others wait up to ``listing_timeout`` s); without, each process lists the folder
-    itself. See :func:`~.listing.load_listing`.
+    itself. See :func:`~.listing_shared.load_listing`.
+
+    Args:
+        root: the image folder.
+        transform: applied to the file's bytes (if it ``accepts_bytes``) or its RGB PIL image.
+        labelled: class subfolders (``True``), every image unlabelled (``False``), or auto
+            (``None``; :func:`scan_folder`).
+        max_bad_fraction: share of an epoch's samples that may be unreadable before the run stops.
+        listing_dir: where the shared listing is kept; None: each process lists the folder.
+        listing: ``"auto"`` (reuse a current listing) or ``"rebuild"``.
+        listing_timeout: seconds the other processes wait for the first one's listing.
     """
 
     def __init__(
@@ -73,6 +91,7 @@ class FolderDataset(ReplacingDataset):
     unreadable_hint = "check the folder (scripts/make_shards.py lists unreadable files)"
 
     def where(self, index: int) -> str:
+        """The path of sample ``index`` (what names it as a bad sample)."""
         return self.samples[index][0]
 
     def _load(self, index: int) -> tuple:
@@ -91,7 +110,11 @@ def build_folder(
     listing: str = "auto",
     listing_timeout: float = 3600.0,
 ) -> FolderDataset:
-    """Image-folder source (see :class:`FolderDataset`)."""
+    """Image-folder source. Arguments: :class:`FolderDataset`'s.
+
+    Returns:
+        The :class:`FolderDataset`; items ``(*transform outputs, label)``, label -1 if unlabelled.
+    """
     return FolderDataset(
         root, transform, labelled, max_bad_fraction, listing_dir, listing, listing_timeout
     )

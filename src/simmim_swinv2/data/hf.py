@@ -42,12 +42,20 @@ class HFDataset(ReplacingDataset):
     """Map-style rows of one split of a Hugging Face data set; item = transform outputs + label (-1
     if unlabelled).
 
-    Args: path, split: see :func:`open_split`. transform: applied to the stored bytes / array (if
-    it ``accepts_bytes``), else to the RGB PIL image. image_column, label_column: see
-    :func:`find_columns`. max_samples: keep this many rows, a fixed-seed shuffle's first ones
-    (transformers' `run_mim.py` does the same with `--max_train_samples`); None = all. val_split:
-    a fraction held out with ``seed`` (``part`` chooses the side); a named split is opened by the
-    builder (:func:`build_hf`) instead. max_bad_fraction: see :class:`~.faults.BadSampleTracker`."""
+    Args:
+        path, split: the data set and its split (a slice like ``train[:1000]`` works); see
+            :func:`open_split`.
+        transform: applied to the stored bytes / array (if it ``accepts_bytes``), else to the RGB
+            PIL image.
+        image_column, label_column: ``"auto"``, a name, or (labels) None; see :func:`find_columns`.
+        max_samples: keep this many rows, a fixed-seed shuffle's first ones (transformers'
+            `run_mim.py` does the same with `--max_train_samples`); None = all.
+        val_split: a fraction held out with ``seed``; a named split is opened by the builder
+            (:func:`build_hf`) instead.
+        part: the side of ``val_split`` to keep, ``"train"`` or ``"val"``.
+        seed: seed of the held-out fraction and of the ``max_samples`` shuffle.
+        max_bad_fraction: see :class:`~.faults.BadSampleTracker`.
+    """
 
     unreadable_hint = "check the data set (its image column, data.image_column)"
 
@@ -100,7 +108,8 @@ class HFDataset(ReplacingDataset):
         }  # a one-row pyarrow Table
 
     def where(self, index: int) -> str:
-        """`hf:PATH:split#row`, and the image's file when the row stores one (an image folder)."""
+        """What names row ``index`` as a bad sample: `hf:PATH:split#row`, and the image's file when
+        the row stores one (an image folder)."""
         name = f"hf:{self.path}:{self.split}#{index}"
         try:
             cell = self._row(index)[self.image_column]
@@ -109,7 +118,11 @@ class HFDataset(ReplacingDataset):
         return f"{cell['path']} ({name})" if isinstance(cell, dict) and cell.get("path") else name
 
     def stored(self, index: int):
-        """Row `index`'s stored image (bytes or array), as :func:`stored_value` gives it."""
+        """Row ``index``'s stored image, undecoded.
+
+        Returns:
+            Encoded bytes or an array, as :func:`stored_value` gives it.
+        """
         return stored_value(self._row(index)[self.image_column], self.dtype)
 
     def _load(self, index: int) -> tuple:
@@ -124,7 +137,15 @@ class HFStreamDataset(ShardDataset):
     """Streaming rows of a Hugging Face data set, planned over its shards as
     :class:`~.shards.ShardDataset` plans tar shards (its arguments, after ``path`` / ``split`` / the
     columns). Rows are read a batch at a time with ``IterableDataset.iter`` (rank and worker split
-    by the plan, never by `datasets` itself)."""
+    by the plan, never by `datasets` itself).
+
+    Args:
+        path, split: the data set and its split, opened streaming (:func:`open_split`).
+        image_column, label_column: as for :class:`HFDataset`.
+        max_samples: read only the first this many rows, in shard order; None = all.
+        **kwargs: :class:`~.shards.ShardDataset`'s (``transform``, ``shuffle``, ``seed``,
+            ``samples_per_epoch``, ...).
+    """
 
     def __init__(
         self,
@@ -145,7 +166,7 @@ class HFStreamDataset(ShardDataset):
         self.classes = names if names is not None else ([] if self.label_column is None else None)
         n = (
             getattr(self.stream, "num_shards", None) or self.stream.n_shards
-        )  # n_shards: its name before datasets 3.x
+        )  # n_shards: its name in datasets < 3
         super().__init__(
             [f"hf:{path}:{split}#shard{i}" for i in range(n)],
             num_classes=len(names) if names is not None else None,
@@ -210,16 +231,27 @@ def build_hf(
     read_attempts: int = 3,
     retry_backoff: float = 1.0,
 ) -> HFDataset | HFStreamDataset | None:
-    """Hugging Face data set source (see the module doc): the training part of ``split``
-    (``part="train"``) or the validation part (``part="val"``): the split ``val_split`` names, or
-    the fraction ``val_split`` held out of ``split`` with ``split_seed`` (None: ``seed``); None for
-    the validation part without ``val_split``. ``seed`` shuffles a streamed data set; ``split_seed``
-    picks the held-out and the ``max_samples`` rows, the same in every run
-    (``data.val_split_seed``).
+    """Hugging Face data set source (see the module doc): the training or the validation part.
 
-    ``max_samples`` bounds the training part; streaming takes ``samples_per_epoch`` (None: exact
-    epochs), ``shuffle_buffer``, ``read_attempts`` and ``retry_backoff`` as
-    :class:`~.shards.ShardDataset` does."""
+    Args:
+        path, split: the data set and the split to read (:func:`open_split`).
+        part: ``"train"``, or ``"val"``: the split ``val_split`` names, or the fraction
+            ``val_split`` held out of ``split``.
+        val_split: a split name, a fraction in (0, 1) (map-style only), or None.
+        transform, image_column, label_column: as for :class:`HFDataset`.
+        streaming: read it as :class:`HFStreamDataset` (shards, ranks, workers) instead.
+        max_samples: bounds the training part.
+        seed: shuffles a streamed data set; the split seed when ``split_seed`` is None.
+        split_seed: picks the held-out and the ``max_samples`` rows, the same in every run
+            (``data.val_split_seed``).
+        samples_per_epoch, shuffle_buffer, read_attempts, retry_backoff: streaming only, as
+            :class:`~.shards.ShardDataset` takes them (``samples_per_epoch`` None: exact epochs).
+        max_bad_fraction: see :class:`~.faults.BadSampleTracker`.
+
+    Returns:
+        An :class:`HFDataset` or :class:`HFStreamDataset`; None for ``part="val"`` without
+        ``val_split``.
+    """
     if part not in ("train", "val"):
         raise ValueError(f"part={part!r}: 'train' or 'val'")
     fraction = val_split if isinstance(val_split, float) else None

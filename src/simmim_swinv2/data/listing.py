@@ -225,7 +225,7 @@ def build_listing(
         dirs.extend(subtree)
         if not labelled:
             groups.append(names)
-        elif names:  # a class folder without images gets no label, as before
+        elif names:  # a class folder without images gets no label
             groups.append(names)
             classes.append(name)
     counts = np.array([len(g) for g in groups], dtype=np.int64)

@@ -76,7 +76,15 @@ class MaskGenerator:
         self.token_grid = (h // model_patch_size, w // model_patch_size)
 
     def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Return one mask, bool ``(H/model_patch, W/model_patch)``, True = masked."""
+        """Draw one mask.
+
+        Args:
+            generator: the random generator to draw from; None: torch's global one.
+
+        Returns:
+            bool ``(H/model_patch_size, W/model_patch_size)``, True = masked, exactly
+            ``num_masked_blocks`` blocks of ``mask_patch_size`` pixels.
+        """
         chosen = torch.randperm(self.num_blocks, generator=generator)[: self.num_masked_blocks]
         blocks = torch.zeros(self.num_blocks, dtype=torch.bool)
         blocks[chosen] = True

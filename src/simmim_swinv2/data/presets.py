@@ -47,10 +47,24 @@ def build_imagenet(
     ``$SIMMIM_IMAGENET22K_ROOT``.
 
     A class-folder tree is listed once, by the first process, into ``listing_dir`` (see
-    :func:`~.listing.load_listing`; None: every process lists it). Shards need no listing.
+    :func:`~.listing_shared.load_listing`; None: every process lists it). Shards need no listing.
 
-    Raises ``FileNotFoundError`` (saying how to make shards) when the root is missing or empty,
-    and ``ValueError`` when a class folder tree has the wrong number of classes.
+    Args:
+        variant: ``"imagenet1k"`` or ``"imagenet22k"``.
+        root: the folder holding ``<split>/`` (or the split itself); None: the variant's env var.
+        split: ``"train"`` or ``"val"``; only training shards are shuffled and take
+            ``samples_per_epoch``.
+        transform: applied to the stored bytes (if it ``accepts_bytes``) or the RGB PIL image.
+        seed, samples_per_epoch, batch_size: shards only (:class:`ShardDataset`).
+        max_bad_fraction: share of an epoch's samples that may be unreadable before the run stops.
+        listing_dir, listing, listing_timeout: folders only (:class:`FolderDataset`).
+
+    Returns:
+        A :class:`ShardDataset` or :class:`FolderDataset`; items ``(*transform outputs, label)``.
+
+    Raises:
+        FileNotFoundError: the root is missing or empty (the message says how to make shards).
+        ValueError: a class-folder tree has the wrong number of classes.
     """
     if variant not in IMAGENET_VARIANTS:
         raise ValueError(f"variant={variant!r}; use one of {sorted(IMAGENET_VARIANTS)}")
@@ -102,7 +116,14 @@ def build_imagenet1k(
     transform: Callable | None = None,
     **kwargs,
 ) -> Dataset:
-    """ImageNet-1K preset (1000 classes); see :func:`build_imagenet`."""
+    """ImageNet-1K preset (1000 classes, root ``$SIMMIM_IMAGENET1K_ROOT`` by default).
+
+    Args:
+        root, split, transform, **kwargs: :func:`build_imagenet`'s.
+
+    Returns:
+        A :class:`ShardDataset` or :class:`FolderDataset`.
+    """
     return build_imagenet("imagenet1k", root, split, transform, **kwargs)
 
 
@@ -112,7 +133,14 @@ def build_imagenet22k(
     transform: Callable | None = None,
     **kwargs,
 ) -> Dataset:
-    """ImageNet-22K preset (21841 classes); see :func:`build_imagenet`."""
+    """ImageNet-22K preset (21841 classes, root ``$SIMMIM_IMAGENET22K_ROOT`` by default).
+
+    Args:
+        root, split, transform, **kwargs: :func:`build_imagenet`'s.
+
+    Returns:
+        A :class:`ShardDataset` or :class:`FolderDataset`.
+    """
     return build_imagenet("imagenet22k", root, split, transform, **kwargs)
 
 
@@ -122,6 +150,13 @@ class SyntheticDataset(Dataset):
 
     ``image`` is float ``(3, H, W)`` from a small fixed pool (so producing it costs ~nothing);
     ``mask`` is bool ``(H/p, W/p)`` freshly drawn by ``mask_generator`` when one is given.
+
+    Args:
+        length: number of items.
+        input_size: ``S`` or ``(H, W)`` of the images.
+        num_classes: labels cycle through ``0 … num_classes - 1``.
+        mask_generator: draws the masks; None: items without a mask.
+        seed: seed of the image pool.
     """
 
     def __init__(
@@ -157,9 +192,17 @@ def build_synthetic(
     seed: int = 0,
     transform: Callable | None = None,
 ) -> SyntheticDataset:
-    """Synthetic source (see :class:`SyntheticDataset`). `transform`: the entry points pass every
-    source theirs; the images here are made already normalised, so only its `mask_generator`
-    (pretraining's) is taken."""
+    """Synthetic source.
+
+    Args:
+        length, input_size, num_classes, mask_generator, seed: :class:`SyntheticDataset`'s.
+        transform: the entry points pass every source theirs; the images here are made already
+            normalised, so only its ``mask_generator`` (pretraining's) is taken, when
+            ``mask_generator`` is None.
+
+    Returns:
+        The :class:`SyntheticDataset`.
+    """
     if mask_generator is None:
         mask_generator = getattr(transform, "mask_generator", None)
     return SyntheticDataset(length, input_size, num_classes, mask_generator, seed)

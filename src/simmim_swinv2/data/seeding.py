@@ -118,8 +118,8 @@ def seeded(seed: int, fn, *args):
 
 
 def _seed_cpu_rngs(seed: int) -> None:
-    # torch's CPU generator only: torch.manual_seed would also seed every CUDA device (~70 us a
-    # call)
+    # torch's CPU generator only: torch.manual_seed would also seed every CUDA device, a cost on
+    # every sample (docs/benchmarks.md)
     torch.default_generator.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)

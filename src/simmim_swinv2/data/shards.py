@@ -61,8 +61,14 @@ class ShardError(RuntimeError):
 
 
 def expand_shards(urls: str | Sequence[str]) -> list[str]:
-    """Brace pattern (``/d/{000000..000009}.tar``, ``::``-joined) or list of patterns → list of
-    shards."""
+    """The shard list of a pattern.
+
+    Args:
+        urls: a brace pattern (``/d/{000000..000009}.tar``, ``::``-joined) or a list of them.
+
+    Returns:
+        The shards, in order; none raises ``ValueError``.
+    """
     items = [urls] if isinstance(urls, str) else list(urls)
     shards = [s for item in items for s in wds.shardlists.expand_urls(str(item))]
     if not shards:
@@ -92,7 +98,14 @@ def count_samples(shard: str) -> int:
 
 def shard_sizes(shards: Sequence[str]) -> list[int]:
     """Sample count per shard: ``sizes.json`` next to the shards if present, else counted from the
-    tar."""
+    tar.
+
+    Args:
+        shards: shard paths.
+
+    Returns:
+        One count per shard, in order.
+    """
     index: dict[str, dict] = {}
     sizes = []
     for shard in shards:
@@ -132,6 +145,17 @@ def plan_epoch(
 
     That order is what ``split_by_node`` (``islice(rank, None, world)``) followed by
     ``split_by_worker`` (``islice(worker, None, workers)``) picks apart.
+
+    Args:
+        sizes: samples per shard.
+        world, workers: ranks, and DataLoader workers per rank.
+        order: the shards' order this epoch (indices into ``sizes``).
+        drop_last: ``N // world`` samples per rank instead of ``ceil(N / world)`` (padded by
+            wrapping round).
+        batch_size: cut each rank's range into whole batches per worker; None: samples.
+
+    Returns:
+        ``world * workers`` lists of pieces ``(shard, start, stop)``.
     """
     total = sum(sizes)
     per_rank = total // world if drop_last else math.ceil(total / world)
@@ -237,6 +261,7 @@ class ShardDataset(IterableDataset):
 
     @property
     def sizes(self) -> list[int]:
+        """Samples per shard (:func:`shard_sizes`), read once."""
         if self._sizes is None:
             self._sizes = shard_sizes(self.shards)
         return self._sizes
@@ -249,9 +274,13 @@ class ShardDataset(IterableDataset):
         return part
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Use ``epoch`` for the next iteration (later iterations of this copy count up from it);
-        that next iteration leaves out the rank's first ``skip_batches`` batches (a mid-epoch
-        resume: already trained on)."""
+        """Set the epoch of the next iteration.
+
+        Args:
+            epoch: the next iteration's epoch (later iterations of this copy count up from it).
+            skip_batches: the rank's first batches that iteration leaves out (a mid-epoch resume:
+                already trained on).
+        """
         self.epoch = epoch
         self._iterations = 0
         self._skip_batches = skip_batches
@@ -436,5 +465,12 @@ class ShardDataset(IterableDataset):
 
 
 def build_webdataset(urls: str | Sequence[str], **kwargs) -> ShardDataset:
-    """WebDataset shard source; the keyword arguments are :class:`ShardDataset`'s."""
+    """WebDataset shard source.
+
+    Args:
+        urls, **kwargs: :class:`ShardDataset`'s.
+
+    Returns:
+        The :class:`ShardDataset`; items ``(*transform outputs, label)``.
+    """
     return ShardDataset(urls, **kwargs)

@@ -1,5 +1,5 @@
-"""Samples out of an uncompressed tar shard, ~10x cheaper per member than `tarfile` (which
-webdataset uses).
+"""Samples out of an uncompressed tar shard, much cheaper per member than `tarfile` (which
+webdataset uses; docs/benchmarks.md).
 
 A sample is the run of consecutive members sharing a key, as webdataset groups them
 (`base_plus_ext`: the key is the path up to the first dot of the file name, the rest is the

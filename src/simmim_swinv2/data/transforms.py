@@ -24,6 +24,7 @@ from .arrays import as_float
 from .decode import decode_resized_crop, load_pixels
 from .mask import MaskGenerator, _pair
 
+# ImageNet's per-channel RGB statistics, on [0, 1] pixels (timm's IMAGENET_DEFAULT_MEAN / _STD)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -62,8 +63,18 @@ class SimMIMTransform:
 
     Statistically the same as the torchvision composition in the SimMIM reference (same crop,
     flip and mask draws from torch's generator); only decoding and resizing are faster (see
-    :func:`~.decode.decode_resized_crop`). ``fast_decode=False`` upsamples JPEG chroma like PIL
-    ("fancy" upsampling; pixels then within 1 level of PIL's), 1–3% slower end to end.
+    :func:`~.decode.decode_resized_crop`).
+
+    Args:
+        input_size: ``S`` or ``(H, W)`` of the crops.
+        mask_generator: draws the masks; None: ``MaskGenerator(input_size)`` (SimMIM's defaults).
+            Its ``input_size`` must be the transform's.
+        scale: range of the crop's share of the image area.
+        ratio: range of the crop's aspect ratio.
+        hflip: probability of a horizontal flip.
+        mean, std: per-channel normalisation; their length sets the channels.
+        fast_decode: plain JPEG chroma upsampling; False: "fancy" like PIL (pixels then within 1
+            level of PIL's), slightly slower (docs/benchmarks.md).
     """
 
     accepts_bytes = True
@@ -102,6 +113,14 @@ class SimMIMTransform:
         self._bias = (-torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1) / std_t).float()
 
     def __call__(self, img: Image.Image | bytes | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop, flip and normalise one sample and draw its mask.
+
+        Args:
+            img: a PIL image, encoded bytes or an array.
+
+        Returns:
+            ``(image, mask)``: float32 ``(C, H, W)`` and bool ``(H/p, W/p)``, True = masked.
+        """
         x = decode_resized_crop(
             img, self.size, self.scale, self.ratio, fast=self.fast_decode, channels=self.channels
         )
@@ -125,7 +144,16 @@ def build_pretrain_transform(
     model_patch_size: int = 4,
     mask_ratio: float = 0.6,
 ) -> SimMIMTransform:
-    """SimMIM pretrain transform with its mask generator; returns ``(image, mask)`` per sample."""
+    """SimMIM pretrain transform with its mask generator (ImageNet normalisation, the official
+    crop and flip).
+
+    Args:
+        input_size: side of the crops, in pixels.
+        mask_patch_size, model_patch_size, mask_ratio: :class:`~.mask.MaskGenerator`'s.
+
+    Returns:
+        The :class:`SimMIMTransform`; ``(image, mask)`` per sample.
+    """
     mask = MaskGenerator(input_size, mask_patch_size, model_patch_size, mask_ratio)
     return SimMIMTransform(input_size, mask)
 
@@ -137,6 +165,13 @@ def build_reference_pretrain_transform(
     mask.
 
     Kept as the baseline for ``scripts/benchmark_data.py`` and for distribution checks in tests.
+
+    Args:
+        input_size: side of the crops, in pixels.
+        mask_generator: unused (the signature of the fast path's builder).
+
+    Returns:
+        A ``T.Compose``: RGB PIL image → float ``(3, S, S)``, ImageNet-normalised.
     """
     return T.Compose(
         [
@@ -248,6 +283,19 @@ def build_finetune_transform(
     Input: what a data set stores (:class:`ChannelTransform`). Output: float ``(C, S, S)``
     normalised with ``mean``/``std`` (``C = len(mean)``); samples other than 8-bit RGB skip
     RandAugment and the colour jitter.
+
+    Args:
+        input_size: side ``S`` of the crops, in pixels.
+        auto_augment: timm's RandAugment spec; None: none.
+        color_jitter: timm's colour-jitter strength.
+        re_prob: probability of random erasing (per-pixel noise, one box).
+        interpolation: resize interpolation of the RGB path.
+        scale: range of the crop's share of the image area.
+        hflip: probability of a horizontal flip.
+        mean, std: per-channel normalisation; their length sets the channels.
+
+    Returns:
+        A :class:`ChannelTransform`.
     """
     mean, std = check_normalization(mean, std)
     rgb = None
@@ -273,7 +321,7 @@ def build_finetune_transform(
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
-    """timm's posterize, with 0 bits kept giving a black image as before Pillow 13 (which raises
+    """timm's posterize, with 0 bits kept giving a black image (Pillow 13's ``posterize`` raises
     there)."""
     if bits_to_keep >= 8:
         return img
@@ -286,8 +334,8 @@ def _patch_posterize(transform) -> None:
     """Swap in :func:`_posterize` for timm's in every augmentation op below ``transform``.
 
     ``rand-m9-mstd0.5-inc1`` draws magnitude 10 now and then (9 + N(0, 0.5), clipped), which
-    ``PosterizeIncreasing`` maps to 0 bits; with timm 1.0.31 and Pillow 13 that raised a
-    ``ValueError`` in about one sample in 500.
+    ``PosterizeIncreasing`` maps to 0 bits; timm's posterize with Pillow 13 then raises a
+    ``ValueError`` (how often: docs/benchmarks.md).
     """
     for t in getattr(transform, "transforms", []):
         _patch_posterize(t)
@@ -305,9 +353,15 @@ def build_eval_transform(
     """Eval transform: resize shorter side to ``int(size / crop_pct)`` (256/224·size), bicubic,
     centre crop.
 
-    ``input_size``: ``S`` or ``(H, W)`` (the longer side sets the resize). Input: what a data set
-    stores (:class:`ChannelTransform`). Output: float ``(C, H, W)`` normalised with
-    ``mean``/``std``.
+    Input: what a data set stores (:class:`ChannelTransform`).
+
+    Args:
+        input_size: ``S`` or ``(H, W)`` (the longer side sets the resize).
+        crop_pct: the centre crop's share of the resized shorter side.
+        mean, std: per-channel normalisation; their length sets the channels.
+
+    Returns:
+        A :class:`ChannelTransform` giving float ``(C, H, W)`` normalised with ``mean``/``std``.
     """
     mean, std = check_normalization(mean, std)
     h, w = _pair(input_size)
@@ -337,8 +391,18 @@ def build_mixup(
 ) -> Mixup | None:
     """timm ``Mixup`` for batches: ``images, soft_targets = mixup(images, labels)``.
 
-    Needs an even batch size. Returns ``None`` when both alphas are 0 (use plain CE with
-    label smoothing then).
+    Needs an even batch size.
+
+    Args:
+        num_classes: classes of the soft targets.
+        mixup_alpha, cutmix_alpha: Beta-distribution parameters; 0 turns each off.
+        label_smoothing: smoothing of the soft targets.
+        prob: probability of mixing a batch at all.
+        switch_prob: probability of cutmix instead of mixup when both are on.
+
+    Returns:
+        timm's ``Mixup`` (``mode="batch"``), or ``None`` when both alphas are 0 (use plain CE with
+        label smoothing then).
     """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return None

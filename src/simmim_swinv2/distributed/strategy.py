@@ -35,8 +35,8 @@ from .zero import is_universal_checkpoint, zero_checkpoint_world_size
 
 def use_cpu_accelerator() -> None:
     """DeepSpeed picks its accelerator once, on first use: CPU (gloo without oneCCL). A lasting
-    `TORCH_EXTENSIONS_DIR` makes the JIT build of `DeepSpeedCPUAdam` (~80 s) happen once per
-    machine."""
+    `TORCH_EXTENSIONS_DIR` makes the JIT build of `DeepSpeedCPUAdam` (over a minute,
+    docs/benchmarks.md) happen once per machine."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 

@@ -65,7 +65,7 @@ class ImageProcessor:
         )
 
     def pixels(self, pixels: Image.Image | np.ndarray) -> torch.Tensor:
-        """`(C, H, W)` for an `(H, W, C)` array or a grey image (`data.arrays.load_pixels`): scaled
+        """`(C, H, W)` for an `(H, W, C)` array or a grey image (`data.decode.load_pixels`): scaled
         to float32 (uint8 / 255, uint16 / 65535), bicubic antialiased resize, normalised."""
         x = torch.from_numpy(pixels_to_float(pixels)).permute(2, 0, 1).unsqueeze(0)
         x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False)[0]

@@ -8,8 +8,18 @@ from .swinv2 import SwinV2Block, SwinV2Encoder, SwinV2EncoderOutput
 
 
 def encoder_of(model: SwinV2Encoder | SimMIM | SwinV2Classifier) -> SwinV2Encoder:
-    """The SwinV2 encoder of a bare encoder, a SimMIM model or a classifier (SimMIM and the
-    classifier hold it as `encoder`)."""
+    """The SwinV2 encoder of any of our models.
+
+    Args:
+        model: a bare encoder, a SimMIM model or a classifier (the latter two hold it as
+            `encoder`).
+
+    Returns:
+        The `SwinV2Encoder` itself (not a copy).
+
+    Raises:
+        TypeError: `model` neither is nor holds a `SwinV2Encoder`.
+    """
     encoder = model if isinstance(model, SwinV2Encoder) else getattr(model, "encoder", None)
     if not isinstance(encoder, SwinV2Encoder):
         raise TypeError(

@@ -14,16 +14,27 @@ from .swinv2 import SwinV2Encoder
 
 @dataclass
 class ClassifierOutput:
-    """`logits`: `(B, num_classes)`; `loss` when labels were given."""
+    """What `SwinV2Classifier.forward` returns.
+
+    Attributes:
+        logits: `(B, num_classes)`.
+        loss: scalar cross-entropy when labels were given, else None.
+    """
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
 
 
 class SwinV2Classifier(nn.Module):
-    """`forward(pixel_values (B, C, H, W), labels=None)`. Labels are class indices `(B,)`
-    (cross-entropy, with optional label smoothing) or soft targets `(B, num_classes)` from
-    mixup/cutmix (soft-target cross-entropy)."""
+    """Image classification: the encoder's average-pooled final features → dropout → linear head.
+
+    Args:
+        encoder: the `SwinV2Encoder` (its mask token, if any, is unused).
+        num_classes: outputs of the head; 0: no head (`nn.Identity`, the pooled features).
+        id2label: class names by index; default `LABEL_<i>`, as transformers names them.
+        head_drop: dropout rate before the head.
+        label_smoothing: for the cross-entropy with class-index labels.
+    """
 
     def __init__(
         self,
@@ -53,15 +64,27 @@ class SwinV2Classifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: SwinV2Config, num_classes: int, **kwargs) -> SwinV2Classifier:
+        """A freshly initialised classifier on `cfg`; `kwargs`: `__init__`'s."""
         return cls(SwinV2Encoder(cfg), num_classes, **kwargs)
 
     @property
     def label2id(self) -> dict[str, int]:
+        """The inverse of `id2label`."""
         return {v: k for k, v in self.id2label.items()}
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None
     ) -> ClassifierOutput:
+        """Classify images, and score them when labels are given.
+
+        Args:
+            pixel_values: `(B, C, H, W)` normalised pixels, H and W multiples of the stride.
+            labels: class indices `(B,)` (cross-entropy with `label_smoothing`) or soft targets
+                `(B, num_classes)` from mixup/cutmix (soft-target cross-entropy); None: no loss.
+
+        Returns:
+            `ClassifierOutput`: `logits` `(B, num_classes)`, `loss` (scalar, float32) or None.
+        """
         pooled = self.encoder(pixel_values).pooler_output
         logits = self.head(self.head_drop(pooled))
         loss = None

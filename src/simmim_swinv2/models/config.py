@@ -59,13 +59,34 @@ def _per_stage(value, num_stages: int, name: str) -> tuple[int, ...]:
 
 @dataclass
 class SwinV2Config:
-    """Everything that shapes a SwinV2 encoder. `window_size`, `pretrained_window_sizes` and
-    `grad_checkpointing` take one value or one per stage; `img_size` is the size windows are sized
-    for (other sizes that are multiples of `stride` run too, as in transformers).
+    """Everything that shapes a SwinV2 encoder; checked on creation (`ValueError`).
 
-    Attention: `attn_backend` picks "sdpa" (`F.scaled_dot_product_attention`, the default), "flex"
-    (FlexAttention, opt-in: compiled on CUDA, inference only on the CPU, no attention dropout; see
-    `models/flex.py`) or "eager" (timm's `WindowAttention`, the reference)."""
+    Args:
+        img_size: `S` or `(H, W)` the windows are sized for (other sizes that are multiples of
+            `stride` run too, as in transformers); a multiple of `stride`.
+        patch_size: pixels per patch-embedding token along each side.
+        in_chans: input channels.
+        embed_dim: channels of stage 0 (doubled at every stage).
+        depths: blocks per stage.
+        num_heads: attention heads per stage (one value, or one per stage).
+        window_size: attention window per stage (one value, or one per stage), clamped to the
+            stage's height (`stage_window`).
+        pretrained_window_sizes: per stage, the window the position bias was pretrained with
+            (SwinV2's log-spaced coordinates are normalised by it); 0: the stage's own window.
+        mlp_ratio: MLP hidden width over the block's width.
+        qkv_bias: q and v biases (k has none, as in SwinV2).
+        drop_path_rate: stochastic depth of the last block (rising linearly from 0).
+        attn_drop_rate, proj_drop_rate: dropout of the attention weights / the projections.
+        act_layer: MLP activation, one of `ACTIVATIONS`.
+        norm_eps: LayerNorm epsilon.
+        extra_norm_every: huge/giant's extra LayerNorm after every n-th block; 0: none.
+        attn_backend: "sdpa" (`F.scaled_dot_product_attention`, the default), "flex"
+            (FlexAttention, opt-in: compiled on CUDA, inference only on the CPU, no attention
+            dropout; see `models/flex.py`) or "eager" (timm's `WindowAttention`, the reference).
+        grad_checkpointing: activation checkpointing, one flag or one per stage.
+        use_mask_token: add SimMIM's mask token.
+        variant: the named variant it came from (`swinv2_config`), for the record only.
+    """
 
     img_size: int | tuple[int, int] = 192
     patch_size: int = 4
@@ -135,14 +156,17 @@ class SwinV2Config:
 
     @property
     def num_stages(self) -> int:
+        """Number of stages (`len(depths)`)."""
         return len(self.depths)
 
     @property
     def stage_dims(self) -> tuple[int, ...]:
+        """Each stage's width: `embed_dim * 2**stage`."""
         return tuple(self.embed_dim * 2**i for i in range(self.num_stages))
 
     @property
     def num_features(self) -> int:
+        """Width of the last stage, the encoder's output channels."""
         return self.stage_dims[-1]
 
     @property
@@ -154,8 +178,14 @@ class SwinV2Config:
         )
 
     def stage_windows(self, window: int | None = None) -> tuple[int, ...]:
-        """Each stage's attention window at `img_size` (`stage_window`), for the configured windows
-        or, given `window`, for that one window in every stage."""
+        """Each stage's attention window at `img_size` (`stage_window`).
+
+        Args:
+            window: one window for every stage; None: the configured `window_size`.
+
+        Returns:
+            One window side per stage, each clamped to its stage's height.
+        """
         windows = self.window_size if window is None else (window,) * self.num_stages
         return tuple(stage_window(h, w) for (h, _), w in zip(self.stage_resolutions, windows))
 
@@ -165,12 +195,22 @@ class SwinV2Config:
         return self.patch_size * 2 ** (self.num_stages - 1)
 
     def to_dict(self) -> dict:
+        """Every field as plain values (tuples stay tuples); `from_dict` reads it back."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> SwinV2Config:
+        """The config `d` describes (`to_dict`'s output, or its JSON form with lists).
+
+        Args:
+            d: field values; missing fields take their defaults, unknown ones are refused
+                (`ValueError`). A `fused_attn` key is read as `attn_backend` (False: "eager").
+
+        Returns:
+            The `SwinV2Config`.
+        """
         d = dict(d)
-        if not d.pop("fused_attn", True):  # saved before attn_backend replaced it: False was eager
+        if not d.pop("fused_attn", True):  # the boolean form of attn_backend: False means eager
             d["attn_backend"] = "eager"
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
@@ -181,6 +221,7 @@ class SwinV2Config:
         return cls(**d)
 
     def replace(self, **changes) -> SwinV2Config:
+        """A copy with `changes` to its fields, checked again."""
         return replace(self, **changes)
 
 
@@ -194,6 +235,15 @@ def variant_spec(variant: str) -> tuple[str, dict]:
 
 
 def swinv2_config(variant: str, **overrides) -> SwinV2Config:
-    """The config of a named variant (see `variant_spec`), with `overrides` to its fields."""
+    """The config of a named variant.
+
+    Args:
+        variant: `debug`, `tiny`, `small`, `base`, `large`, `huge` or `giant`, with or without a
+            `swinv2_` prefix (`variant_spec`).
+        **overrides: `SwinV2Config` fields to change (e.g. `img_size`, `window_size`).
+
+    Returns:
+        The `SwinV2Config`, its `variant` set to the bare name.
+    """
     name, sizes = variant_spec(variant)
     return SwinV2Config(**{**sizes, **overrides, "variant": name})

@@ -71,8 +71,18 @@ def normalize_target(target: torch.Tensor, window: int = 47) -> torch.Tensor:
 def masked_l1_loss(
     target: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor, patch_size: int
 ) -> torch.Tensor:
-    """Mean absolute error over the masked pixel-channels. `target`, `reconstruction`:
-    `(B, C, H, W)`; `mask`: `(B, H/patch, W/patch)`, 1 = masked."""
+    """SimMIM's loss: the mean absolute error over the masked pixel-channels only.
+
+    Args:
+        target: `(B, C, H, W)`, the pixels (or their normalised target, `normalize_target`).
+        reconstruction: `(B, C, H, W)`, the decoder's output.
+        mask: `(B, H/patch_size, W/patch_size)`, 1 = masked.
+        patch_size: pixels per mask token along each side.
+
+    Returns:
+        A float32 scalar: the L1 error summed over masked pixels and channels, divided by their
+        count (+ 1e-5, so an empty mask gives 0).
+    """
     B, C, H, W = target.shape
     h, w = mask.shape[-2:]
     if (H, W) != (h * patch_size, w * patch_size):
@@ -90,15 +100,28 @@ def masked_l1_loss(
 
 @dataclass
 class SimMIMOutput:
-    """`loss`: scalar; `reconstruction`: `(B, C, H, W)` in the normalised pixel space of the
-    input."""
+    """What `SimMIM.forward` returns.
+
+    Attributes:
+        loss: scalar, the masked L1 loss (`masked_l1_loss`).
+        reconstruction: `(B, C, H, W)` in the normalised pixel space of the input (of the
+            normalised target with `norm_target`).
+    """
 
     loss: torch.Tensor
     reconstruction: torch.Tensor
 
 
 class SimMIM(nn.Module):
-    """Masked image modelling on a SwinV2 encoder."""
+    """Masked image modelling on a SwinV2 encoder: the encoder with its mask token, a 1×1 conv to
+    `stride² · C_in` channels and a PixelShuffle back to pixels, the L1 loss on masked pixels.
+
+    Args:
+        encoder: a `SwinV2Encoder` built with a mask token (`use_mask_token=True`).
+        norm_target: regress the per-pixel normalised target (`normalize_target`) instead of the
+            pixels, as the official SwinV2-B SimMIM config does.
+        norm_target_window: odd side of the target's normalisation window, in pixels.
+    """
 
     def __init__(
         self, encoder: SwinV2Encoder, norm_target: bool = False, norm_target_window: int = 47
@@ -119,11 +142,19 @@ class SimMIM(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: SwinV2Config, **kwargs) -> SimMIM:
+        """A freshly initialised SimMIM on `cfg` (the mask token added); `kwargs`: `__init__`'s."""
         return cls(SwinV2Encoder(cfg.replace(use_mask_token=True)), **kwargs)
 
     def forward(self, pixel_values: torch.Tensor, mask: torch.Tensor) -> SimMIMOutput:
-        """`pixel_values`: `(B, C, H, W)` normalised; `mask`: `(B, H/patch, W/patch)`, 1 =
-        masked."""
+        """Reconstruct the masked patches and score them.
+
+        Args:
+            pixel_values: `(B, C, H, W)` normalised pixels, H and W multiples of the stride.
+            mask: `(B, H/patch, W/patch)`, 1 = masked.
+
+        Returns:
+            `SimMIMOutput`: `loss` (scalar) and `reconstruction` `(B, C, H, W)`.
+        """
         z = self.encoder(pixel_values, mask=mask).last_hidden_state  # (B, h, w, C)
         reconstruction = self.decoder(z.permute(0, 3, 1, 2))
         target = pixel_values

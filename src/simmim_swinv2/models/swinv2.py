@@ -61,8 +61,15 @@ class _GatherTokens(torch.autograd.Function):
 
 class SwinV2Block(SwinTransformerV2Block):
     """timm's residual post-norm block with transformers' windowing, fused attention paths and an
-    optional extra norm. `attn_backend`: "sdpa" (default), "flex" or "eager" (timm's own).
-    `forward`: `(B, H, W, C)` → `(B, H, W, C)`."""
+    optional extra norm.
+
+    Args:
+        attn_backend: "sdpa" (default), "flex" (`flex.py`) or "eager" (timm's `WindowAttention`).
+        extra_norm: add huge/giant's LayerNorm (`norm3`) at the end of the block.
+        **kwargs: timm's `SwinTransformerV2Block` arguments: `dim`, `input_resolution` (the
+            stage's token grid at the configured `img_size`), `num_heads`, `window_size`,
+            `shift_size`, `pretrained_window_size`, dropouts, `act_layer`, `norm_layer`.
+    """
 
     def __init__(
         self,
@@ -91,6 +98,12 @@ class SwinV2Block(SwinTransformerV2Block):
         return (window, window), (shift, shift)
 
     def get_attn_mask(self, x=None, device=None, dtype=None):
+        """timm's shifted-window mask with -inf across window regions (0 within).
+
+        Returns:
+            `(num_windows, N, N)` for the padded map `x` `(B, Hp, Wp, C)` (None: for the
+            configured size), or None without shift.
+        """
         # Pairs across shifted-window seams are masked fully (-inf). The official code uses -100 and
         # transformers -200 (it adds its -100 mask twice); with logit scales at their clamp (100)
         # both can leak attention across the seam. For trained weights the three agree to float
@@ -238,6 +251,14 @@ class SwinV2Block(SwinTransformerV2Block):
         return 16 * torch.sigmoid(pos_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Windowed attention then MLP, each a residual post-norm branch, then `norm3` if any.
+
+        Args:
+            x: `(B, H, W, C)` tokens; any H, W (padded to a window multiple inside).
+
+        Returns:
+            `(B, H, W, C)`.
+        """
         x = super().forward(x)
         return x if self.norm3 is None else self.norm3(x)
 
@@ -258,7 +279,7 @@ class SwinV2PatchMerging(PatchMerging):
 
 class SwinV2Stage(nn.Module):
     """Patch merging (all stages but the first, as in timm) then `depth` blocks. `(B, H, W, C)` in,
-    `(B, H/2, W/2, 2C)` out."""
+    `(B, H/2, W/2, 2C)` out (the first stage: `(B, H, W, C)`)."""
 
     def __init__(self, cfg: SwinV2Config, index: int, drop_path: list[float]) -> None:
         super().__init__()
@@ -303,10 +324,15 @@ class SwinV2Stage(nn.Module):
 
 @dataclass
 class SwinV2EncoderOutput:
-    """`last_hidden_state`: `(B, H/stride, W/stride, C_last)` after the final norm; `pooler_output`:
-    `(B, C_last)`; `hidden_states` (on request): the patch embeddings (after the mask token) then
-    each stage's output before the next merge, `(B, H_i, W_i, C_i)` — transformers'
-    `output_hidden_states_before_downsampling`."""
+    """What `SwinV2Encoder.forward` returns (NHWC, as inside the encoder).
+
+    Attributes:
+        last_hidden_state: `(B, H/stride, W/stride, C_last)` after the final norm.
+        pooler_output: `(B, C_last)`, the mean of `last_hidden_state` over the tokens.
+        hidden_states: on request, the patch embeddings (after the mask token) then each stage's
+            output before the next merge, `(B, H_i, W_i, C_i)` — transformers'
+            `output_hidden_states_before_downsampling`; else None.
+    """
 
     last_hidden_state: torch.Tensor
     pooler_output: torch.Tensor
@@ -314,7 +340,11 @@ class SwinV2EncoderOutput:
 
 
 class SwinV2Encoder(nn.Module):
-    """Patch embedding → optional mask token → stages → final LayerNorm."""
+    """Patch embedding → optional mask token → stages → final LayerNorm.
+
+    Args:
+        cfg: the architecture (`SwinV2Config`); `cfg.use_mask_token` adds SimMIM's mask token.
+    """
 
     # Name substrings kept out of weight decay besides every 1-D parameter
     # (microsoft/Swin-Transformer `optimizer.py` and the SwinV2 model's `no_weight_decay_keywords`):
@@ -357,10 +387,12 @@ class SwinV2Encoder(nn.Module):
 
     @property
     def num_features(self) -> int:
+        """Channels of the last stage's output (`C_last`)."""
         return self.cfg.num_features
 
     @property
     def stride(self) -> int:
+        """Pixels per token of the last stage (`SwinV2Config.stride`)."""
         return self.cfg.stride
 
     @torch.no_grad()
@@ -381,21 +413,36 @@ class SwinV2Encoder(nn.Module):
             trunc_normal_(self.mask_token, std=0.02)
 
     def set_grad_checkpointing(self, enable: bool = True, stages: list[int] | None = None) -> None:
-        """Recompute activations in the backward pass, for all stages or the listed ones."""
+        """Recompute activations in the backward pass (activation checkpointing), per stage.
+
+        Args:
+            enable: turn it on (True) or off.
+            stages: indices of the stages to change; None: all.
+        """
         for i, stage in enumerate(self.layers):
             if stages is None or i in stages:
                 stage.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names to keep out of weight decay besides 1-D ones
-        (`NO_WEIGHT_DECAY_KEYWORDS`), as timm's models declare them; `training.optim.param_groups`
-        reads them from every module that has this method."""
+        """Parameter names to keep out of weight decay besides 1-D ones, as timm's models declare
+        them; `training.optim.param_groups` reads them from every module that has this method.
+
+        Returns:
+            The names of the parameters that match `NO_WEIGHT_DECAY_KEYWORDS`.
+        """
         keys = self.NO_WEIGHT_DECAY_KEYWORDS
         return {n for n, _ in self.named_parameters() if any(k in n for k in keys)}
 
     def embed(self, pixel_values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`(B, C_in, H, W)` → patch embeddings `(B, H/p, W/p, C)`; masked tokens (mask
-        `(B, H/p, W/p)`, 1 = masked) replaced by the mask token."""
+        """Patch embeddings, masked tokens replaced by the mask token.
+
+        Args:
+            pixel_values: `(B, C_in, H, W)`, H and W multiples of `stride`.
+            mask: `(B, H/p, W/p)`, 1 = masked (p: `cfg.patch_size`); needs the mask token.
+
+        Returns:
+            `(B, H/p, W/p, C)`.
+        """
         H, W = pixel_values.shape[-2:]
         if H % self.stride or W % self.stride:
             raise ValueError(
@@ -423,6 +470,18 @@ class SwinV2Encoder(nn.Module):
         mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
     ) -> SwinV2EncoderOutput:
+        """Encode images.
+
+        Args:
+            pixel_values: `(B, C_in, H, W)` normalised pixels, H and W multiples of `stride` (other
+                sizes than `cfg.img_size` run too: the shift masks are rebuilt for them).
+            mask: `(B, H/p, W/p)`, 1 = masked (p: `cfg.patch_size`); needs the mask token.
+            output_hidden_states: also return the embeddings and every stage's output.
+
+        Returns:
+            `SwinV2EncoderOutput`: `last_hidden_state` `(B, H/stride, W/stride, C_last)`,
+            `pooler_output` `(B, C_last)`, `hidden_states` on request.
+        """
         x = self.embed(pixel_values, mask)
         hidden = [x] if output_hidden_states else None
         for stage in self.layers:

@@ -239,7 +239,8 @@ def build_optimizer(
     groups = param_groups(model, config.weight_decay, layer_decay=config.layer_decay, base_lr=lr)
     fused = config.fused
     if fused is None:
-        # fused: one kernel over all parameters (CPU: ~3x faster than foreach, docs/benchmarks.md)
+        # fused: one kernel over all parameters (faster than foreach, on the CPU too:
+        # docs/benchmarks.md)
         params = [p for g in groups for p in g["params"]]
         fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
     if config.name is OptimizerName.sgd:

@@ -67,9 +67,9 @@ def step_flops(model: torch.nn.Module, batch_size: int = 1) -> int:
 
 @functools.cache
 def measured_matmul_flops(device: str, dtype: torch.dtype) -> float:
-    """FLOP/s of one large matrix product in `dtype` on `device`, the best of 3 (about 0.1 s on a
-    CPU core): the peak for MFU where no datasheet number is known (CPUs, GPUs missing from
-    Lightning's table). Once per process."""
+    """FLOP/s of one large matrix product in `dtype` on `device`, the best of 3 (a fraction of a
+    second; docs/benchmarks.md): the peak for MFU where no datasheet number is known (CPUs, GPUs
+    missing from Lightning's table). Once per process."""
     dev = torch.device(device)
     n = 4096 if dev.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)

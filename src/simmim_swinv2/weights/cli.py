@@ -18,6 +18,12 @@ from .ours import save_model
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the command: `to-transformers SOURCE OUT_DIR` (`load_model`, then `to_transformers`) or
+    `from-transformers HF_DIR OUT.safetensors` (`from_transformers`, then `save_model`).
+
+    Args:
+        argv: the arguments; None: `sys.argv[1:]`.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m simmim_swinv2.convert",
         description=(

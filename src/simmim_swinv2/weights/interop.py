@@ -49,7 +49,21 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def from_transformers(path: str | Path, **config_overrides) -> Model:
     """Load a directory written by transformers' `save_pretrained` for `Swinv2Model`,
-    `Swinv2ForMaskedImageModeling` or `Swinv2ForImageClassification`."""
+    `Swinv2ForMaskedImageModeling` or `Swinv2ForImageClassification`.
+
+    Neither transformers nor the hub is needed: `config.json` is read as JSON, the weights from
+    `model.safetensors` (or `pytorch_model.bin`, with `weights_only=True`).
+
+    Args:
+        path: the directory (`config.json` + `model.safetensors` or `pytorch_model.bin`; sharded
+            checkpoints are refused).
+        **config_overrides: `SwinV2Config` fields to set instead of the config's (e.g. `img_size`).
+
+    Returns:
+        A `SwinV2Classifier` (with the config's `id2label`), `SimMIM` or bare `SwinV2Encoder`, as
+        the weights say, with the normalisation of its `preprocessor_config.json` when there is
+        one.
+    """
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -92,9 +106,21 @@ def from_transformers(path: str | Path, **config_overrides) -> Model:
 
 
 def to_transformers(model: Model, out_dir: str | Path) -> Path:
-    """Write `config.json` + `model.safetensors` that transformers' `Swinv2*.from_pretrained` loads
-    with no missing or unexpected keys: a classifier → `Swinv2ForImageClassification`, SimMIM →
-    `Swinv2ForMaskedImageModeling`, an encoder → `Swinv2Model`."""
+    """Write a directory that transformers' `Swinv2*.from_pretrained` loads with no missing or
+    unexpected keys: a classifier → `Swinv2ForImageClassification`, SimMIM →
+    `Swinv2ForMaskedImageModeling`, an encoder → `Swinv2Model`.
+
+    Args:
+        model: a `SwinV2Classifier`, `SimMIM` (square images only) or `SwinV2Encoder`; what
+            transformers' Swinv2 cannot express (extra norms, per-stage windows that do not only
+            clamp) is refused with `ValueError`.
+        out_dir: the directory to write (created if needed).
+
+    Returns:
+        `out_dir`, holding `config.json`, `model.safetensors` and `preprocessor_config.json`
+        (the model's normalisation; mean 0, std 1 for a model of other than 3 channels that
+        records none).
+    """
     out_dir = Path(out_dir)
     meta, encoder = ModelMeta.of(model), encoder_of(model)
     architecture = {
@@ -154,8 +180,16 @@ def _read_any(source: str | Path | dict) -> dict[str, torch.Tensor]:
 
 
 def weight_keys(path: Path) -> list[str]:
-    """The key names of a weights file, unwrapped as `_read_any` unwraps it, without reading its
-    tensors."""
+    """The key names of a weights file, without reading its tensors.
+
+    Args:
+        path: a `.safetensors` file, or a pickle (`.pth`/`.pt`/`.bin`, read with
+            `weights_only=True`, memory-mapped where it can be).
+
+    Returns:
+        The keys, unwrapped as `_read_any` unwraps them (from under `model`, `state_dict` or
+        `module`).
+    """
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -185,19 +219,40 @@ def _build(enc_sd: dict, head: dict | None, decoder: dict | None, what: str, **o
 
 
 def from_official(source: str | Path | dict, **config_overrides) -> Model:
-    """An official SwinV2 (microsoft/Swin-Transformer) or SimMIM (microsoft/SimMIM) checkpoint:
-    weights under `model`, SimMIM's encoder under `encoder.`, older `rpe_mlp` names, patch merging
-    at stage end. Position buffers are rebuilt, not loaded, but read first:
-    `relative_position_index` gives the (clamped) window of each stage, `relative_coords_table` the
-    pretrained window it was fine-tuned from (e.g.
-    `swinv2_base_patch4_window12to16_192to256_22kto1k_ft`: 12, 12, 12, 6); a
-    `pretrained_window_sizes` override that disagrees with the tables is refused."""
+    """Load an official SwinV2 (microsoft/Swin-Transformer) or SimMIM (microsoft/SimMIM)
+    checkpoint: weights under `model`, SimMIM's encoder under `encoder.`, the bias MLP named
+    `rpe_mlp` in some, patch merging at stage end (`keys.official_to_ours`).
+
+    Position buffers are rebuilt, not loaded, but read first: `relative_position_index` gives the
+    (clamped) window of each stage, `relative_coords_table` the pretrained window it was
+    fine-tuned from (e.g. `swinv2_base_patch4_window12to16_192to256_22kto1k_ft`: 12, 12, 12, 6),
+    the shift masks the image size (`keys.infer_config`).
+
+    Args:
+        source: a checkpoint file (`.pth`/`.pt`/`.bin`/`.safetensors`) or its loaded dict.
+        **config_overrides: `SwinV2Config` fields the file does not record (e.g. `img_size`,
+            `window_size` when it has no position buffers); a `pretrained_window_sizes` that
+            disagrees with the tables is refused.
+
+    Returns:
+        A `SwinV2Classifier` (with a `head.`), `SimMIM` (with a decoder) or `SwinV2Encoder`.
+    """
     enc_sd, head, decoder = official_to_ours(_read_any(source))
     return _build(enc_sd, head, decoder, "official checkpoint", **config_overrides)
 
 
 def from_timm(source: str | Path | dict, **config_overrides) -> Model:
-    """A timm `SwinTransformerV2` state dict (our module names; head under `head.fc`)."""
+    """Load a timm `SwinTransformerV2` state dict (our module names; the head under `head.fc`).
+
+    Args:
+        source: a weights file (`.safetensors`, or a pickle read with `weights_only=True`) or its
+            loaded dict.
+        **config_overrides: `SwinV2Config` fields the weights do not record: `window_size` when
+            there are no position buffers, `img_size` (e.g. `window_size=8, img_size=256`).
+
+    Returns:
+        A `SwinV2Classifier` (with a `head.fc`) or a `SwinV2Encoder`.
+    """
     enc_sd, head = timm_to_ours(_read_any(source))
     return _build(enc_sd, head, None, "timm state dict", **config_overrides)
 

@@ -55,7 +55,16 @@ _HF_TOP = {
 
 # ------------------------------------------------------------------------------------------ configs
 def config_from_transformers(hf: dict, **overrides) -> SwinV2Config:
-    """Our config from a transformers `Swinv2Config` dict (as in `config.json`)."""
+    """Our config from a transformers `Swinv2Config` dict.
+
+    Args:
+        hf: the dict of a `config.json`; transformers' defaults fill what it leaves out.
+        **overrides: `SwinV2Config` fields to set instead.
+
+    Returns:
+        The `SwinV2Config`. Absolute position embeddings, non-square patches and activations
+        with no equivalent here are refused (`ValueError`).
+    """
     if hf.get("use_absolute_embeddings"):
         raise ValueError(
             "use_absolute_embeddings=True is not supported (SwinV2 uses relative position bias "
@@ -98,8 +107,18 @@ def config_from_transformers(hf: dict, **overrides) -> SwinV2Config:
 def config_to_transformers(
     cfg: SwinV2Config, architecture: str, id2label: dict[int, str] | None = None
 ) -> dict:
-    """A transformers `Swinv2Config` dict for our config; refuses what transformers cannot
-    express."""
+    """A transformers `Swinv2Config` dict for our config.
+
+    Args:
+        cfg: the encoder's config.
+        architecture: the transformers class it is for (`Swinv2Model`,
+            `Swinv2ForMaskedImageModeling`, `Swinv2ForImageClassification`).
+        id2label: class names, written with `label2id` (a classifier's).
+
+    Returns:
+        The `config.json` dict. What transformers cannot express is refused (`ValueError`): extra
+        norms (huge/giant), per-stage windows that are not one window clamped to the stages.
+    """
     if cfg.extra_norm_every:
         raise ValueError(
             "transformers' Swinv2 has no extra norms (huge/giant's LayerNorm every "
@@ -149,7 +168,18 @@ _MERGE_RE = re.compile(r"^layers\.(\d+)\.downsample\.(.+)$")
 
 
 def encoder_to_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our encoder state dict → transformers' `Swinv2Model` keys (no `swinv2.` prefix)."""
+    """Our encoder's state dict in transformers' `Swinv2Model` keys.
+
+    Args:
+        sd: our encoder state dict (timm's names); rebuilt buffers are left out.
+
+    Returns:
+        The state dict in transformers' names, without the `swinv2.` prefix: `qkv` split into
+        query / key / value, patch merging moved to the end of the previous stage.
+
+    Raises:
+        KeyError: a key with no transformers equivalent.
+    """
     out = {}
     for key, value in sd.items():
         if key.endswith(_BUFFERS):
@@ -178,7 +208,19 @@ def encoder_to_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def encoder_from_transformers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' `Swinv2Model` keys (no `swinv2.` prefix) → our encoder state dict."""
+    """transformers' `Swinv2Model` weights in our encoder's keys (the inverse of
+    `encoder_to_transformers`).
+
+    Args:
+        sd: the state dict without the `swinv2.` prefix; buffers and the pooler are dropped.
+
+    Returns:
+        Our encoder state dict: query / key / value fused into `attn.qkv.weight`, patch merging
+        at the start of the next stage.
+
+    Raises:
+        KeyError: an unexpected transformers key.
+    """
     top = {v: k for k, v in _HF_TOP.items()}
     block = {v: k for k, v in _HF_BLOCK.items()}
     out: dict[str, torch.Tensor] = {}
@@ -215,11 +257,22 @@ def _split(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
 
 
 def infer_config(sd: dict[str, torch.Tensor], **overrides) -> SwinV2Config:
-    """A config from an encoder state dict's shapes (our/timm names); `window_size` comes from the
-    position-index buffer when present, else from `overrides` (it has no weight of its own),
-    `img_size` from the shift masks (`attn_mask`) when present, and `pretrained_window_sizes` from
-    the `relative_coords_table` buffers when present (see `recorded_pretrained_windows`; an override
-    that disagrees with them is refused)."""
+    """A config from an encoder state dict's shapes (our/timm names).
+
+    `window_size` comes from the position-index buffers when present, else from `overrides` (it has
+    no weight of its own), `img_size` from the shift masks (`attn_mask`) when present, and
+    `pretrained_window_sizes` from the `relative_coords_table` buffers when present
+    (`recorded_pretrained_windows`).
+
+    Args:
+        sd: the encoder state dict, buffers included where the checkpoint has them.
+        **overrides: `SwinV2Config` fields to set; a `pretrained_window_sizes` that disagrees with
+            the recorded tables is refused (`ValueError`), as is a missing `window_size` that no
+            buffer gives.
+
+    Returns:
+        The `SwinV2Config`.
+    """
     proj = sd["patch_embed.proj.weight"]
     depths: dict[int, int] = {}
     heads: dict[int, int] = {}
@@ -300,10 +353,18 @@ def _img_size_from_masks(sd: dict[str, torch.Tensor], patch: int) -> int | None:
 
 
 def coords_table(window: tuple[int, int], pretrained: int) -> torch.Tensor:
-    """`(1, 2Wh-1, 2Ww-1, 2)` float64 relative coordinates of a window, as
-    microsoft/Swin-Transformer models/swin_transformer_v2.py (`WindowAttention`) builds its
-    `relative_coords_table`: offsets divided by `pretrained - 1` (by `window - 1` when `pretrained`
-    is 0), times 8, then `sign(x) log2(|x| + 1) / log2(8)`."""
+    """A window's relative coordinates, as microsoft/Swin-Transformer
+    models/swin_transformer_v2.py (`WindowAttention`) builds its `relative_coords_table`: offsets
+    divided by `pretrained - 1` (by `window - 1` when `pretrained` is 0), times 8, then
+    `sign(x) log2(|x| + 1) / log2(8)`.
+
+    Args:
+        window: `(Wh, Ww)`.
+        pretrained: the pretrained window; 0: the window itself.
+
+    Returns:
+        `(1, 2Wh-1, 2Ww-1, 2)` float64.
+    """
     axes = [torch.arange(-(n - 1), n, dtype=torch.float64) for n in window]
     table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
     norm = torch.tensor(
@@ -325,7 +386,15 @@ def recorded_pretrained_windows(sd: dict[str, torch.Tensor]) -> dict[int, int]:
     The largest entry m of a table (offset W-1 along its longer axis, W > 1) is log2(8 (W-1)/(P-1)
     + 1) / log2(8), so P = 8 (W-1) / (8^m - 1) + 1; P is rounded and the whole table of every block
     checked against the one `coords_table` builds for it. 1×1 windows carry no offset, hence nothing
-    to read."""
+    to read.
+
+    Args:
+        sd: an encoder state dict in our names (`official_to_ours` keeps the tables).
+
+    Returns:
+        `{stage: window}` for the stages whose tables tell; a table that fits no window raises
+        `ValueError` (a damaged checkpoint, or not a SwinV2).
+    """
     tables: dict[int, dict[int, torch.Tensor]] = {}
     for key, value in sd.items():
         if m := _TABLE_RE.match(key):
@@ -356,11 +425,19 @@ def recorded_pretrained_windows(sd: dict[str, torch.Tensor]) -> dict[int, int]:
 
 
 def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
-    """An official SwinV2 / SimMIM state dict → (encoder, head, decoder) state dicts in our names:
-    SimMIM's `encoder.`/`decoder.` prefixes split off, `rpe_mlp` renamed, patch merging moved from
-    the end of stage s to the start of stage s+1. Position buffers and shift masks stay in the
-    encoder dict (they tell the window size, the pretrained window sizes and the image size;
-    `infer_config`)."""
+    """An official SwinV2 / SimMIM state dict in our names: SimMIM's `encoder.`/`decoder.`
+    prefixes split off, `rpe_mlp` renamed `cpb_mlp`, patch merging moved from the end of stage s to
+    the start of stage s+1.
+
+    Args:
+        sd: the state dict (already unwrapped from under `model`).
+
+    Returns:
+        `(encoder, head, decoder)` state dicts; head and decoder are empty when absent. Position
+        buffers and shift masks stay in the encoder dict (they tell the window size, the
+        pretrained window sizes and the image size; `infer_config`). Absolute position embeddings
+        are refused (`ValueError`).
+    """
     if any(k.startswith("encoder.") for k in sd):
         decoder, sd = _split(sd, "decoder."), _split(sd, "encoder.")
     else:
@@ -382,6 +459,14 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
 
 
 def timm_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """A timm SwinTransformerV2 state dict → (encoder, head) state dicts in our names."""
+    """A timm `SwinTransformerV2` state dict split into our encoder and head.
+
+    Args:
+        sd: the state dict (timm's names are ours).
+
+    Returns:
+        `(encoder, head)`: everything but `head.*`, and `head.fc.*` without its prefix (empty
+        without a head).
+    """
     head = {k[len("head.fc.") :]: v for k, v in sd.items() if k.startswith("head.fc.")}
     return {k: v for k, v in sd.items() if not k.startswith("head.")}, head

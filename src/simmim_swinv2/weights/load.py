@@ -21,13 +21,14 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------- formats
+# what a weights path may be, for messages
 EXPECTED = (
     "a run directory of ours (checkpoints/*.ckpt), a Lightning .ckpt, a DeepSpeed ZeRO checkpoint "
     "directory (*.ckpt/ with a `latest` file), our .safetensors with its .json "
     "(convert.save_model), a transformers directory (config.json), or an official SwinV2 / SimMIM "
     "or timm state dict (.pth/.pt/.bin/.safetensors)"
 )
-FORMATS = ("ours", "transformers", "official", "timm")
+FORMATS = ("ours", "transformers", "official", "timm")  # what `identify` tells apart
 IMPORTERS = {
     "transformers": interop.from_transformers,
     "official": interop.from_official,
@@ -48,12 +49,22 @@ class Source:
 
 
 def identify(source: str | Path, format: str = "auto") -> Source:
-    """Tell what `source` is; ours are recognised first: a ZeRO checkpoint directory, a run
-    directory (its newest checkpoint, `_run_checkpoint`), a Lightning `.ckpt`, `save_model`'s
-    `.safetensors` + `.json`; then a transformers `save_pretrained` directory; then any other
-    weights file, official or timm told apart by its key names (read with `weights_only=True`).
-    `format` (one of `FORMATS`) skips detection for foreign formats and insists on ours for `ours`.
-    Anything else is refused with the list of what is expected."""
+    """Tell what a weights path is: the one place that tells formats apart.
+
+    Ours are recognised first: a ZeRO checkpoint directory, a run directory (its newest
+    checkpoint, `_run_checkpoint`), a Lightning `.ckpt`, `save_model`'s `.safetensors` + `.json`;
+    then a transformers `save_pretrained` directory; then any other weights file, official or timm
+    told apart by its key names (read with `weights_only=True`, tensors not loaded).
+
+    Args:
+        source: a file or directory.
+        format: "auto", or one of `FORMATS`: a foreign one skips detection, "ours" insists on ours.
+
+    Returns:
+        A `Source` (`format`, `reader`, `path` to read, `what` for messages). Anything else is
+        refused (`FileNotFoundError`, `ValueError`) with the list of what is expected
+        (`EXPECTED`).
+    """
     if format not in ("auto", *FORMATS):
         raise ValueError(f"format={format!r}: use auto or one of {FORMATS}")
     path = Path(source)
@@ -103,7 +114,14 @@ def identify(source: str | Path, format: str = "auto") -> Source:
 
 
 def weights_format(source: str | Path) -> str:
-    """What `source` is, one of `FORMATS` (`identify(source).format`)."""
+    """What a weights path is, in one word.
+
+    Args:
+        source: a file or directory, as `identify` takes it.
+
+    Returns:
+        One of `FORMATS` (`identify(source).format`).
+    """
     return identify(source).format
 
 
@@ -124,12 +142,21 @@ def _run_checkpoint(run_dir: Path) -> Path:
 
 # --------------------------------------------------------------------------------- loading
 def load_model(source: str | Path, format: str = "auto", **config_overrides) -> Model:
-    """A whole model (classifier, SimMIM or encoder) from anything `identify` accepts (`format`
-    names it instead of detecting it). Ours — a run directory (its newest checkpoint), a Lightning
-    `.ckpt`, a ZeRO `.ckpt/` directory, `save_model`'s safetensors — are rebuilt from the
-    `ModelMeta` saved in them; transformers directories, official and timm checkpoints go through
-    `convert.from_*`, with `config_overrides` (e.g. `window_size`, `img_size`) for what those files
-    do not record."""
+    """A whole model (classifier, SimMIM or encoder) from anything `identify` accepts.
+
+    Ours — a run directory (its newest checkpoint), a Lightning `.ckpt`, a ZeRO `.ckpt/`
+    directory, `save_model`'s safetensors — are rebuilt from the `ModelMeta` saved in them;
+    transformers directories, official and timm checkpoints go through `convert.from_*`.
+
+    Args:
+        source: the file or directory.
+        format: "auto" (detect), or one of `FORMATS` to name it.
+        **config_overrides: `SwinV2Config` fields for what foreign files do not record (e.g.
+            `window_size`, `img_size`); refused for ours, which record their own config.
+
+    Returns:
+        The model with its weights loaded strictly, on the CPU.
+    """
     src = identify(source, format)
     if src.format in IMPORTERS:
         return IMPORTERS[src.format](src.path, **config_overrides)
@@ -148,12 +175,19 @@ def load_model(source: str | Path, format: str = "auto", **config_overrides) -> 
 
 
 def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
-    """Encoder weights (our module names, no prefix) from anything `identify` accepts, and what it
-    was: a run directory of ours (its newest checkpoint), a Lightning `.ckpt` or ZeRO directory
-    (pretraining or fine-tuning), our `.safetensors`, a transformers directory, an official SimMIM /
-    Swin-Transformer checkpoint or a timm state dict. Decoder and head weights are left out; pickles
-    load with `weights_only=True`. Official checkpoints keep their `relative_coords_table` buffers
-    (`load_pretrained_encoder` reads them)."""
+    """The encoder weights of anything `identify` accepts.
+
+    Args:
+        source: a run directory of ours (its newest checkpoint), a Lightning `.ckpt` or ZeRO
+            directory (pretraining or fine-tuning), our `.safetensors`, a transformers directory,
+            an official SimMIM / Swin-Transformer checkpoint or a timm state dict; pickles load
+            with `weights_only=True`.
+
+    Returns:
+        `(state_dict, what)`: the encoder's weights in our module names, no prefix (decoder and
+        head left out; official checkpoints keep their `relative_coords_table` buffers, which
+        `load_pretrained_encoder` reads), and what the source was, for messages.
+    """
     src = identify(source)
     if src.format == "transformers":
         return encoder_of(interop.from_transformers(src.path)).state_dict(), src.what
@@ -168,9 +202,16 @@ def encoder_state_dict(source: str | Path) -> tuple[dict, str]:
 
 
 def decoder_state_dict(source: str | Path) -> dict[str, torch.Tensor] | None:
-    """The SimMIM decoder's weights (`0.weight`, `0.bias`: the 1x1 conv) of `source`, or None when
-    it has none (an encoder, a classifier, timm weights): official SimMIM checkpoints through their
-    key map, ours and transformers directories through `load_model`."""
+    """The SimMIM decoder's weights of a source: official SimMIM checkpoints through their key
+    map, ours and transformers directories through `load_model`.
+
+    Args:
+        source: anything `identify` accepts.
+
+    Returns:
+        `{"0.weight", "0.bias"}` (the 1x1 conv), or None when it has none (an encoder, a
+        classifier, timm weights).
+    """
     src = identify(source)
     if src.format == "timm":
         return None
@@ -212,11 +253,22 @@ def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
 
 
 def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dict[str, list[str]]:
-    """Load pretrained weights into `encoder`, reporting what did not fit. The mask token is
-    pretraining-only; window-dependent buffers are rebuilt for this encoder's windows, so a new
-    window size works as long as the config's `pretrained_window_sizes` names the old one (the
-    summary notes when an official source's tables say otherwise: the config decides, since a
-    fine-tune at a new window sets it on purpose)."""
+    """Load pretrained weights into an encoder, reporting what did not fit (logged and printed).
+
+    The mask token is pretraining-only; window-dependent buffers are rebuilt for this encoder's
+    windows, so a new window size works as long as the config's `pretrained_window_sizes` names
+    the pretraining window (the summary notes when an official source's tables say otherwise: the
+    config decides, since a fine-tune at a new window sets it on purpose). Tensors of another
+    shape stay at their initialisation.
+
+    Args:
+        encoder: the `SwinV2Encoder` to load into, in place.
+        source: anything `identify` accepts (`encoder_state_dict`).
+
+    Returns:
+        `{"missing", "unexpected", "shape_mismatch"}`: lists of key names. No tensor that fits
+        raises `ValueError`.
+    """
     sd, kind = encoder_state_dict(source)
     note = _pretrained_window_note(encoder, sd)
     own = encoder.state_dict()

@@ -16,7 +16,7 @@ import torch
 
 from ..models import SimMIM, SwinV2Classifier, SwinV2Config, SwinV2Encoder, encoder_of
 
-Model = SwinV2Encoder | SimMIM | SwinV2Classifier
+Model = SwinV2Encoder | SimMIM | SwinV2Classifier  # any of our models
 KINDS: dict[str, type[Model]] = {
     cls.__name__: cls for cls in (SwinV2Encoder, SimMIM, SwinV2Classifier)
 }
@@ -33,15 +33,27 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def set_normalization(model: torch.nn.Module, mean, std) -> None:
     """Record on `model` the per-channel `mean` / `std` its inputs were normalised with (`data.mean`
     / `data.std`): `ModelMeta` carries them into checkpoints and exports, `predict`, `visualize` and
-    the kNN monitor read them."""
+    the kNN monitor read them.
+
+    Args:
+        model: any of our models; set in place as `pixel_mean` / `pixel_std`.
+        mean, std: one value per input channel.
+    """
     model.pixel_mean = tuple(float(m) for m in mean)
     model.pixel_std = tuple(float(s) for s in std)
 
 
 def normalization(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """`(mean, std)` the model was trained with: recorded (`set_normalization`), else ImageNet's for
-    3 channels. A model of another channel count without a record is refused: its inputs' statistics
-    are unknown."""
+    """The normalisation a model was trained with: recorded (`set_normalization`), else ImageNet's
+    for 3 channels.
+
+    Args:
+        model: any of our models.
+
+    Returns:
+        `(mean, std)`, one float per channel. A model of another channel count without a record
+        is refused (`ValueError`): its inputs' statistics are unknown.
+    """
     mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
     if mean is not None and std is not None:
         return tuple(mean), tuple(std)
@@ -57,9 +69,16 @@ def normalization(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[floa
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """`kind`: one of `KINDS`; `config`: the encoder's; `num_classes` / `id2label` for a classifier
-    (labels None: transformers' `LABEL_<i>`); `norm_target` / `norm_target_window` for SimMIM (its
-    loss's target normalisation)."""
+    """What rebuilds one of our models: written into our checkpoints and beside our safetensors.
+
+    Args:
+        kind: one of `KINDS` (`SwinV2Encoder`, `SimMIM`, `SwinV2Classifier`).
+        config: the encoder's `SwinV2Config`.
+        num_classes, id2label: a classifier's (labels None: transformers' `LABEL_<i>`;
+            `num_classes` None: `len(id2label)`).
+        norm_target, norm_target_window: SimMIM's (its loss's target normalisation).
+        mean, std: the input normalisation (`set_normalization`); None: not recorded.
+    """
 
     kind: str
     config: SwinV2Config
@@ -80,7 +99,14 @@ class ModelMeta:
 
     @classmethod
     def of(cls, model: Model) -> ModelMeta:
-        """The description of `model` (a bare encoder, SimMIM or a classifier)."""
+        """The description of a model.
+
+        Args:
+            model: a bare `SwinV2Encoder`, `SimMIM` or `SwinV2Classifier`.
+
+        Returns:
+            Its `ModelMeta` (normalisation included when recorded on it).
+        """
         kind = type(model).__name__
         if kind not in KINDS:
             raise TypeError(f"{kind} is not one of our models ({sorted(KINDS)})")
@@ -97,9 +123,14 @@ class ModelMeta:
         return cls(kind, encoder_of(model).cfg, **extra)
 
     def to_dict(self) -> dict:
-        """Plain types only (str, int, float, bool, tuples, dicts): `torch.load(weights_only=True)`
-        and JSON read it. `id2label` keys are ints here; JSON turns them into strings, which
-        `from_dict` reads back."""
+        """The description in plain types only (str, int, float, bool, tuples, dicts):
+        `torch.load(weights_only=True)` and JSON read it.
+
+        Returns:
+            `{"kind", "config", ...}` with `id2label` (int keys; JSON turns them into strings,
+            which `from_dict` reads back) for a classifier, `norm_target*` for SimMIM, `mean` /
+            `std` when recorded.
+        """
         out: dict = {"kind": self.kind, "config": self.config.to_dict()}
         if self.kind == "SwinV2Classifier":
             out["id2label"] = dict(
@@ -113,10 +144,17 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict, source: object = "model description") -> ModelMeta:
-        """Inverse of `to_dict`, for every form written so far: checkpoints' (tuples, int label
-        keys) and JSON's (lists, string label keys), with or without SimMIM's `norm_target*` (older
-        ones did not record it: off, the default); config fields added since (e.g. `attn_backend`)
-        take their defaults. `source` names it in errors."""
+        """Inverse of `to_dict`, for both of its forms: checkpoints' (tuples, int label keys) and
+        JSON's (lists, string label keys).
+
+        Args:
+            d: the description. Without SimMIM's `norm_target*` the target is off (the default);
+                config fields it lacks (e.g. `attn_backend`) take their defaults.
+            source: what names it in errors.
+
+        Returns:
+            The `ModelMeta`; anything that is not a description of ours raises `ValueError`.
+        """
         if not isinstance(d, dict) or "kind" not in d or "config" not in d:
             raise ValueError(
                 f"{source}: not a model description of ours (a dict with `kind` and `config`), got "
@@ -144,8 +182,12 @@ class ModelMeta:
             raise ValueError(f"{source}: bad model description: {err}") from err
 
     def build(self) -> Model:
-        """The model this describes, freshly initialised (its normalisation recorded on it:
-        `set_normalization`)."""
+        """The model this describes, freshly initialised.
+
+        Returns:
+            A `SwinV2Encoder`, `SimMIM` or `SwinV2Classifier`, its normalisation recorded on it
+            (`set_normalization`) when this has one.
+        """
         encoder = SwinV2Encoder(self.config)
         if self.kind == "SwinV2Classifier":
             model = SwinV2Classifier(encoder, self.num_classes, id2label=self.id2label)
@@ -160,8 +202,16 @@ class ModelMeta:
         return model
 
     def load(self, state_dict: dict[str, torch.Tensor], source: object) -> Model:
-        """`build()` with `state_dict` loaded: every parameter must be there (rebuilt `BUFFERS` may
-        be missing) and nothing else; `source` names the weights in the error."""
+        """`build()` with weights loaded strictly.
+
+        Args:
+            state_dict: every parameter of the model (rebuilt `BUFFERS` may be missing) and
+                nothing else.
+            source: what names the weights in errors (`ValueError`).
+
+        Returns:
+            The model.
+        """
         try:
             model = self.build()
         except ValueError as err:  # a description no model fits (e.g. SimMIM without a mask token)

@@ -55,8 +55,13 @@ READERS = {"lightning": read_lightning, "zero": read_zero, "safetensors": read_s
 
 
 def save_model(model: Model, path: str | Path) -> None:
-    """Our own export: `<path>` safetensors of the model's state dict (rebuilt buffers left out) +
-    `<path>.json` with its `ModelMeta`; `load_model(path)` is its inverse."""
+    """Our own export; `load_model(path)` is its inverse.
+
+    Args:
+        model: a `SwinV2Encoder`, `SimMIM` or `SwinV2Classifier`.
+        path: the `.safetensors` file to write (its folder is created): the model's state dict,
+            rebuilt buffers left out; its `ModelMeta` goes beside it, `<name>.json`.
+    """
     path = Path(path)
     meta = ModelMeta.of(model)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,11 +25,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     kill mid-save leaves the previous checkpoint intact and no partial file under the real name.
     (Lightning's own save stages the file in /tmp and moves it, which is a copy, not a rename, when
     the run directory is on another file system, as on most clusters.) Remote URLs fall back to
-    Lightning's save."""
+    Lightning's save. Use it as a Trainer plugin (`plugins=[AtomicCheckpointIO()]`)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
     ) -> None:
+        """Write `checkpoint` (a dict for `torch.save`) to `path` atomically (see the class)."""
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
@@ -51,7 +52,14 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
     (`simmim_swinv2.reshard`) in `checkpoints/`, or a preemption's `hpc_ckpt_<n>.ckpt` in the run
     directory itself, is newer. Temporary files of an interrupted save are never picked. A
     checkpoint is a file, or, under DeepSpeed, a directory (`is_zero_checkpoint`,
-    `is_universal_checkpoint`)."""
+    `is_universal_checkpoint`).
+
+    Args:
+        run_dir: the run directory (its `checkpoints/`, and `hpc_ckpt_*.ckpt` in it).
+
+    Returns:
+        The checkpoint's path, or None when the run has none.
+    """
     run_dir = Path(run_dir)
 
     def complete(p: Path) -> bool:
@@ -76,8 +84,14 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def zero_checkpoint(source: str | Path) -> Path:
-    """`source` if it is a ZeRO checkpoint directory, else the newest checkpoint of the run
-    directory `source` when that is one."""
+    """The ZeRO checkpoint directory a path names.
+
+    Args:
+        source: a ZeRO checkpoint directory, or a run directory whose newest checkpoint is one.
+
+    Returns:
+        That directory; anything else raises `FileNotFoundError`.
+    """
     source = Path(source)
     if is_zero_checkpoint(source):
         return source
