@@ -215,12 +215,18 @@ def commands(args: argparse.Namespace, run_dir: Path) -> dict[str, list[str]]:
         f"--device={args.device}",
         f"--precision={args.precision}",
     ]
-    return {
+    rows = {
         "transformers run_mim.py (reference)": reference,
         "ours, recipe (normalised target, drop path 0.1)": ours,
         f"ours, equal settings (norm_target=false, drop path {args.drop_path:g})": ours
         + ["norm_target=false", f"model.drop_path_rate={args.drop_path}"],
     }
+    if args.ours_bf16 and args.precision == "fp32":
+        # not equal settings: the recipes' mixed precision, against the reference's fp32
+        rows["ours, recipe in bf16-mixed (reference fp32)"] = ours + [
+            "trainer.precision=bf16-mixed"
+        ]
+    return rows
 
 
 def run(name: str, cmd: list[str], run_dir: Path, args: argparse.Namespace) -> dict:
@@ -328,6 +334,11 @@ def main(argv: list[str] | None = None) -> None:
         "--drop-path", type=float, default=0.0, help="the reference's (and the equal row's)"
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--ours-bf16",
+        action="store_true",
+        help="also run ours in bf16-mixed against the fp32 reference (a CPU with native bf16)",
+    )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
