@@ -6,6 +6,7 @@ level or inside a function: a cycle through a lazy import still ties two modules
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -47,6 +48,18 @@ def _contracts_as_ini(root_package: str) -> str:
     for i, contract in enumerate(config["contracts"]):
         lines += ["", f"[importlinter:contract:{i}]", *section(contract)]
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(autouse=True)
+def _loggers_stay_enabled():
+    """import-linter configures logging with `logging.config.dictConfig`, which disables every
+    logger that exists then (ours too) for the rest of the process: a later test on the same worker
+    would see no log records. Enable again what was enabled before."""
+    loggers = logging.root.manager.loggerDict
+    enabled = {n for n, lg in loggers.items() if isinstance(lg, logging.Logger) and not lg.disabled}
+    yield
+    for name in enabled:
+        loggers[name].disabled = False
 
 
 def _checks(config: Path) -> dict[str, object]:
