@@ -12,14 +12,17 @@ hyper-parameters of the example's README command (AdamW LR 2e-5, weight decay 0.
 logging every 10 steps, a checkpoint per epoch, the model, metrics and state saved at the end); no
 evaluation on either side.
 
-Rows: the reference; ours with the recipe's own settings (`model=swinv2_tiny` brings SwinV2-B's
-published recipe: normalised target, drop path 0.1); ours with the reference's settings
-(`norm_target=false model.drop_path_rate=0`). Per command: wall time (start to exit), time to the
-end of the first optimizer step, and the loop's img/s (from the first step's end to the last's). The
-commands take turns round by round; the table shows medians and the ratio of the reference's wall
-time to ours (per round: median and range). The images are made once (photo-like: smooth colour
-waves, a flat block, mild noise; `benchmark_data.make_images`); each run gets a fresh run directory
-and `datasets` cache.
+Rows: the reference, in `--precision` (the example's default is fp32); ours with the recipe's own
+settings (`model=swinv2_tiny` brings SwinV2-B's published recipe: normalised target, drop path 0.1,
+and its mixed precision, `bf16-mixed` on a GPU or a CPU with bf16 instructions, else `32-true`:
+`simmim_swinv2/config/precision.py`); where that precision differs from the reference's, the same
+recipe in the reference's precision; ours with the reference's settings (`norm_target=false
+model.drop_path_rate=0` and its precision). Per command: the precision it ran in (ours: from its
+start banner), wall time (start to exit), time to the end of the first optimizer step, and the
+loop's img/s (from the first step's end to the last's). The commands take turns round by round; the
+table shows medians and the ratio of the reference's wall time to ours (per round: median and
+range). The images are made once (photo-like: smooth colour waves, a flat block, mild noise;
+`benchmark_data.make_images`); each run gets a fresh run directory and `datasets` cache.
 
     python scripts/benchmark_e2e.py                          # 480 images, batch 16, 30 steps, CPU
     python scripts/benchmark_e2e.py --rounds 3 --out e2e.md  # the table also in a file
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -41,6 +45,7 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 STAMPS = "BENCH_E2E_STAMPS"  # file the child appends one wall-clock time to per optimizer step
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}  # --precision -> Lightning's
 
 
 # ---------------------------------------------------------------------------- the reference (child)
@@ -187,8 +192,6 @@ def commands(args: argparse.Namespace, run_dir: Path) -> dict[str, list[str]]:
         f"num_workers={args.workers}",
     ]
     trainer = ["trainer=cpu"] if args.device == "cpu" else ["trainer=gpu", "trainer.devices=1"]
-    if args.device == "cpu" and args.precision == "bf16":
-        trainer.append("trainer.precision=bf16-mixed")
     ours = [
         sys.executable,
         "-m",
@@ -215,17 +218,20 @@ def commands(args: argparse.Namespace, run_dir: Path) -> dict[str, list[str]]:
         f"--device={args.device}",
         f"--precision={args.precision}",
     ]
+    from simmim_swinv2.config.precision import mixed_precision
+
+    same = PRECISIONS[args.precision]  # the reference's
     rows = {
         "transformers run_mim.py (reference)": reference,
-        "ours, recipe (normalised target, drop path 0.1)": ours,
-        f"ours, equal settings (norm_target=false, drop path {args.drop_path:g})": ours
-        + ["norm_target=false", f"model.drop_path_rate={args.drop_path}"],
+        "ours, recipe (normalised target, drop path 0.1, its mixed precision)": ours,
     }
-    if args.ours_bf16 and args.precision == "fp32":
-        # not equal settings: the recipes' mixed precision, against the reference's fp32
-        rows["ours, recipe in bf16-mixed (reference fp32)"] = ours + [
-            "trainer.precision=bf16-mixed"
-        ]
+    if mixed_precision("cpu" if args.device == "cpu" else "gpu") != same:
+        rows["ours, recipe in the reference's precision"] = ours + [f"trainer.precision={same}"]
+    rows[f"ours, equal settings (norm_target=false, drop path {args.drop_path:g})"] = ours + [
+        "norm_target=false",
+        f"model.drop_path_rate={args.drop_path}",
+        f"trainer.precision={same}",
+    ]
     return rows
 
 
@@ -259,7 +265,10 @@ def run(name: str, cmd: list[str], run_dir: Path, args: argparse.Namespace) -> d
         if len(times) > 1
         else float("nan")
     )
-    return dict(wall=wall, first=times[0] - t0, ips=loop)
+    text = (run_dir / "log.txt").read_text()
+    ran = re.search(r"precision (\S+), strategy", text)  # ours' start banner (training/base.py)
+    precision = ran.group(1) if ran else PRECISIONS[args.precision]  # the reference: --precision
+    return dict(wall=wall, first=times[0] - t0, ips=loop, precision=precision)
 
 
 def table(args: argparse.Namespace, cmds: dict, results: dict[str, list[dict]]) -> str:
@@ -276,16 +285,16 @@ def table(args: argparse.Namespace, cmds: dict, results: dict[str, list[dict]]) 
         ),
         "",
         (
-            "| command | wall s | first step s | loop img/s | reference wall / this: median (per "
-            "round range) | loop img/s vs reference |"
+            "| command | precision | wall s | first step s | loop img/s | reference wall / this: "
+            "median (per round range) | loop img/s vs reference |"
         ),
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in names:
         rs = ok[name]
         if not rs:
             errors = [r["error"].splitlines()[0] for r in results.get(name, [])]
-            lines.append(f"| {name} | failed: {errors[-1] if errors else 'not run'} | | | | |")
+            lines.append(f"| {name} | failed: {errors[-1] if errors else 'not run'} | | | | | |")
             continue
         med = {k: statistics.median(r[k] for r in rs) for k in ("wall", "first", "ips")}
         both = [
@@ -301,9 +310,10 @@ def table(args: argparse.Namespace, cmds: dict, results: dict[str, list[dict]]) 
             else "-"
         )
         loop = f"{statistics.median(loops):.2f}x" if loops else "-"
+        precision = "/".join(sorted({r["precision"] for r in rs}))
         lines.append(
-            f"| {name} | {med['wall']:.1f} | {med['first']:.1f} | {med['ips']:.2f} | {ratio} | "
-            f"{loop} |"
+            f"| {name} | {precision} | {med['wall']:.1f} | {med['first']:.1f} | {med['ips']:.2f} | "
+            f"{ratio} | {loop} |"
         )
     lines += [
         "",
@@ -335,11 +345,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--ours-bf16",
-        action="store_true",
-        help="also run ours in bf16-mixed against the fp32 reference (a CPU with native bf16)",
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="the reference's (the example's default: fp32) and ours' equal-settings rows'",
     )
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
         "--data", help="an existing image folder (default: generate --images into a temp dir)"

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import ConfigError
+from .precision import native_bf16_cpu
 from .signature import describe, matches
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # data.transforms'
@@ -220,5 +221,19 @@ def check_machine(cfg: DictConfig) -> None:
     if on_cpu and precision in ("16", "16-mixed", "16-true"):
         raise ConfigError(
             f"trainer.precision={precision} does not run on the CPU: set "
-            "trainer.precision=bf16-mixed (bfloat16 autocast) or 32-true"
+            + (
+                "trainer.precision=bf16-mixed (bfloat16 autocast) or 32-true"
+                if native_bf16_cpu()
+                else "trainer.precision=32-true (this CPU has no bf16 instructions: bf16-mixed "
+                "would be emulated, slower than fp32)"
+            )
+        )
+    if on_cpu and precision.startswith("bf16") and not native_bf16_cpu():
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"trainer.precision={precision} on a CPU without bf16 instructions (AVX512-BF16 or "
+            "AMX): PyTorch emulates bfloat16 here, and a training step is slower than in fp32 "
+            "(SwinV2-T: 1.8x with AVX-512, 19x with AVX2 only). For speed set "
+            "trainer.precision=32-true; keep bf16 only to see its numerics"
         )

@@ -29,6 +29,7 @@ from omegaconf import MISSING, OmegaConf
 from ..data import SimMIMTransform, build_eval_transform, build_finetune_transform, build_mixup
 from ..models.config import SwinV2Config, variant_spec
 from ..training.optim import ConfigEnum, OptimConfig, ScheduleConfig
+from .precision import mixed_precision
 from .signature import hints_of, parameters, schema_of
 
 # ----------------------------------------------------------------------------------- _target_ nodes
@@ -434,7 +435,8 @@ def to_object(node, cls: type | None = None):
 
 
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore and the `swinv2_variant` resolver (idempotent)."""
+    """Store every schema in Hydra's ConfigStore, and the `swinv2_variant` and `mixed_precision`
+    resolvers (idempotent)."""
     cs = ConfigStore.instance()
     for name, node in COMMANDS.items():
         cs.store(group="schema", name=name, node=node)
@@ -444,6 +446,8 @@ def register() -> None:
         cs.store(group="schema/target", name=name, node=node)
     if not OmegaConf.has_resolver("swinv2_variant"):
         OmegaConf.register_new_resolver("swinv2_variant", variant_value)
+    if not OmegaConf.has_resolver("mixed_precision"):
+        OmegaConf.register_new_resolver("mixed_precision", mixed_precision)
 
 
 register()

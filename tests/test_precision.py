@@ -1,0 +1,75 @@
+"""The recipes' mixed precision (conf/recipe/shared/mixed_precision.yaml): bf16-mixed on GPUs and on
+CPUs with bf16 instructions, fp32 on the others, and a warning where bf16 would be emulated."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from helpers.config import FAST, compose_config
+
+from simmim_swinv2.config import ConfigError, precision
+from simmim_swinv2.config.checks import check_machine
+
+REAL = ("tiny", "small", "base", "large", "huge", "giant")
+CHECKS_NATIVE = "simmim_swinv2.config.checks.native_bf16_cpu"  # what check_machine asks
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="the kernel's flags: Linux only")
+def test_native_bf16_is_what_the_kernel_reports():
+    """PyTorch's cpuinfo against the kernel's own list of the CPU's instruction sets."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    assert precision.native_bf16_cpu() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["cpu_with_bf16", "cpu_without_bf16"])
+def test_named_recipes_bring_mixed_precision_a_cpu_only_where_it_computes_bf16(
+    native, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: native)
+    on_cpu = "bf16-mixed" if native else "32-true"
+    for command in ("pretrain", "finetune"):
+        for variant in REAL:
+            model = f"model=swinv2_{variant}"
+            assert compose_config(command, tmp_path, [model]).trainer.precision == "bf16-mixed"
+            cpu = compose_config(command, tmp_path, [model, "trainer=cpu"]).trainer
+            assert (cpu.accelerator, cpu.precision) == ("cpu", on_cpu), (command, variant)
+    # a GPU recipe under any trainer keeps it: trainer=ddp was fp32 before the recipes said it
+    ddp = compose_config("pretrain", tmp_path, ["model=swinv2_base", "trainer=ddp"]).trainer
+    assert (ddp.strategy, ddp.precision) == ("ddp", "bf16-mixed")
+    # the quickstart's SwinV2-debug is no published recipe: fp32 (bf16 is slower at its size)
+    for overrides in ([], ["trainer=cpu"], FAST):
+        assert compose_config("pretrain", tmp_path, overrides).trainer.precision == "32-true"
+    # the command line wins
+    for value in ("32-true", "bf16-mixed"):
+        cli = ["model=swinv2_tiny", "trainer=cpu", f"trainer.precision={value}"]
+        assert compose_config("pretrain", tmp_path, cli).trainer.precision == value
+
+
+def _warned(cfg) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_machine(cfg)
+    return [str(w.message) for w in caught if "bf16 instructions" in str(w.message)]
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_and_names_fp32(monkeypatch, tmp_path):
+    bf16 = compose_config("pretrain", tmp_path, [*FAST, "trainer.precision=bf16-mixed"])
+    fp16 = compose_config("pretrain", tmp_path, [*FAST, "trainer.precision=16-mixed"])
+    monkeypatch.setattr(CHECKS_NATIVE, lambda: False)
+    (message,) = _warned(bf16)
+    assert "trainer.precision=32-true" in message
+    with pytest.raises(ConfigError) as err:
+        check_machine(fp16)
+    assert "trainer.precision=32-true" in str(err.value)
+    assert "trainer.precision=bf16-mixed" not in str(err.value)
+
+    monkeypatch.setattr(CHECKS_NATIVE, lambda: True)
+    assert _warned(bf16) == []
+    with pytest.raises(ConfigError) as err:
+        check_machine(fp16)
+    assert "trainer.precision=bf16-mixed" in str(err.value)
