@@ -9,6 +9,7 @@ profiles one more step of each with `torch.profiler`. The wall times give the sp
 CPU time (median over rounds) and call count, and the operators whose time differs most.
 
     python scripts/profile_model.py  # SwinV2-T, 192 px, window 6, batch 4, fp32
+    python scripts/profile_model.py --precision bf16  # under bfloat16 autocast
     python scripts/profile_model.py --rounds 9 --top 20 --out profile.md
 """
 
@@ -53,6 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=15, help="operators listed per comparison")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--optimizer", action="store_true", help="include the AdamW step")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: forward and loss under CPU bfloat16 autocast (Lightning's bf16-mixed)",
+    )
     parser.add_argument("--out", help="also write the report (markdown) here")
     args = parser.parse_args(argv)
     impls = args.impls.split(",")
@@ -65,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     mask = (torch.rand(args.batch, tokens, tokens) < 0.6).long()
 
     def step(impl: str) -> None:
-        models[impl][1](x, mask).backward()
+        with torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = models[impl][1](x, mask)
+        loss.backward()
         if args.optimizer:
             opts[impl].step()
         opts[impl].zero_grad(set_to_none=True)
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             "One SimMIM training step "
             f"({'forward, loss, backward' + (', AdamW' if args.optimizer else '')}): "
             f"swinv2_{args.variant}, {args.img_size} px, window {args.window}, batch "
-            f"{args.batch}, fp32, CPU, {torch.get_num_threads()} threads, torch "
+            f"{args.batch}, {args.precision}, CPU, {torch.get_num_threads()} threads, torch "
             f"{torch.__version__}; {args.rounds} interleaved rounds, same weights"
         ),
         "",

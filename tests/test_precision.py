@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.config import FAST, compose_config
 
 from simmim_swinv2.config import ConfigError, precision
@@ -41,7 +42,7 @@ def test_named_recipes_bring_mixed_precision_a_cpu_only_where_it_computes_bf16(
     # a GPU recipe under any trainer keeps it: trainer=ddp was fp32 before the recipes said it
     ddp = compose_config("pretrain", tmp_path, ["model=swinv2_base", "trainer=ddp"]).trainer
     assert (ddp.strategy, ddp.precision) == ("ddp", "bf16-mixed")
-    # the quickstart's SwinV2-debug is no published recipe: fp32 (bf16 is slower at its size)
+    # the quickstart's SwinV2-debug is no published recipe: fp32 on every CPU
     for overrides in ([], ["trainer=cpu"], FAST):
         assert compose_config("pretrain", tmp_path, overrides).trainer.precision == "32-true"
     # the command line wins
@@ -73,3 +74,17 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_and_names_fp32(monkeypatc
     with pytest.raises(ConfigError) as err:
         check_machine(fp16)
     assert "trainer.precision=bf16-mixed" in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a GPU recipe without a GPU")
+@pytest.mark.parametrize("native", [True, False], ids=["cpu_with_bf16", "cpu_without_bf16"])
+def test_a_gpu_recipe_without_a_gpu_says_what_trainer_cpu_will_run(native, monkeypatch, tmp_path):
+    cfg = compose_config("pretrain", tmp_path, ["model=swinv2_base"])
+    monkeypatch.setattr(CHECKS_NATIVE, lambda: native)
+    with pytest.raises(ConfigError) as err:
+        check_machine(cfg)
+    assert "add trainer=cpu" in str(err.value)
+    assert ("(in bf16-mixed" in str(err.value), "(in 32-true" in str(err.value)) == (
+        native,
+        not native,
+    )

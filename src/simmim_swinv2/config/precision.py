@@ -4,8 +4,8 @@ The official recipes train in mixed precision (microsoft/Swin-Transformer config
 `AMP_ENABLE = True`); ours is bfloat16 autocast (`bf16-mixed`), since fp16 overflows in SimMIM
 pretraining (microsoft/SimMIM#15, microsoft/Swin-Transformer#82). A GPU with bf16 runs it at tensor
 core speed. A CPU runs it fast only where it has bf16 instructions (AVX512-BF16 or AMX-BF16); on
-any other CPU PyTorch emulates bf16 and a step is slower than in fp32 (docs/benchmarks.md: 1.8x
-slower with AVX-512, 19x with AVX2 only). So a named model's recipe sets
+any other CPU PyTorch emulates bf16 and a step is slower than in fp32 (docs/benchmarks.md: 1.7x
+slower with AVX-512, 15x with AVX2 only). So a named model's recipe sets
 `trainer.precision: ${mixed_precision:${trainer.accelerator}}` (conf/recipe/shared/
 mixed_precision.yaml): `bf16-mixed`, except on a CPU without bf16 instructions, where it is
 `32-true`. The value is resolved where the run starts and recorded in its `config.yaml`; a
