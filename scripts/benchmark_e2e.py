@@ -15,7 +15,7 @@ evaluation on either side.
 Rows: the reference, in `--precision` (the example's default is fp32); ours with the recipe's own
 settings (`model=swinv2_tiny` brings SwinV2-B's published recipe: normalised target, drop path 0.1,
 and its mixed precision, `bf16-mixed` on a GPU or a CPU with bf16 instructions, else `32-true`:
-`simmim_swinv2/config/precision.py`); where that precision differs from the reference's, the same
+`simmim_swinv2/config/machine.py`); where that precision differs from the reference's, the same
 recipe in the reference's precision; ours with the reference's settings (`norm_target=false
 model.drop_path_rate=0` and its precision). Per command: the precision it ran in (ours: from its
 start banner), wall time (start to exit), time to the end of the first optimizer step, and the
@@ -218,7 +218,7 @@ def commands(args: argparse.Namespace, run_dir: Path) -> dict[str, list[str]]:
         f"--device={args.device}",
         f"--precision={args.precision}",
     ]
-    from simmim_swinv2.config.precision import mixed_precision
+    from simmim_swinv2.config.machine import mixed_precision
 
     same = PRECISIONS[args.precision]  # the reference's
     rows = {

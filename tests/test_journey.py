@@ -21,7 +21,7 @@ from helpers.data import photo
 from PIL import Image
 
 from simmim_swinv2 import evaluate, finetune, pretrain
-from simmim_swinv2.config.precision import native_bf16_cpu
+from simmim_swinv2.config.machine import native_bf16_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog"]
@@ -141,7 +141,7 @@ def test_newcomer_mistakes_stop_with_one_sentence_naming_the_fix(photos, tmp_pat
     err = run_main(
         pretrain, [*FAST, "trainer.precision=16-mixed", "trainer.accelerator=cpu", run], capsys
     )
-    # the CPU's own mixed precision where it has bf16 instructions, else fp32 (config/precision.py)
+    # the CPU's own mixed precision where it has bf16 instructions, else fp32 (config/machine.py)
     assert ("trainer.precision=bf16-mixed" in err) == native_bf16_cpu()
     assert "32-true" in err
 

@@ -29,7 +29,7 @@ from omegaconf import MISSING, OmegaConf
 from ..data import SimMIMTransform, build_eval_transform, build_finetune_transform, build_mixup
 from ..models.config import SwinV2Config, variant_spec
 from ..training.optim import ConfigEnum, OptimConfig, ScheduleConfig
-from .precision import mixed_precision
+from .machine import at_most_cpus, mixed_precision
 from .signature import hints_of, parameters, schema_of
 
 # ----------------------------------------------------------------------------------- _target_ nodes
@@ -435,8 +435,8 @@ def to_object(node, cls: type | None = None):
 
 
 def register() -> None:
-    """Store every schema in Hydra's ConfigStore, and the `swinv2_variant` and `mixed_precision`
-    resolvers (idempotent)."""
+    """Store every schema in Hydra's ConfigStore, and the `swinv2_variant`, `mixed_precision` and
+    `at_most_cpus` resolvers (idempotent)."""
     cs = ConfigStore.instance()
     for name, node in COMMANDS.items():
         cs.store(group="schema", name=name, node=node)
@@ -448,6 +448,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("swinv2_variant", variant_value)
     if not OmegaConf.has_resolver("mixed_precision"):
         OmegaConf.register_new_resolver("mixed_precision", mixed_precision)
+    if not OmegaConf.has_resolver("at_most_cpus"):
+        OmegaConf.register_new_resolver("at_most_cpus", at_most_cpus)
 
 
 register()

@@ -1,8 +1,11 @@
-"""The recipes' mixed precision (conf/recipe/shared/mixed_precision.yaml): bf16-mixed on GPUs and on
-CPUs with bf16 instructions, fp32 on the others, and a warning where bf16 would be emulated."""
+"""Recipe values that depend on the machine (`simmim_swinv2/config/machine.py`): the recipes' mixed
+precision (conf/recipe/shared/mixed_precision.yaml: bf16-mixed on GPUs and on CPUs with bf16
+instructions, fp32 on the others, a warning where bf16 would be emulated), and their loader workers,
+at most the CPUs the process may use."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -10,10 +13,11 @@ import pytest
 import torch
 from helpers.config import FAST, compose_config
 
-from simmim_swinv2.config import ConfigError, precision
+from simmim_swinv2.config import ConfigError, machine
 from simmim_swinv2.config.checks import check_machine
 
 REAL = ("tiny", "small", "base", "large", "huge", "giant")
+EXPERIMENT = "simmim_pretrain__swinv2_base__img192_window6__100ep"
 CHECKS_NATIVE = "simmim_swinv2.config.checks.native_bf16_cpu"  # what check_machine asks
 
 
@@ -24,14 +28,14 @@ def test_native_bf16_is_what_the_kernel_reports():
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
             flags |= set(line.split(":", 1)[1].split())
-    assert precision.native_bf16_cpu() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert machine.native_bf16_cpu() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["cpu_with_bf16", "cpu_without_bf16"])
 def test_named_recipes_bring_mixed_precision_a_cpu_only_where_it_computes_bf16(
     native, monkeypatch, tmp_path
 ):
-    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(machine, "native_bf16_cpu", lambda: native)
     on_cpu = "bf16-mixed" if native else "32-true"
     for command in ("pretrain", "finetune"):
         for variant in REAL:
@@ -88,3 +92,27 @@ def test_a_gpu_recipe_without_a_gpu_says_what_trainer_cpu_will_run(native, monke
         native,
         not native,
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity: Linux")
+def test_the_recipes_loader_workers_are_at_most_the_cpus_the_process_may_use(tmp_path):
+    """The official 8 workers per device, capped by the process's real affinity mask (what SLURM's
+    --cpus-per-task or taskset gives it); a number on the command line is taken as it is."""
+    runs = {
+        "quickstart": ("pretrain", []),
+        "recipe": ("pretrain", ["model=swinv2_base", "trainer=cpu"]),
+        "experiment": ("pretrain", ["experiment=" + EXPERIMENT]),
+        "finetune": ("finetune", ["model=swinv2_large"]),
+    }
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})  # one CPU
+        one = {k: compose_config(c, tmp_path, o).num_workers for k, (c, o) in runs.items()}
+        cli = compose_config("pretrain", tmp_path, ["model=swinv2_base", "num_workers=6"])
+        assert cli.num_workers == 6
+    finally:
+        os.sched_setaffinity(0, before)
+    assert one == {"quickstart": 1, "recipe": 1, "experiment": 1, "finetune": 1}
+    every = {k: compose_config(c, tmp_path, o).num_workers for k, (c, o) in runs.items()}
+    # the quickstart's own 2 workers, capped alike
+    assert every == {k: min(8 if k != "quickstart" else 2, len(before)) for k in runs}
