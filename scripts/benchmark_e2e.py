@@ -322,7 +322,7 @@ def table(args: argparse.Namespace, cmds: dict, results: dict[str, list[dict]]) 
             "settings >= 1.4x."
         ),
         "",
-        "Commands (paths of this run):",
+        "Commands (their paths are a temp dir, removed at exit, unless --work-dir):",
     ]
     lines += [f"    {' '.join(cmd)}" for cmd in cmds.values()]
     return "\n".join(lines)
@@ -356,11 +356,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="also write the table here (rewritten after every run)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep the runs (checkpoints, logs: GBs) here (default: a temp dir, removed at exit)",
+    )
     args = parser.parse_args(argv)
     if args.role == "reference":
         return reference_main(args)
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        return benchmark(args, args.work_dir)
+    with tempfile.TemporaryDirectory(prefix="bench_e2e_") as work:
+        return benchmark(args, Path(work))
 
-    work = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+
+def benchmark(args: argparse.Namespace, work: Path) -> None:
+    """Every command, ``args.rounds`` times interleaved, in run directories under ``work``."""
     if args.data is None:
         sys.path.insert(0, str(SCRIPTS))
         from benchmark_data import make_images

@@ -173,10 +173,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("docs/knn_curve.png"))
     parser.add_argument(
-        "--out-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)"
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="keep the runs here (default: a temp dir, removed at the end)",
     )
     args = parser.parse_args(argv)
-    root = args.out_dir or Path(tempfile.mkdtemp(prefix="knn_curve_"))
+    if args.out_dir is not None:
+        return curves_and_plot(args, args.out_dir)
+    with tempfile.TemporaryDirectory(prefix="knn_curve_") as root:
+        return curves_and_plot(args, Path(root))
+
+
+def curves_and_plot(args: argparse.Namespace, root: Path) -> None:
+    """Pretrain both runs under ``root``, plot their kNN curves and print the table."""
 
     curves = {}
     for label, epochs in (

@@ -62,10 +62,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=10, help="0: the probes only")
     parser.add_argument(
-        "--out-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)"
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="keep the runs here (default: a temp dir, removed at the end)",
     )
     args = parser.parse_args(argv)
-    root = args.out_dir or Path(tempfile.mkdtemp(prefix="pretraining_gain_"))
+    if args.out_dir is not None:
+        return compare(args, args.out_dir)
+    with tempfile.TemporaryDirectory(prefix="pretraining_gain_") as root:
+        return compare(args, Path(root))
+
+
+def compare(args: argparse.Namespace, root: Path) -> None:
+    """Pretrain, probe and fine-tune both arms for every seed, in run directories under ``root``."""
 
     img_size = 64
     cfg = swinv2_config("debug", img_size=img_size, window_size=4)

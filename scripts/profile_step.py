@@ -93,7 +93,12 @@ def breakdown(durations: dict[str, list[float]], fit_s: float) -> list[tuple[str
 
 
 def main(overrides: list[str]) -> None:
-    run_dir = Path(tempfile.mkdtemp(prefix="profile_step_"))
+    with tempfile.TemporaryDirectory(prefix="profile_step_") as run_dir:
+        profile(overrides, Path(run_dir))
+
+
+def profile(overrides: list[str], run_dir: Path) -> None:
+    """Run the pretrain command with ``overrides`` in ``run_dir`` and print where a step goes."""
     cfg = compose_job("pretrain", run_dir, ["resume=never", *overrides])
     with open_dict(cfg):
         cfg.trainer.profiler = {"_target_": f"{__name__}.RecordingProfiler"}
@@ -112,7 +117,6 @@ def main(overrides: list[str]) -> None:
     print("|---|---|---|")
     for part, total in rows:
         print(f"| {part} | {1000 * total / steps:.1f} | {100 * total / fit_s:.1f}% |")
-    print(f"\nrun directory: {run_dir}")
 
 
 if __name__ == "__main__":
