@@ -121,3 +121,24 @@ def test_plan_command_prints_the_table(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| parameters" in r.stdout and "3.0" in r.stdout and "ZeRO stage 3" in r.stdout
     assert "| fits                   | yes |" in r.stdout
+
+
+def test_a_cpu_plan_is_per_process_against_the_hosts_memory(tmp_path):
+    """`trainer=cpu`: no CUDA context, the per-device rows are per training process, and the node's
+    processes together are held against the host's physical memory (they share it)."""
+    cpu = planning.make_plan(
+        compose_config(
+            "pretrain", tmp_path, ["model=swinv2_tiny", "trainer=cpu", "trainer.devices=2"]
+        )
+    )
+    gpu = planning.replace(cpu, on_cpu=False)
+    assert cpu.on_cpu and cpu.devices == 2 and cpu.unit == "process"
+    assert gpu.total_bytes() - cpu.total_bytes() == planning.CUDA_OVERHEAD_BYTES
+    assert cpu.host_memory_bytes > 2**30  # this machine's RAM, from the OS
+    need = 2 * cpu.total_bytes()
+    assert planning.replace(cpu, host_memory_bytes=need).fits() is True
+    assert planning.replace(cpu, host_memory_bytes=need - 1).fits() is False
+    text = planning.format_plan(cpu)
+    assert "on 2 processes (CPU)" in text and "activations / process" in text
+    assert "GPU" not in text and "CUDA" not in text and "host memory" in text
+    assert "on 1 GPU |" in planning.format_plan(planning.replace(gpu, devices=1))

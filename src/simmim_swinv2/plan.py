@@ -1,6 +1,7 @@
 """`python -m simmim_swinv2.plan [the overrides you would give pretrain]`: parameters, global batch,
-derived LR, strategy and the estimated memory per GPU, without training (the model is built on the
-meta device).
+derived LR, strategy and the estimated memory per GPU (on the CPU: per training process, the
+node's processes against the host's memory), without training (the model is built on the meta
+device).
 
     python -m simmim_swinv2.plan model=swinv2_giant trainer.devices=8 batch_size=32 plan.gpu_memory_gb=80
 """  # noqa: E501 - a command line longer than 100 characters

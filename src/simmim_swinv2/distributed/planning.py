@@ -35,6 +35,7 @@ the safe side there.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 from .disk import CheckpointPlan, checkpoint_plan
@@ -89,10 +90,16 @@ class Plan:
     grad_checkpointing: bool
     act_bytes_per_sample: float
     gpu_memory_bytes: float | None = None
+    on_cpu: bool = False  # a CPU run: its processes share the host's memory, no CUDA context
+    host_memory_bytes: float | None = None
     checkpoint: CheckpointPlan | None = None
     img_size: tuple[int, int] = (0, 0)
     windows: tuple[int, ...] = ()  # per stage, as clamped to the stage at img_size
     grids: tuple[tuple[int, int], ...] = ()  # per stage, its token rows and columns at img_size
+
+    @property
+    def unit(self) -> str:  # what the per-device figures are per
+        return "process" if self.on_cpu else "GPU"
 
     @property
     def world_size(self) -> int:
@@ -127,13 +134,15 @@ class Plan:
         return (
             sum(self.state_bytes().values())
             + self.act_bytes_per_sample * self.batch_size
-            + CUDA_OVERHEAD_BYTES
+            + (0.0 if self.on_cpu else CUDA_OVERHEAD_BYTES)
         )
 
     def fits(self) -> bool | None:
-        return (
-            None if self.gpu_memory_bytes is None else self.total_bytes() <= self.gpu_memory_bytes
-        )
+        if self.on_cpu:  # the node's processes share its memory
+            memory, need = self.host_memory_bytes, self.total_bytes() * self.devices
+        else:
+            memory, need = self.gpu_memory_bytes, self.total_bytes()
+        return None if memory is None else need <= memory
 
 
 def _is_deepspeed(strategy: Strategy) -> bool:
@@ -251,6 +260,19 @@ def detect_gpu_memory(cfg) -> float | None:
     )
 
 
+def runs_on_cpu(cfg) -> bool:
+    """Whether the config trains on the CPU: `accelerator: cpu`, or `auto` without CUDA, unless
+    `plan.gpu_memory_gb` says a GPU is being planned."""
+    accel = str(cfg.trainer.get("accelerator", "auto"))
+    if (cfg.get("plan") or {}).get("gpu_memory_gb") is not None:
+        return False
+    if accel != "auto":
+        return accel == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def make_plan(cfg, **changes) -> Plan:
     """The plan of a composed pretrain config; `changes` replace Plan fields (what-if questions)."""
     from hydra.utils import instantiate
@@ -275,6 +297,8 @@ def make_plan(cfg, **changes) -> Plan:
         grad_checkpointing=any(mcfg.grad_checkpointing),
         act_bytes_per_sample=activation_bytes_per_sample(mcfg, t.get("precision", "32-true")),
         gpu_memory_bytes=detect_gpu_memory(cfg),
+        on_cpu=runs_on_cpu(cfg),
+        host_memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
         checkpoint=checkpoint_plan(
             cfg, params, deepspeed=_is_deepspeed(strategy), half=precision_kind(precision) == "half"
         ),
@@ -390,9 +414,25 @@ def format_plan(plan: Plan) -> str:
     s, st = plan.strategy, plan.state_bytes()
     act = plan.act_bytes_per_sample * plan.batch_size
     gib = lambda b: f"{b / GIB:,.2f} GiB"  # noqa: E731
-    fits = {None: "unknown (no GPU; set plan.gpu_memory_gb=80)", True: "yes", False: "NO"}[
-        plan.fits()
-    ]
+    per = f" / {plan.unit}"
+    unknown = "unknown" if plan.on_cpu else "unknown (no GPU; set plan.gpu_memory_gb=80)"
+    fits = {None: unknown, True: "yes", False: "NO"}[plan.fits()]
+    need = plan.total_bytes() * plan.devices  # a node's processes share its memory
+    memory = (
+        [
+            (
+                "host memory",
+                f"{gib(plan.host_memory_bytes or 0)} ({plan.devices} x total: {gib(need)})",
+            )
+        ]
+        if plan.on_cpu
+        else [
+            ("CUDA context + slack", gib(CUDA_OVERHEAD_BYTES)),
+            ("total / GPU", gib(plan.total_bytes())),
+            ("GPU memory", gib(plan.gpu_memory_bytes) if plan.gpu_memory_bytes else "unknown"),
+        ]
+    )
+    many = {(True, True): "es", (False, True): "s"}.get((plan.on_cpu, plan.world_size > 1), "")
     rows = [
         (
             "input",
@@ -412,25 +452,25 @@ def format_plan(plan: Plan) -> str:
         (
             "strategy",
             f"{s.name} (ZeRO stage {s.stage}, offload optimizer {s.offload_optimizer}, "
-            f"parameters {s.offload_parameters}) on {plan.world_size} GPUs",
+            f"parameters {s.offload_parameters}) on {plan.world_size} {plan.unit}{many}"
+            + (" (CPU)" if plan.on_cpu else ""),
         ),
         (
             "precision",
             f"{plan.precision} ({'/'.join(map(str, STATE_BYTES[precision_kind(plan.precision)]))} "
             f"B/param weights/grads/optimizer)",
         ),
-        ("weights / GPU", gib(st["weights"])),
-        ("gradients / GPU", gib(st["gradients"])),
-        ("optimizer states / GPU", gib(st["optimizer"])),
+        ("weights" + per, gib(st["weights"])),
+        ("gradients" + per, gib(st["gradients"])),
+        ("optimizer states" + per, gib(st["optimizer"])),
         ("ZeRO-3 working set", gib(st["zero3_working"])),
         (
-            "activations / GPU",
+            "activations" + per,
             f"{gib(act)} ({plan.act_bytes_per_sample / 2**20:,.1f} MiB/sample, "
             f"checkpointing {plan.grad_checkpointing})",
         ),
-        ("CUDA context + slack", gib(CUDA_OVERHEAD_BYTES)),
-        ("total / GPU", gib(plan.total_bytes())),
-        ("GPU memory", gib(plan.gpu_memory_bytes) if plan.gpu_memory_bytes else "unknown"),
+        *([("total" + per, gib(plan.total_bytes()))] if plan.on_cpu else []),
+        *memory,
         ("fits", fits),
     ]
     if plan.checkpoint is not None:
