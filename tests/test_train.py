@@ -327,3 +327,31 @@ def test_two_nodes_of_one_process_agree_on_the_weights(tmp_path):
         torch.testing.assert_close(w0[name], w1[name], rtol=0, atol=0, msg=name)
     # they did train
     assert len([r for r in metrics(tmp_path / "run") if r.get("train/loss_step")]) == 6
+
+
+def test_a_runs_log_drops_lightnings_adverts_and_its_own_deprecation(caplog):
+    """What a run's log cannot act on is dropped once a Trainer is built: Lightning's tips for its
+    cloud products, and torch's FutureWarning about a pytree class Lightning itself uses. Other
+    Lightning messages and warnings still come through."""
+    import logging
+    import warnings
+
+    from lightning.pytorch.utilities import rank_zero_info
+    from torch.utils._pytree import LeafSpec
+
+    from simmim_swinv2.training.build import quiet_library_notices
+
+    quiet_library_notices()
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing something")
+        rank_zero_info("GPU available: False, used: False")
+    assert caplog.messages == ["GPU available: False, used: False"]
+    for quiet in (False, True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if quiet:
+                quiet_library_notices()
+            LeafSpec()  # as lightning.pytorch.utilities._pytree builds one
+            warnings.warn("kept", FutureWarning, stacklevel=1)
+        said = [str(w.message).split(" is deprecated")[0] for w in caught]
+        assert said == (["kept"] if quiet else ["`isinstance(treespec, LeafSpec)`", "kept"])

@@ -4,8 +4,10 @@ atomic checkpoints, resume."""
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -108,11 +110,30 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")  # Lightning's offers of its cloud products
+
+
+def quiet_library_notices() -> None:
+    """Drop what a run's log cannot act on: Lightning's tips for its cloud products, and torch's
+    deprecation of a pytree class that Lightning 2.6 itself still uses (`LeafSpec`)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _not_an_advert not in logger.filters:
+            logger.addFilter(_not_an_advert)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
+
+
 def build_trainer(
     cfg: DictConfig, callbacks: list | None = None, resume: str | None = None
 ) -> L.Trainer:
     """The Trainer of `cfg.trainer`, with our callbacks and plugins. `resume`: the checkpoint `fit`
     will resume from, checked against the strategy first (`distributed.strategy.check_resume`)."""
+    quiet_library_notices()
     strategy = cfg.trainer.get("strategy")
     if OmegaConf.is_dict(strategy):  # built here to be checked, then handed to the Trainer
         strategy = instantiate(strategy)
