@@ -4,7 +4,6 @@ them for `pretrained=` (`encoder_state_dict`, `load_pretrained_encoder`)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,6 @@ from . import interop
 from .meta import BUFFERS, Model
 from .ours import READERS
 from .runs import find_resume_checkpoint
-
-log = logging.getLogger(__name__)
-
 
 # --------------------------------------------------------------------------------- formats
 # what a weights path may be, for messages
@@ -253,7 +249,7 @@ def _pretrained_window_note(encoder: torch.nn.Module, sd: dict) -> str | None:
 
 
 def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dict[str, list[str]]:
-    """Load pretrained weights into an encoder, reporting what did not fit (logged and printed).
+    """Load pretrained weights into an encoder, printing what did not fit.
 
     The mask token is pretraining-only; window-dependent buffers are rebuilt for this encoder's
     windows, so a new window size works as long as the config's `pretrained_window_sizes` names
@@ -289,18 +285,7 @@ def load_pretrained_encoder(encoder: torch.nn.Module, source: str | Path) -> dic
             f"no encoder weights of {source} ({kind}) fit this model: is it a SwinV2 of the same "
             f"variant? unexpected keys: {list(result.unexpected_keys)[:5]}"
         )
-    log.info(
-        "loaded %d encoder tensors from %s (%s); missing %s, unexpected %s, shape mismatch %s",
-        loaded,
-        source,
-        kind,
-        missing,
-        report["unexpected"],
-        skipped_shape,
-    )
-    if note:
-        log.warning(note)
-    print(
+    print(  # once, in a command's output and in a notebook alike
         f"pretrained: {loaded} tensors from {source} ({kind}); missing {len(missing)}, unexpected "
         f"{len(report['unexpected'])}, shape mismatch {len(skipped_shape)}"
         + (f"\n  missing: {missing}" if missing else "")
