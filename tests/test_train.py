@@ -194,6 +194,56 @@ def test_atomic_checkpoint_survives_a_failed_save(tmp_path, monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
+def test_a_save_that_runs_out_of_disk_names_the_fix_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    """ENOSPC from the kernel (torch's writer on /dev/full, as a full disk answers it; torch turns
+    it into a RuntimeError) while a checkpoint is written: an error naming the file, its size, the
+    space left, the older checkpoints resuming does not need and how to keep fewer; the earlier
+    checkpoint still loads, no temp file left."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 0, "w": torch.ones(3)}, path.with_name("epoch0.ckpt"))
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    real_save = torch.save
+
+    def full_disk_save(obj, f):  # torch's own writer, on a file the kernel says is full
+        with open("/dev/full", "wb") as full:
+            real_save(obj, full)
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    with pytest.raises(OSError, match=r"no space left") as err:
+        io.save_checkpoint({"step": 2, "w": torch.zeros(2**18)}, path)
+    monkeypatch.undo()
+    message = str(err.value)
+    assert err.value.errno == 28 and str(path) in message and "(~1.0 MiB; " in message
+    assert "intact" in message and "resume=auto" in message and "save_top_k=1" in message
+    assert "needs only the newest (last.ckpt); older ones here: epoch0.ckpt" in message
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["epoch0.ckpt", "last.ckpt"]
+
+
+def test_a_run_whose_checkpoints_may_outgrow_its_disk_is_told_at_start(tmp_path):
+    """`distributed.disk.short_of_disk`: the retention's checkpoints, and one more while a save is
+    written, against the run directory's real free space plus its checkpoints now."""
+    import shutil
+
+    from simmim_swinv2.distributed.disk import CheckpointPlan, short_of_disk
+
+    run = tmp_path / "new" / "run"  # not made yet
+    free = shutil.disk_usage(tmp_path).free
+    plan = lambda each: CheckpointPlan(each, 12, (("newest 2", 2), ("last.ckpt", 1)))  # noqa: E731
+    assert short_of_disk(plan(1e6), run) is None
+    message = short_of_disk(plan(free / 2), run)
+    assert "(3 kept at most x " in message
+    assert f"file system of {run} has" in message and "save_top_k=1" in message
+    (run / "checkpoints").mkdir(parents=True)  # a resumed run: its checkpoints will be replaced
+    (run / "checkpoints" / "old.ckpt").write_bytes(b"x" * 2**20)
+    assert "(+ 1.0 MiB in its checkpoints now)" in short_of_disk(plan(free / 2), run)
+    assert short_of_disk(None, run) is None
+
+
 def test_without_the_stability_guard_a_non_finite_loss_stops_the_run(tmp_path, monkeypatch):
     from simmim_swinv2 import pretrain as entry
 

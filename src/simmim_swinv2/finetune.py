@@ -129,6 +129,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
         extra.append(EMAWeightAveraging(decay=job.ema))
+    build.check_disk(cfg, model)
     ckpt = build.resume_path(job.resume, run_dir)
     trainer = build.build_trainer(cfg, callbacks=extra, resume=ckpt)
     datamodule = build.build_datamodule(

@@ -61,6 +61,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     task = PretrainTask(
         model, job.optim, job.scheduler, batch_size=job.batch_size, compile=job.compile
     )
+    build.check_disk(cfg, model)
     ckpt = build.resume_path(job.resume, run_dir)
     trainer = build.build_trainer(cfg, resume=ckpt)
     datamodule = build.build_datamodule(

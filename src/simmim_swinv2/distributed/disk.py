@@ -3,7 +3,16 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024**3
+
+
+def size_text(nbytes: float) -> str:
+    """`nbytes` in GiB, or in MiB below one GiB."""
+    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB else f"{nbytes / 2**20:.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -71,4 +80,30 @@ def checkpoint_plan(cfg, params: int, *, deepspeed: bool, half: bool) -> Checkpo
         kept.append(("preemption save (hpc_ckpt)", 1))
     return CheckpointPlan(
         bytes_each=float(per_param * params), bytes_per_param=per_param, kept=tuple(kept)
+    )
+
+
+def short_of_disk(plan: CheckpointPlan | None, run_dir: str | Path) -> str | None:
+    """Why the checkpoints of `plan` may not fit where the run writes them, or None: what the
+    retention keeps at most, and one more while a save is written, against the free space of the
+    run directory's file system plus what its checkpoints take now (a resumed run replaces them)."""
+    if plan is None:
+        return None
+    run_dir = Path(run_dir)
+    probe = run_dir
+    while not probe.exists():  # a new run: its directory is not made yet
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    ours = [*run_dir.glob("hpc_ckpt_*"), *(run_dir / "checkpoints").rglob("*")]
+    have = sum(f.stat().st_size for f in ours if f.is_file() and not f.is_symlink())
+    need = plan.total_bytes + plan.bytes_each
+    if need <= free + have:
+        return None
+    return (
+        f"this run's checkpoints may take {size_text(need)} ({plan.count} kept at most x "
+        f"{size_text(plan.bytes_each)}, + one while a save is written) but the file system of "
+        f"{run_dir} has {size_text(free)} free (+ {size_text(have)} in its checkpoints now): "
+        "a save will fail when it fills (the checkpoints before it stay intact). Keep fewer "
+        "(callbacks.checkpoint.save_top_k=1, callbacks.checkpoint_keep=null) or give hydra.run.dir "
+        "a larger disk; `python -m simmim_swinv2.plan <overrides>` lists what is kept."
     )

@@ -14,12 +14,14 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from .. import ConfigError
 from ..data import SimMIMDataModule
 from ..data.views import ADD_VAL_SPLIT, hold_out
+from ..distributed import planning
+from ..distributed.disk import checkpoint_plan, short_of_disk
 from ..distributed.grad_norm import GradNorm
 from ..distributed.strategy import check_resume
 from ..weights import AtomicCheckpointIO, find_resume_checkpoint
@@ -165,6 +167,21 @@ def build_trainer(
     )
 
 
+def check_disk(cfg: DictConfig, model) -> None:
+    """Warn (rank 0) when the checkpoints the run's callbacks keep may outgrow the free space of
+    the run directory's file system (`distributed.disk.short_of_disk`); `model`: what is saved."""
+    t = cfg.trainer
+    plan = checkpoint_plan(
+        cfg,
+        sum(p.numel() for p in model.parameters()),
+        deepspeed="deepspeed" in planning.parse_strategy(t.get("strategy")).name.lower(),
+        half=planning.precision_kind(t.get("precision", "32-true")) == "half",
+    )
+    message = short_of_disk(plan, cfg.paths.run_dir)
+    if message:
+        rank_zero_warn(message)
+
+
 def resume_path(resume: str, run_dir: str | Path) -> str | None:
     """`resume=auto`: the newest checkpoint in the run directory, if any; `never`; or an explicit
     path."""
@@ -190,6 +207,7 @@ __all__ = [
     "build_datasets",
     "build_loggers",
     "build_trainer",
+    "check_disk",
     "resume_path",
     "save_resolved_config",
 ]

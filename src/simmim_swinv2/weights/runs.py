@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..distributed.disk import size_text
 from ..distributed.zero import is_universal_checkpoint, is_zero_checkpoint, zero_model_states
 
 # What `training.stability.Stability` records in every checkpoint: `{"good": bool, ...}`; `good` is
@@ -42,8 +44,55 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            # torch's zip writer may turn the write's OSError into a RuntimeError ("unexpected pos")
+            full = _disk_full(err)
+            if full is None:
+                raise
+            tmp.unlink(missing_ok=True)  # before the space left is read
+            raise OSError(full, disk_full_message(path, checkpoint)) from err
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _disk_full(err: BaseException | None) -> int | None:
+    """ENOSPC or EDQUOT if `err`, or an exception it was raised from or during, is one."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err.errno
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def disk_full_message(path: Path, checkpoint: dict[str, Any]) -> str:
+    """What a checkpoint save that ran out of disk (or quota) says: the file, its size, the space
+    left, that nothing earlier was lost, the older checkpoints beside it that resuming does not
+    need (a lower `save_top_k` only deletes them after the next save), and the fixes."""
+    size = sum(
+        t.numel() * t.element_size()
+        for t in torch.utils._pytree.tree_leaves(checkpoint)
+        if isinstance(t, torch.Tensor)
+    )
+    free = shutil.disk_usage(path.parent).free
+    siblings = [p for p in path.parent.glob("*.ckpt") if p.is_file() and not p.is_symlink()]
+    newest = max(siblings, key=lambda p: p.stat().st_mtime, default=None)
+    spare = sorted(p.name for p in siblings if p != newest and p.name != path.name)
+    older = (
+        f" Resuming needs only the newest ({newest.name}); older ones here: {', '.join(spare)} "
+        f"({size_text(sum((path.parent / n).stat().st_size for n in spare))})."
+        if spare
+        else ""
+    )
+    return (
+        f"no space left (disk or quota) writing checkpoint {path} (~{size_text(size)}; "
+        f"{size_text(free)} free there). The checkpoints written before it are intact.{older} "
+        "Free space, then start the same command again (resume=auto continues from the newest). "
+        "To keep fewer from now on: callbacks.checkpoint.save_top_k=1, "
+        "callbacks.checkpoint_keep=null; `python -m simmim_swinv2.plan <overrides>` prints the "
+        "disk a run's checkpoints take."
+    )
 
 
 def find_resume_checkpoint(run_dir: str | Path) -> Path | None:
