@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from importlinter.application.use_cases import create_report, read_user_options
+from importlinter.application.use_cases import (
+    _register_built_in_contract_types,
+    create_report,
+    read_user_options,
+)
 from importlinter.cli import lint_imports
 
 if sys.version_info >= (3, 11):
@@ -64,7 +68,10 @@ def _loggers_stay_enabled():
 
 def _checks(config: Path) -> dict[str, object]:
     """import-linter's verdict on each contract of `config`: contract name -> its `ContractCheck`
-    (`kept`, and `metadata`: the cycles' breaking imports, the forbidden chains)."""
+    (`kept`, and `metadata`: the cycles' breaking imports, the forbidden chains). The built-in
+    contract types are registered first, as `lint_imports` does (`create_report` alone does not:
+    this test would pass only after another had called `lint_imports` in the same process)."""
+    _register_built_in_contract_types()
     report = create_report(read_user_options(str(config)), cache_dir=None)
     return {contract.name: check for contract, check in report.get_contracts_and_checks()}
 

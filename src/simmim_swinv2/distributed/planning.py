@@ -261,16 +261,21 @@ def detect_gpu_memory(cfg) -> float | None:
 
 
 def runs_on_cpu(cfg) -> bool:
-    """Whether the config trains on the CPU: `accelerator: cpu`, or `auto` without CUDA, unless
-    `plan.gpu_memory_gb` says a GPU is being planned."""
-    accel = str(cfg.trainer.get("accelerator", "auto"))
-    if (cfg.get("plan") or {}).get("gpu_memory_gb") is not None:
-        return False
-    if accel != "auto":
-        return accel == "cpu"
+    """`accelerator: cpu`, or `auto` without CUDA, unless `plan.gpu_memory_gb` plans a GPU."""
+    accel = cfg.trainer.get("accelerator", "auto")
+    planned = (cfg.get("plan") or {}).get("gpu_memory_gb")
+    if accel != "auto" or planned is not None:
+        return planned is None and accel == "cpu"
     import torch
 
     return not torch.cuda.is_available()
+
+
+def checkpoints_of(cfg, params: int) -> CheckpointPlan | None:
+    """What the run's checkpoint callbacks keep of `params` parameters (`disk.checkpoint_plan`)."""
+    strategy, precision = parse_strategy(cfg.trainer.get("strategy")), cfg.trainer.get("precision")
+    half = precision_kind(precision or "32-true") == "half"
+    return checkpoint_plan(cfg, params, deepspeed=_is_deepspeed(strategy), half=half)
 
 
 def make_plan(cfg, **changes) -> Plan:
@@ -299,9 +304,7 @@ def make_plan(cfg, **changes) -> Plan:
         gpu_memory_bytes=detect_gpu_memory(cfg),
         on_cpu=runs_on_cpu(cfg),
         host_memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
-        checkpoint=checkpoint_plan(
-            cfg, params, deepspeed=_is_deepspeed(strategy), half=precision_kind(precision) == "half"
-        ),
+        checkpoint=checkpoints_of(cfg, params),
         img_size=tuple(mcfg.img_size),
         windows=tuple(win for *_, win in _stage_shapes(mcfg)),
         grids=mcfg.stage_resolutions,

@@ -21,7 +21,7 @@ from .. import ConfigError
 from ..data import SimMIMDataModule
 from ..data.views import ADD_VAL_SPLIT, hold_out
 from ..distributed import planning
-from ..distributed.disk import checkpoint_plan, short_of_disk
+from ..distributed.disk import short_of_disk
 from ..distributed.grad_norm import GradNorm
 from ..distributed.strategy import check_resume
 from ..weights import AtomicCheckpointIO, find_resume_checkpoint
@@ -170,13 +170,7 @@ def build_trainer(
 def check_disk(cfg: DictConfig, model) -> None:
     """Warn (rank 0) when the checkpoints the run's callbacks keep may outgrow the free space of
     the run directory's file system (`distributed.disk.short_of_disk`); `model`: what is saved."""
-    t = cfg.trainer
-    plan = checkpoint_plan(
-        cfg,
-        sum(p.numel() for p in model.parameters()),
-        deepspeed="deepspeed" in planning.parse_strategy(t.get("strategy")).name.lower(),
-        half=planning.precision_kind(t.get("precision", "32-true")) == "half",
-    )
+    plan = planning.checkpoints_of(cfg, sum(p.numel() for p in model.parameters()))
     message = short_of_disk(plan, cfg.paths.run_dir)
     if message:
         rank_zero_warn(message)
