@@ -85,6 +85,7 @@ TARGETS: dict[str, tuple[str, dict]] = {
         },
     ),
     "TrainThroughput": ("simmim_swinv2.training.throughput.TrainThroughput", {}),
+    "ProgressLog": ("simmim_swinv2.training.progress.ProgressLog", {}),
     "BadSampleMonitor": ("simmim_swinv2.training.bad_samples.BadSampleMonitor", {}),
     "Stability": ("simmim_swinv2.training.stability.Stability", {}),
     "NumericsMonitor": ("simmim_swinv2.training.numerics.NumericsMonitor", {}),

@@ -152,6 +152,8 @@ def build_trainer(
     for always in (BadSampleMonitor, GradNorm):
         if not any(isinstance(c, always) for c in callbacks):
             callbacks.append(always())
+    # those that report on the others' work last (Lightning calls them in order; checkpoints follow)
+    callbacks.sort(key=lambda c: getattr(c, "report_last", False))
     # Checkpoint files written whole (unused by a strategy that writes its own sharded directories)
     plugins = [AtomicCheckpointIO()]
     # under srun; SIGUSR1 (sbatch --signal) is the Preemption callback's, whose
