@@ -114,6 +114,7 @@ def test_a_job_is_requeued_on_sigusr1_cancelled_on_sigterm_and_resumes_each_time
         "trainer.limit_train_batches=4",
         "trainer.log_every_n_steps=1",
         "callbacks.reconstructions.every_n_steps=0",
+        "callbacks.progress_log.every_n_steps=2",
         "+callbacks.wait._target_=helpers.callbacks.WaitAt",
         f"+callbacks.wait.dirpath={gate}",
         "+callbacks.wait.steps=[5,9]",
@@ -170,3 +171,8 @@ def test_a_job_is_requeued_on_sigusr1_cancelled_on_sigterm_and_resumes_each_time
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 12 and last["epoch"] == 2, text[-3000:]
     assert (run / "config.yaml").is_file()
+    # the log is no terminal: progress as lines (training/progress.py), the ETA from the resume
+    line = r"epoch 2/2 \| step 12/12 \(100.0%\) \| loss [\d.]+ \| lr \S+ \| \d+ img/s \| eta 00:00"
+    assert re.search(line, text) and "epoch 2/2 done | step 12/12 (100.0%) | val/" in text, text[
+        -3000:
+    ]
