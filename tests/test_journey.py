@@ -136,6 +136,8 @@ def test_newcomer_mistakes_stop_with_one_sentence_naming_the_fix(photos, tmp_pat
         assert "128 images per step at 192 px" in err
     err = run_main(pretrain, ["data=folder", run], capsys)  # the images' folder not given
     assert "data.root is required by this data source: add data.root=" in err
+    err = run_main(pretrain, [f"data.root={photos}", run], capsys)  # data=folder left out
+    assert "but data=digits reads no folder" in err and f"add data=folder data.root={photos}" in err
     err = run_main(pretrain, ["img_size=100", run], capsys)
     assert "img_size (100, 100)" in err and "multiple of the encoder stride 32" in err
     err = run_main(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -72,6 +73,26 @@ def _required_data_keys(data) -> list[str]:
         return [f"data.{k} is required by this data source: add data.{k}=..." for k in named]
 
 
+def _no_root_without_a_folder(data) -> None:
+    """`data.root=photos` on a source that reads no folder (the default digits, synthetic): the
+    newcomer's `data=folder` left out."""
+    from .schema import DataConfig
+
+    if not isinstance(data, DictConfig) or OmegaConf.get_type(data) is not DataConfig:
+        return
+    if data.get("root") is None:
+        return
+    try:
+        source = f"data={HydraConfig.get().runtime.choices.data}"
+    except (ValueError, AttributeError):  # composed outside a command
+        source = "this data source"
+    raise ConfigError(
+        f"data.root={data.root} is given but {source} reads no folder (digits: the bundled images; "
+        f"synthetic: generated): add data=folder data.root={data.root} (class subfolders, "
+        "torchvision's ImageFolder layout, or images alone), or use data=webdataset / data=hf"
+    )
+
+
 def check_values(cfg: DictConfig) -> None:
     """The values whose type OmegaConf cannot check at composition (the unions of a schema's
     `__unions__`: `model.window_size` is an int or one per stage, `trainer.precision` one of
@@ -103,6 +124,7 @@ def check_values(cfg: DictConfig) -> None:
                 walk(child, full)
 
     walk(cfg, "")
+    _no_root_without_a_folder(cfg.get("data"))
     if required := _required_data_keys(cfg.get("data")):
         raise ConfigError("; ".join(required))
     if problems:

@@ -179,6 +179,9 @@ class DataConfig:
     val_split: float | None = None
     # which samples: fixed across runs, ranks and resumes (not the run's seed)
     val_split_seed: int = 0
+    # read by none of these sources: there so that `data.root=…` without `data=folder` is refused
+    # naming that fix (config.checks), not as an unknown key
+    root: str | None = None
 
 
 @dataclass
