@@ -20,7 +20,7 @@ from helpers.config import FAST
 from helpers.data import photo
 from PIL import Image
 
-from simmim_swinv2 import evaluate, finetune, pretrain
+from simmim_swinv2 import evaluate, finetune, predict, pretrain
 from simmim_swinv2.config.machine import native_bf16_cpu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +136,14 @@ def test_newcomer_mistakes_stop_with_one_sentence_naming_the_fix(photos, tmp_pat
         assert "128 images per step at 192 px" in err
     err = run_main(pretrain, ["data=folder", run], capsys)  # the images' folder not given
     assert "data.root is required by this data source: add data.root=" in err
+    err = run_main(pretrain, ["data=folder", f"data.root={photos}x", run], capsys)  # a typo
+    assert f"image folder {photos}x does not exist" in err  # not Hydra's instantiation trace
+    err = run_main(evaluate, [run], capsys)  # the checkpoint not given
+    assert err.startswith(
+        "error: checkpoint not given: python -m simmim_swinv2.evaluate checkpoint="
+    )
+    err = run_main(predict, ["checkpoint=somewhere", "images=[nope.jpg]", run], capsys)
+    assert "nope.jpg: no such file, folder or matching glob" in err
     err = run_main(pretrain, [f"data.root={photos}", run], capsys)  # data=folder left out
     assert "but data=digits reads no folder" in err and f"add data=folder data.root={photos}" in err
     err = run_main(pretrain, ["img_size=100", run], capsys)

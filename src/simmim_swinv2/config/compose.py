@@ -5,6 +5,8 @@ process (scripts/knn_curve.py, scripts/pretraining_gain.py) and the tests."""
 from __future__ import annotations
 
 import functools
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,28 +15,49 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import CONFIG_DIR, ConfigError
 
 
 def command(config_name: str) -> Callable:
-    """`hydra.main` with `conf/<config_name>.yaml`. A `ConfigError` (a configuration that cannot
-    work, found before any work) ends the command with its message alone, which names the fix, and
-    exit status 2: a traceback would only hide it."""
+    """`hydra.main` with `conf/<config_name>.yaml`. What the user can fix ends the command with its
+    message alone and exit status 2 (a traceback would only hide it): a required key not given
+    (named, with the command's usage line from its module docstring), a `ConfigError` (a
+    configuration that cannot work, found before any work; its message names the fix), a file or
+    folder that is not there (`HYDRA_FULL_ERROR=1` shows its traceback)."""
 
     def decorate(job: Callable[[DictConfig], None]) -> Callable[[], None]:
         @functools.wraps(job)
         def run(cfg: DictConfig) -> None:
             try:
+                if missing := [k for k in cfg if OmegaConf.is_missing(cfg, k)]:
+                    raise ConfigError(f"{', '.join(missing)} not given: {_usage(job)}")
                 job(cfg)
             except ConfigError as err:
-                print(f"error: {err}", file=sys.stderr)
-                raise SystemExit(2) from None
+                _stop(err)
+            except (FileNotFoundError, InstantiationException) as err:
+                absent = err if isinstance(err, FileNotFoundError) else err.__cause__
+                if not isinstance(absent, FileNotFoundError) or os.environ.get("HYDRA_FULL_ERROR"):
+                    raise
+                _stop(absent)
 
         return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
 
     return decorate
+
+
+def _stop(err: Exception) -> None:
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def _usage(job: Callable) -> str:
+    """The `python -m …` line of the command's module docstring."""
+    doc = " ".join((sys.modules[job.__module__].__doc__ or "").split())
+    found = re.search(r"`(python -m [^`]+)`", doc)
+    return found[1] if found else f"python -m {job.__module__} --help"
 
 
 def compose_job(command: str, run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
