@@ -177,3 +177,23 @@ def test_newcomer_mistakes_stop_with_one_sentence_naming_the_fix(photos, tmp_pat
     )
     assert "batch_size=40" in err  # more than the 32 training images: not a single batch
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("command", ["convert", "consolidate", "reshard"])
+def test_the_weight_commands_stop_with_one_line_on_a_missing_path(command, tmp_path, capsys):
+    """The argparse commands end a path that is not there as the Hydra ones do: one `error:` line
+    naming it, exit status 2."""
+    import importlib
+
+    module = importlib.import_module(f"simmim_swinv2.{command}")
+    missing = tmp_path / "nothing"
+    argv = {
+        "convert": ["to-transformers", str(missing), str(tmp_path / "hf")],
+        "consolidate": [str(missing), str(tmp_path / "out.safetensors")],
+        "reshard": [str(missing)],
+    }[command]
+    with pytest.raises(SystemExit) as stop:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"python -m simmim_swinv2.{command}: error: ") and str(missing) in err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .config.compose import stops_cleanly
 from .models import encoder_of
 from .weights import load_model, save_model, zero_checkpoint
 
@@ -40,7 +41,9 @@ def consolidate(source: str | Path, out: str | Path, full: bool = False) -> Path
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m simmim_swinv2.consolidate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="ZeRO checkpoint directory (*.ckpt/) or run directory")
     parser.add_argument(
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.out.endswith(".safetensors"):
         parser.error("out must end in .safetensors")
-    consolidate(args.source, args.out, full=args.full)
+    with stops_cleanly(parser.prog):
+        consolidate(args.source, args.out, full=args.full)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ All of it lives in `simmim_swinv2.weights`; this module is its command and its s
 
 from __future__ import annotations
 
-from .weights.cli import main
+from .config.compose import stops_cleanly
+from .weights.cli import main as convert_main
 from .weights.interop import (
     config_from_transformers,
     config_to_transformers,
@@ -37,6 +38,13 @@ from .weights.interop import (
 from .weights.load import load_model
 from .weights.meta import Model, ModelMeta
 from .weights.ours import save_model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command (`weights.cli.main`); a source that is not there ends it with one line."""
+    with stops_cleanly("python -m simmim_swinv2.convert"):
+        convert_main(argv)
+
 
 __all__ = [
     "Model",

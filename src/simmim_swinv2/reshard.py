@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from .config.compose import stops_cleanly
 from .distributed.reshard import to_universal
 from .weights import zero_checkpoint
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         help="processes for DeepSpeed's converter (default: up to 4)",
     )
     args = parser.parse_args(argv)
-    to_universal(zero_checkpoint(args.source), args.out, workers=args.workers)
+    with stops_cleanly(parser.prog):
+        to_universal(zero_checkpoint(args.source), args.out, workers=args.workers)
 
 
 if __name__ == "__main__":

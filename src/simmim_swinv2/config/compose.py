@@ -8,7 +8,8 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -46,6 +47,20 @@ def command(config_name: str) -> Callable:
         return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
 
     return decorate
+
+
+@contextmanager
+def stops_cleanly(prog: str) -> Iterator[None]:
+    """For the argparse commands (convert, consolidate, reshard) what `command` does for the Hydra
+    ones: a path that is not there or a `ConfigError` ends the command `prog` with argparse's
+    one-line `error:` and exit status 2 (`HYDRA_FULL_ERROR=1` keeps the traceback, as there)."""
+    try:
+        yield
+    except (FileNotFoundError, ConfigError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR"):
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _stop(err: Exception) -> None:
