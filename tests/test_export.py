@@ -176,6 +176,10 @@ def test_to_transformers_takes_our_finetuning_runs_with_digit_names(our_runs, tm
 
 
 def test_to_transformers_refuses_what_it_cannot_read(our_runs, tmp_path):
+    """What `weights.cli.main` raises (the command itself prints the missing paths' in one line:
+    tests/test_journey.py)."""
+    from simmim_swinv2.weights.cli import main as convert_command
+
     pre, _ = our_runs
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("not weights")
@@ -187,9 +191,9 @@ def test_to_transformers_refuses_what_it_cannot_read(our_runs, tmp_path):
         (tmp_path / "resnet.pth", ValueError, "no SwinV2 weights we know.*conv1.weight"),
     ]:
         with pytest.raises(error, match=match):
-            convert.main(["to-transformers", str(source), str(tmp_path / "out")])
+            convert_command(["to-transformers", str(source), str(tmp_path / "out")])
     with pytest.raises(ValueError, match="records its own config.*window_size"):
-        convert.main(["to-transformers", str(pre), str(tmp_path / "out"), "--window-size", "8"])
+        convert_command(["to-transformers", str(pre), str(tmp_path / "out"), "--window-size", "8"])
     assert not (tmp_path / "out").exists()
 
 
