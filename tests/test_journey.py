@@ -197,3 +197,23 @@ def test_the_weight_commands_stop_with_one_line_on_a_missing_path(command, tmp_p
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"python -m simmim_swinv2.{command}: error: ") and str(missing) in err
+
+
+@pytest.mark.parametrize("command", ["pretrain", "evaluate", "predict"])
+def test_help_starts_with_the_commands_usage(command, capsys, monkeypatch):
+    """`python -m simmim_swinv2.<command> --help` (conf/hydra/help/simmim.yaml, every command's):
+    the usage line of the command's docstring, then the groups and the config."""
+    import importlib
+
+    from simmim_swinv2.config.compose import usage
+
+    module = importlib.import_module(f"simmim_swinv2.{command}")
+    monkeypatch.setattr(sys, "argv", [module.__file__, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    out = capsys.readouterr().out
+    assert stop.value.code in (0, None)
+    assert out.splitlines()[0] == usage(command)
+    assert usage(command).startswith(f"python -m simmim_swinv2.{command} ")
+    assert "== Groups (group=option) ==" in out and "\ndata: digits, folder, hf," in out
+    assert "== Config (with the overrides given) ==" in out

@@ -5,6 +5,7 @@ process (scripts/knn_curve.py, scripts/pretraining_gain.py) and the tests."""
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import sys
@@ -70,9 +71,19 @@ def _stop(err: Exception) -> None:
 
 def _usage(job: Callable) -> str:
     """The `python -m …` line of the command's module docstring."""
-    doc = " ".join((sys.modules[job.__module__].__doc__ or "").split())
-    found = re.search(r"`(python -m [^`]+)`", doc)
-    return found[1] if found else f"python -m {job.__module__} --help"
+    return usage_in(sys.modules[job.__module__].__doc__, f"python -m {job.__module__} --help")
+
+
+def usage_in(doc: str | None, default: str) -> str:
+    """The first `` `python -m …` `` span of a docstring, on one line; `default` without one."""
+    found = re.search(r"`(python -m [^`]+)`", " ".join((doc or "").split()))
+    return found[1] if found else default
+
+
+def usage(command: str) -> str:
+    """`${usage:evaluate}`: the usage line of `simmim_swinv2.<command>` (its `--help`)."""
+    module = importlib.import_module(f"simmim_swinv2.{command}")
+    return usage_in(module.__doc__, f"python -m simmim_swinv2.{command} [key=value ...]")
 
 
 def compose_job(command: str, run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:

@@ -29,6 +29,7 @@ from omegaconf import MISSING, OmegaConf
 from ..data import SimMIMTransform, build_eval_transform, build_finetune_transform, build_mixup
 from ..models.config import SwinV2Config, variant_spec
 from ..training.optim import ConfigEnum, OptimConfig, ScheduleConfig
+from .compose import usage
 from .machine import at_most_cpus, mixed_precision
 from .signature import hints_of, parameters, schema_of
 
@@ -454,6 +455,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("mixed_precision", mixed_precision)
     if not OmegaConf.has_resolver("at_most_cpus"):
         OmegaConf.register_new_resolver("at_most_cpus", at_most_cpus)
+    if not OmegaConf.has_resolver("usage"):
+        OmegaConf.register_new_resolver("usage", usage)
 
 
 register()
