@@ -113,7 +113,8 @@ def test_own_folder_pretrain_finetune_evaluate_predict_export(photos, tmp_path, 
 
 def run_main(module, argv: list[str], capsys) -> str:
     """`python -m simmim_swinv2.<module> ARGV` through its real `main` (Hydra's command line), in
-    this process; the command must stop with exit status 2, and its stderr is returned."""
+    this process; the command must stop with exit status 2 and one `error:` line, which is
+    returned."""
     saved = sys.argv
     sys.argv = [module.__name__, *argv]
     try:
@@ -122,9 +123,10 @@ def run_main(module, argv: list[str], capsys) -> str:
     finally:
         sys.argv = saved
     assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
-    return err
+    err = capsys.readouterr().err  # the run's log (conf/hydra/job_logging), then the error
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(x.startswith("error: ") for x in lines) == 1, err
+    return lines[-1] + "\n"
 
 
 def test_newcomer_mistakes_stop_with_one_sentence_naming_the_fix(photos, tmp_path, capsys):

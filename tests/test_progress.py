@@ -93,3 +93,24 @@ def test_durations_and_bad_settings():
         ProgressLog(when="sometimes")
     with pytest.raises(ValueError, match="0 or more"):
         ProgressLog(every_n_steps=-1)
+
+
+def test_the_commands_log_lands_once_on_stderr_and_with_times_in_the_run_dir(tmp_path):
+    """Through the command line (conf/hydra/job_logging/simmim.yaml): Lightning's messages and ours
+    reach `<run dir>/pretrain.log` with times, and stderr once each, plain; stdout has none."""
+    from helpers.config import run_cli
+
+    r = run_cli(
+        "simmim_swinv2.pretrain",
+        *FAST,
+        "callbacks.progress_log.every_n_steps=2",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "pretrain.log").read_text()
+    for message in ("[PretrainTask] SimMIM", "epoch 1/1 | step 6/6 (100.0%)", "epoch 1/1 done"):
+        assert re.search(
+            r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\]\[\S+\]\[INFO\] - " + re.escape(message), log
+        ), log
+        assert r.stderr.count(message) == 1 and message not in r.stdout, r.stderr[-3000:]
+    assert "INFO: " not in r.stderr  # Lightning's own handler no longer doubles its lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 import re
 import sys
@@ -33,6 +34,7 @@ def command(config_name: str) -> Callable:
     def decorate(job: Callable[[DictConfig], None]) -> Callable[[], None]:
         @functools.wraps(job)
         def run(cfg: DictConfig) -> None:
+            _lightning_logs_through_hydra()
             try:
                 if missing := [k for k in cfg if OmegaConf.is_missing(cfg, k)]:
                     raise ConfigError(f"{', '.join(missing)} not given: {_usage(job)}")
@@ -62,6 +64,17 @@ def stops_cleanly(prog: str) -> Iterator[None]:
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _lightning_logs_through_hydra() -> None:
+    """Lightning gives its loggers their own stderr handler when it is imported before logging is
+    set up (as here, before Hydra's): they then bypass Hydra's, and the run directory's log file
+    stays empty. Hand their records to the root logger instead (conf/hydra/job_logging)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def _stop(err: Exception) -> None:
