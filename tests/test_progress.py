@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -104,7 +105,14 @@ def test_the_commands_log_lands_once_on_stderr_and_with_times_in_the_run_dir(tmp
         "simmim_swinv2.pretrain",
         *FAST,
         "callbacks.progress_log.every_n_steps=2",
+        "+callbacks.warn._target_=helpers.callbacks.WarnAtStart",
+        "+callbacks.warn.message=a warning for the log file",
         f"hydra.run.dir={tmp_path}",
+        env={
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+            )
+        },
     )
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "pretrain.log").read_text()
@@ -114,3 +122,13 @@ def test_the_commands_log_lands_once_on_stderr_and_with_times_in_the_run_dir(tmp
         ), log
         assert r.stderr.count(message) == 1 and message not in r.stdout, r.stderr[-3000:]
     assert "INFO: " not in r.stderr  # Lightning's own handler no longer doubles its lines
+    # a warning, and an error that stops a command, are in the log file too
+    assert re.search(r"\[py.warnings\]\[WARNING\] - .*UserWarning: a warning for the log file", log)
+    stopped = run_cli(
+        "simmim_swinv2.pretrain", "data=folder", "data.root=nothere", f"hydra.run.dir={tmp_path}"
+    )
+    assert stopped.returncode == 2 and "error: image folder nothere" in stopped.stderr
+    assert (
+        "[simmim_swinv2][ERROR] - error: image folder nothere"
+        in (tmp_path / "pretrain.log").read_text()
+    )

@@ -160,3 +160,15 @@ class CopyLastAt(L.Callback):
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", self.path)
+
+
+class WarnAtStart(L.Callback):
+    """`warnings.warn(message)` when fitting starts: a warning every run has, wherever it runs."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        import warnings
+
+        warnings.warn(self.message, UserWarning, stacklevel=1)

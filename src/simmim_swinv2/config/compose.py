@@ -26,7 +26,8 @@ from .. import CONFIG_DIR, ConfigError
 
 def command(config_name: str) -> Callable:
     """`hydra.main` with `conf/<config_name>.yaml`. What the user can fix ends the command with its
-    message alone and exit status 2 (a traceback would only hide it): a required key not given
+    message alone (on stderr and in the run's log) and exit status 2 (a traceback would only hide
+    it): a required key not given
     (named, with the command's usage line from its module docstring), a `ConfigError` (a
     configuration that cannot work, found before any work; its message names the fix), a file or
     folder that is not there (`HYDRA_FULL_ERROR=1` shows its traceback)."""
@@ -35,6 +36,7 @@ def command(config_name: str) -> Callable:
         @functools.wraps(job)
         def run(cfg: DictConfig) -> None:
             _lightning_logs_through_hydra()
+            logging.captureWarnings(True)  # warnings in the run's log file too
             try:
                 if missing := [k for k in cfg if OmegaConf.is_missing(cfg, k)]:
                     raise ConfigError(f"{', '.join(missing)} not given: {_usage(job)}")
@@ -46,6 +48,8 @@ def command(config_name: str) -> Callable:
                 if not isinstance(absent, FileNotFoundError) or os.environ.get("HYDRA_FULL_ERROR"):
                     raise
                 _stop(absent)
+            finally:
+                logging.captureWarnings(False)
 
         return hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
 
@@ -78,7 +82,8 @@ def _lightning_logs_through_hydra() -> None:
 
 
 def _stop(err: Exception) -> None:
-    print(f"error: {err}", file=sys.stderr)
+    """The error on stderr and in the run's log file (Hydra's handlers), then exit status 2."""
+    logging.getLogger("simmim_swinv2").error(f"error: {err}")
     raise SystemExit(2) from None
 
 
