@@ -11,8 +11,8 @@ end, with the validation metrics::
 (epochs counted as the progress bar counts them: `3/799` is the 4th of 800.)
 img/s counts every rank's images over the training time since the last line (validation left out);
 the ETA is the remaining optimizer steps at this process's mean wall time per step so far
-(validation, the kNN monitor and checkpoint saves included). Memory is the GPU's peak allocation
-since the last line, or the process's peak resident memory on the CPU. The line of an epoch comes
+(validation, the kNN monitor and checkpoint saves included). Memory is the peak so far: of the
+GPU's allocations, or of the process's resident memory on the CPU. The line of an epoch comes
 after every other callback's end of epoch (`report_last`), so it has the kNN monitor's number.
 """  # noqa: E501 - the example lines are as printed
 
@@ -174,8 +174,7 @@ class ProgressLog(L.Callback):
     def _peak_memory(trainer) -> str:
         device = trainer.strategy.root_device
         if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            return f"{peak / 2**30:.1f} GiB"
+            # the peak so far: not reset, which would blind whoever else reads it (gpu_check)
+            return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         return f"{kib / 2**20:.1f} GiB (process)"
