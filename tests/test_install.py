@@ -11,11 +11,13 @@ configs there: every entry point starts, `pretrain debug=fast` trains and writes
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,10 @@ def test_wheel_installed_elsewhere_carries_the_configs_and_runs(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "metrics.csv").is_file()
     assert not (elsewhere / "outputs").exists()  # the run went where it was told
+    # an installed wheel has no commit to record, only its version (training/provenance.py)
+    (start,) = [json.loads(line) for line in (run_dir / "starts.jsonl").read_text().splitlines()]
+    version = metadata.version("simmim-swinv2")  # the same pyproject.toml, installed here too
+    assert start["code"] == {"version": version}, start["code"]
 
     plan = run(
         "-m",

@@ -111,6 +111,7 @@ def finetune(cfg: DictConfig) -> dict[str, float]:
     with open_dict(cfg):
         cfg.num_classes = job.num_classes  # config.yaml records what was counted
     build.save_resolved_config(cfg, run_dir)
+    build.record_start(run_dir)
 
     encoder = SwinV2Encoder(model_cfg)
     if job.pretrained:

@@ -36,6 +36,7 @@ def pretrain(cfg: DictConfig) -> dict[str, float]:
     # before config.yaml is rewritten
     from_pretrained = pretrained_start(cfg.pretrained, cfg.resume, run_dir)
     build.save_resolved_config(cfg, run_dir)
+    build.record_start(run_dir)
     # typed from here on (the Trainer's node stays Hydra's: build_trainer)
     job = to_object(cfg, PretrainConfig)
     seed_everything(job.seed, workers=True)

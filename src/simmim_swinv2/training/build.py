@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -25,6 +26,7 @@ from ..distributed.disk import short_of_disk
 from ..distributed.grad_norm import GradNorm
 from ..distributed.strategy import check_resume
 from ..weights import AtomicCheckpointIO, find_resume_checkpoint
+from . import provenance
 from .bad_samples import BadSampleMonitor
 from .callbacks import RNGState
 
@@ -191,6 +193,16 @@ def resume_path(resume: str, run_dir: str | Path) -> str | None:
     return str(ckpt) if ckpt else None
 
 
+def record_start(run_dir: str | Path) -> None:
+    """`<run_dir>/starts.jsonl` gets this start (`provenance.record_start`: code, libraries,
+    devices, the command line's overrides); its short form is printed."""
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed outside a command
+        overrides = None
+    rank_zero_info(provenance.summary(provenance.record_start(run_dir, overrides)))
+
+
 def save_resolved_config(cfg: DictConfig, run_dir: str | Path) -> None:
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -205,5 +217,6 @@ __all__ = [
     "build_trainer",
     "check_disk",
     "resume_path",
+    "record_start",
     "save_resolved_config",
 ]
