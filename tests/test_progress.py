@@ -19,15 +19,19 @@ from simmim_swinv2.pretrain import pretrain
 from simmim_swinv2.training.progress import ProgressLog, duration
 
 
-def test_a_runs_lines_say_its_step_loss_rate_eta_and_validation(tmp_path, caplog):
-    cfg = compose_config(
-        "pretrain",
-        tmp_path,
-        [*FAST, "callbacks.progress_log.every_n_steps=2", "callbacks.progress_log.when=always"],
-    )
+def progress_lines(run_dir, caplog, every: int, when: str) -> list[str]:
+    """The progress lines of a debug=fast pretraining run (2 epochs of 3 optimizer steps)."""
+    progress = [
+        f"callbacks.progress_log.every_n_steps={every}",
+        f"callbacks.progress_log.when={when}",
+    ]
     with caplog.at_level(logging.INFO):
-        pretrain(cfg)
-    lines = [m for m in caplog.messages if m.startswith("epoch ")]
+        pretrain(compose_config("pretrain", run_dir, [*FAST, *progress]))
+    return [m for m in caplog.messages if m.startswith("epoch ")]
+
+
+def test_a_runs_lines_say_its_step_loss_rate_eta_and_validation(tmp_path, caplog):
+    lines = progress_lines(tmp_path, caplog, every=2, when="always")
     steps = [m for m in lines if " done" not in m]
     epochs = [m for m in lines if " done" in m]
     # debug=fast: 2 epochs of 3 optimizer steps
@@ -47,14 +51,7 @@ def test_a_runs_lines_say_its_step_loss_rate_eta_and_validation(tmp_path, caplog
 
 
 def test_never_writes_nothing(tmp_path, caplog):
-    cfg = compose_config(
-        "pretrain",
-        tmp_path,
-        [*FAST, "callbacks.progress_log.every_n_steps=1", "callbacks.progress_log.when=never"],
-    )
-    with caplog.at_level(logging.INFO):
-        pretrain(cfg)
-    assert not [m for m in caplog.messages if m.startswith("epoch ")]
+    assert progress_lines(tmp_path, caplog, every=1, when="never") == []
 
 
 def test_auto_writes_only_without_a_terminal_or_a_progress_bar(monkeypatch):
