@@ -27,10 +27,10 @@ from .. import CONFIG_DIR, ConfigError
 def command(config_name: str) -> Callable:
     """`hydra.main` with `conf/<config_name>.yaml`. What the user can fix ends the command with its
     message alone (on stderr and in the run's log) and exit status 2 (a traceback would only hide
-    it): a required key not given
-    (named, with the command's usage line from its module docstring), a `ConfigError` (a
-    configuration that cannot work, found before any work; its message names the fix), a file or
-    folder that is not there (`HYDRA_FULL_ERROR=1` shows its traceback)."""
+    it): a required key not given (named, with the command's usage line from its module
+    docstring), a `ConfigError` (a configuration that cannot work, found before any work; its
+    message names the fix), a file or folder that is not there (`HYDRA_FULL_ERROR=1` shows its
+    traceback)."""
 
     def decorate(job: Callable[[DictConfig], None]) -> Callable[[], None]:
         @functools.wraps(job)

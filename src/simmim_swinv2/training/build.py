@@ -4,6 +4,7 @@ atomic checkpoints, resume."""
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -193,18 +194,29 @@ def resume_path(resume: str, run_dir: str | Path) -> str | None:
     return str(ckpt) if ckpt else None
 
 
+def _first_process() -> bool:
+    """Rank 0, before Lightning has set up the processes (torchrun's RANK, srun's SLURM_PROCID)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
+
+
 def record_start(run_dir: str | Path) -> None:
-    """`<run_dir>/starts.jsonl` gets this start (`provenance.record_start`: code, libraries,
-    devices, the command line's overrides); its short form is printed."""
+    """Append this start (`provenance.start_record`: code, libraries, devices, the command line's
+    overrides) to `<run_dir>/starts.jsonl` and print its short form; on the first process only."""
+    if not _first_process():
+        return
     try:
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:  # composed outside a command
         overrides = None
-    rank_zero_info(provenance.summary(provenance.record_start(run_dir, overrides)))
+    record = provenance.start_record(overrides)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / "starts.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    rank_zero_info(provenance.summary(record))
 
 
 def save_resolved_config(cfg: DictConfig, run_dir: str | Path) -> None:
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+    if _first_process():
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 

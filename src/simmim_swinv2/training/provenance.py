@@ -1,12 +1,11 @@
-"""What produced a run: every start of it (the first, each resume, each SLURM requeue) appends one
-line to `<run dir>/starts.jsonl` — when, where, the command line, the code (the package's version
-and, from a git checkout, its commit and whether it had uncommitted changes), the libraries and the
-devices — and prints the short form at the start. A checkpoint found months later names the code
-that wrote it, without a guess."""
+"""What produced a run: each start of it (the first, each resume, each SLURM requeue) is one line of
+`<run dir>/starts.jsonl` (written by `training.build.record_start`) — when, where, the command
+line, the code (the package's version and, from a git checkout, its commit and whether it had
+uncommitted changes), the libraries and the devices — and its short form is printed at the start.
+A checkpoint found months later names the code that wrote it, without a guess."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -96,14 +95,3 @@ def summary(record: dict[str, object]) -> str:
         f"simmim-swinv2 {code['version']}{git}, torch {libs['torch']}, "
         f"lightning {libs['lightning']}"
     )
-
-
-def record_start(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, object]:
-    """Append this start to `<run_dir>/starts.jsonl` (rank 0 only) and return it."""
-    record = start_record(overrides)
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
-        path = Path(run_dir) / "starts.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    return record
