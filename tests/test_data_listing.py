@@ -454,6 +454,8 @@ def test_pretrain_on_a_folder_under_lightning_ddp_then_restart_reuses_the_listin
     )
     files = list((run / "listing").glob("*.listing"))
     assert len(files) == 1
+    # the start recorded once (training/provenance.py), not by the child Lightning started too
+    assert len((run / "starts.jsonl").read_text().splitlines()) == 1
     before = file_version(files[0])
     assert (run / "checkpoints" / "last.ckpt").is_file()
 

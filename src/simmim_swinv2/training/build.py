@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import ConfigError
 from ..data import SimMIMDataModule
+from ..data.listing_shared import is_first_process
 from ..data.views import ADD_VAL_SPLIT, hold_out
 from ..distributed import planning
 from ..distributed.disk import short_of_disk
@@ -194,15 +195,10 @@ def resume_path(resume: str, run_dir: str | Path) -> str | None:
     return str(ckpt) if ckpt else None
 
 
-def _first_process() -> bool:
-    """Rank 0, before Lightning has set up the processes (torchrun's RANK, srun's SLURM_PROCID)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
-
-
 def record_start(run_dir: str | Path) -> None:
     """Append this start (`provenance.start_record`: code, libraries, devices, the command line's
     overrides) to `<run_dir>/starts.jsonl` and print its short form; on the first process only."""
-    if not _first_process():
+    if not is_first_process():  # before Lightning's ranks: torchrun, srun, its own launcher
         return
     try:
         overrides = list(HydraConfig.get().overrides.task)
@@ -216,7 +212,7 @@ def record_start(run_dir: str | Path) -> None:
 
 
 def save_resolved_config(cfg: DictConfig, run_dir: str | Path) -> None:
-    if _first_process():
+    if is_first_process():
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
