@@ -38,9 +38,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from .disk import CheckpointPlan, checkpoint_plan
+from .disk import GIB, CheckpointPlan, checkpoint_plan
 
-GIB = 1024**3
 CUDA_OVERHEAD_BYTES = 1.5 * GIB  # CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
 ACT_TC, ACT_ATTN, ACT_PIX = 21.0, 1.6, 1.1  # no checkpointing, per fp32 element
 CKPT_TC, CKPT_PIX = 1.5, 5.1  # checkpointing: what stays saved per block
